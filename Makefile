@@ -1,0 +1,30 @@
+# One-command setup, demo and tests. torch==2.13.0 is installed FIRST and pinned: anything
+# wider makes pip pull a multi-GB CUDA build on a CPU machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo demo-one test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e ".[train,container,dev]" "torch==$(TORCH_VERSION)"
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py --workdir build/demo
+
+demo-one: install
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo_one.py --workdir build/demo-one
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf build .pytest_cache

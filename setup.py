@@ -1,0 +1,44 @@
+"""Packaging for the three packages.
+
+Bare ``pip install .`` stays light (boto3 only) because launcher Lambdas install it; the
+training stack comes with the ``train`` extra, test tools with ``dev``. Torch is not listed in
+``train`` on purpose: the CUDA base image provides it, and the dev setup installs the pinned
+CPU wheel first (see the Makefile).
+"""
+
+from setuptools import find_packages, setup
+
+TRAIN = [
+    "diffusers>=0.42,<0.43",
+    "transformers>=5.23,<6",
+    "peft>=0.21,<0.22",
+    "accelerate>=1.15,<2",
+    "bitsandbytes>=0.50,<0.51",
+    "safetensors>=0.4",
+    "torchao>=0.14",
+    "Pillow>=10",
+    "tqdm>=4.66",
+]
+CONTAINER = ["sagemaker-training>=5.1.4,<6"]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "moto[server]>=5.2,<6",
+]
+
+setup(
+    name="lora-fanout",
+    version="0.1.0",
+    description="SageMaker DreamBooth/LoRA training container and K-instance job fan-out toolkit",
+    python_requires=">=3.10",
+    packages=find_packages(include=["train", "train.*", "container", "container.*", "fanout", "fanout.*"]),
+    install_requires=["boto3>=1.34"],
+    extras_require={"train": TRAIN, "container": CONTAINER, "dev": DEV},
+    entry_points={
+        "console_scripts": [
+            "train=container.entry:main",
+            "fanout=fanout.cli:main",
+        ]
+    },
+)
