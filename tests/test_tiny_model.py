@@ -1,0 +1,55 @@
+"""The offline tiny pipeline every other test and the demo stand on."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_cli_builds_a_loadable_deterministic_pipeline(tmp_path, tiny_model):
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "again"
+    subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(out)], check=True, capture_output=True)
+    assert _digest(out) == _digest(tiny_model), "same seed must give byte-identical weights"
+
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    pipe.set_progress_bar_config(disable=True)
+
+    def render():
+        g = torch.Generator().manual_seed(3)
+        return pipe("a photo of sks dog", num_inference_steps=2, height=32, width=32, generator=g, output_type="np").images
+
+    first, second = render(), render()
+    assert first.shape == (1, 32, 32, 3)
+    assert (first == second).all(), "a fixed generator seed must reproduce the image"
+
+
+def test_tokenizer_is_real_clip_byte_level(tiny_model):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tiny_model / "tokenizer")
+    assert len(tok) == 514 and tok.model_max_length == 77
+    ids = tok("A photo of sks dog").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "a photo of sks dog"
+
+
+def test_prediction_type_is_written_to_the_scheduler(tiny_model_v):
+    from diffusers import DDPMScheduler
+
+    assert DDPMScheduler.from_pretrained(tiny_model_v / "scheduler").config.prediction_type == "v_prediction"
