@@ -1,0 +1,191 @@
+"""The task list: schema, parsing and validation (stdlib only; shared with the container).
+
+A task list is JSON Lines (one object per line) or a JSON array of objects. Validation
+collects every problem in the file before raising, so an operator fixes a 1,000-line list in
+one pass; each problem names the file, the line, the task and the field, and says what is
+valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from fanout.errors import TaskListError
+
+TASK_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One fine-tuning task, as written in the task list (defaults are the schema's)."""
+
+    task_id: str = field(metadata={"help": "unique id, TASK_ID_PATTERN; used as a directory name"})
+    instance_data: str = field(metadata={"help": "folder of subject images, relative to the images channel (or s3:// URI)"})
+    instance_prompt: str = field(metadata={"help": "prompt naming the subject, e.g. 'a photo of sks dog'"})
+    class_prompt: str | None = field(default=None, metadata={"help": "turns on prior preservation"})
+    class_data: str | None = field(default=None, metadata={"help": "folder of class images, relative to the class channel"})
+    validation_prompts: tuple[str, ...] = field(default=(), metadata={"help": "preview prompts; default: the instance prompt"})
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "per-task overrides (validated by the container)"})
+    host: int | None = field(default=None, metadata={"help": "explicit host index; used when every task has one"})
+    user_id: str | None = field(default=None, metadata={"help": "carried through to status and manifests"})
+    metadata: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "carried through untouched"})
+    output_uri: str | None = field(default=None, metadata={"help": "s3:// prefix for this task's artifacts when it finishes"})
+    line: int = field(default=0, compare=False, metadata={"help": "1-based line (JSONL) or index+1 (array)"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The task as a task-list object (fields at their default are left out; no ``line``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "line" or value in (None, (), {}):
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TaskSpec) if f.name != "line")
+REQUIRED = ("task_id", "instance_data", "instance_prompt")
+
+
+def _where(source: str, line: int, task_id: Any) -> str:
+    tid = f" task {task_id!r}" if isinstance(task_id, str) and task_id else ""
+    return f"{source}:{line}:{tid}"
+
+
+def _check_text(name: str, value: Any, required: bool) -> str | None:
+    if value is None:
+        return f"field '{name}' is required (a non-empty string)" if required else None
+    if not isinstance(value, str) or (required and not value.strip()):
+        return f"field '{name}' must be a non-empty string, got {value!r}"
+    return None
+
+
+def _check_relative(name: str, value: str) -> str | None:
+    """A channel-relative folder must stay inside its channel."""
+    if value.startswith("s3://"):
+        return None
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith("/") or ".." in parts:
+        return (f"field '{name}' must be a folder relative to its channel (no leading '/', no '..') "
+                f"or an s3:// URI, got {value!r}")
+    return None
+
+
+def _field_problems(obj: Mapping[str, Any]) -> list[str]:
+    """Every problem with one task object's fields (messages start with the field name)."""
+    problems = []
+    unknown = sorted(set(obj) - set(FIELD_NAMES))
+    for name in unknown:
+        problems.append(f"unknown field '{name}'; valid fields: {', '.join(FIELD_NAMES)}")
+    task_id = obj.get("task_id")
+    if isinstance(task_id, str) and not _TASK_ID_RE.fullmatch(task_id):
+        problems.append(f"field 'task_id' must match {TASK_ID_PATTERN} (letters, digits, '.', '_', '-'; "
+                        f"starts with a letter or digit; at most 128 chars), got {task_id!r}")
+    for name in REQUIRED + ("class_prompt", "class_data", "user_id", "output_uri"):
+        msg = _check_text(name, obj.get(name), name in REQUIRED)
+        if msg:
+            problems.append(msg)
+    for name in ("instance_data", "class_data"):
+        if isinstance(obj.get(name), str):
+            msg = _check_relative(name, obj[name])
+            if msg:
+                problems.append(msg)
+    uri = obj.get("output_uri")
+    if isinstance(uri, str) and not (uri.startswith("s3://") and len(uri) > 5):
+        problems.append(f"field 'output_uri' must be an s3:// URI, got {uri!r}")
+    prompts = obj.get("validation_prompts")
+    if prompts is not None and not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
+        problems.append(f"field 'validation_prompts' must be a list of strings, got {prompts!r}")
+    for name in ("hyperparameters", "metadata"):
+        if obj.get(name) is not None and not isinstance(obj[name], dict):
+            problems.append(f"field '{name}' must be a JSON object, got {obj[name]!r}")
+    host = obj.get("host")
+    if host is not None and (isinstance(host, bool) or not isinstance(host, int) or host < 0):
+        problems.append(f"field 'host' must be a non-negative integer (0 .. instances-1), got {host!r}")
+    return problems
+
+
+def _to_spec(obj: Mapping[str, Any], line: int) -> TaskSpec:
+    return TaskSpec(
+        task_id=obj["task_id"], instance_data=obj["instance_data"], instance_prompt=obj["instance_prompt"],
+        class_prompt=obj.get("class_prompt"), class_data=obj.get("class_data"),
+        validation_prompts=tuple(obj.get("validation_prompts") or ()),
+        hyperparameters=dict(obj.get("hyperparameters") or {}), host=obj.get("host"),
+        user_id=obj.get("user_id"), metadata=dict(obj.get("metadata") or {}),
+        output_uri=obj.get("output_uri"), line=line,
+    )
+
+
+def _records(text: str, source: str, problems: list[str]) -> list[tuple[int, Any]]:
+    """(line, decoded value) pairs from a JSON array or JSON Lines text."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{source}:{exc.lineno}: not valid JSON ({exc.msg}); expected a JSON array of task objects")
+            return []
+        return list(enumerate(items, start=1))
+    records: list[tuple[int, Any]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append((number, json.loads(raw)))
+        except json.JSONDecodeError as exc:
+            records.append((number, _BadJSON(f"{source}:{number}: not valid JSON ({exc.msg}); each line must be one task object")))
+    return records
+
+
+class _BadJSON(str):
+    """A line that did not decode, kept in line order with the other problems."""
+
+
+def parse_tasks(text: str, source: str = "<tasks>") -> list[TaskSpec]:
+    """Parse and validate a task list; raise TaskListError naming every problem."""
+    problems: list[str] = []
+    specs: list[TaskSpec] = []
+    first_line: dict[str, int] = {}
+    for line, obj in _records(text, source, problems):
+        if isinstance(obj, _BadJSON):
+            problems.append(str(obj))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{source}:{line}: expected a JSON object with fields {', '.join(REQUIRED)}, got {type(obj).__name__}")
+            continue
+        where = _where(source, line, obj.get("task_id"))
+        found = _field_problems(obj)
+        problems.extend(f"{where} {msg}" for msg in found)
+        task_id = obj.get("task_id")
+        if isinstance(task_id, str):
+            if task_id in first_line:
+                problems.append(f"{where} field 'task_id' duplicates line {first_line[task_id]}; task ids must be unique")
+            else:
+                first_line[task_id] = line
+        if not found:
+            specs.append(_to_spec(obj, line))
+    if not problems and not specs:
+        problems.append(f"{source}: no tasks; expected JSON Lines (one task object per line) or a JSON array")
+    if problems:
+        raise TaskListError(problems, source)
+    return specs
+
+
+def load_tasks(path) -> list[TaskSpec]:
+    """Read and validate the task list at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskListError([f"{path}: cannot read the task list ({exc})"], str(path)) from exc
+    return parse_tasks(text, source=str(path))
+
+
+def dump_tasks(tasks) -> str:
+    """JSON Lines text for ``tasks`` (what the launcher uploads as the job's `tasks` channel)."""
+    return "".join(json.dumps(t.to_dict(), sort_keys=True) + "\n" for t in tasks)
