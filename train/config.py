@@ -1,0 +1,271 @@
+"""TrainConfig: every knob of one training task, its default, its help text and its checks.
+
+Defaults live only here. The CLI (``train/cli.py``) builds its flags from these fields, the
+container builds the config from SageMaker hyperparameters with ``TrainConfig.from_dict``,
+which converts strings by each field's declared type (SageMaker sends every value as a
+string, and the SageMaker Python SDK JSON-quotes them: ``"400"`` arrives as ``"\\"400\\""``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from train.errors import ConfigError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
+# The export formats train.export knows; "lora" (diffusers) must always be among the chosen.
+EXPORT_FORMATS = ("lora", "kohya", "fp16", "bf16", "int8", "nf4", "merged")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- what to train on (paths and prompts: the container derives these per task) ---
+    pretrained_model: str = _f("", "folder of a diffusers Stable Diffusion pipeline (the base model)")
+    instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
+    instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
+    output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")
+    class_prompt: str | None = _f(None, "class prompt, e.g. 'a photo of a dog'; turns on prior preservation")
+    class_data: str | None = _f(None, "folder of class images; missing ones are generated with the base model and cached")
+    validation_prompts: tuple[str, ...] = _f((), "prompt for previews (repeatable; default: the instance prompt)",
+                                             flag="validation-prompt")
+    # --- training ---
+    max_train_steps: int = _f(400, "number of optimizer steps")
+    learning_rate: float = _f(1e-4, "learning rate (use ~1.0 with prodigy)")
+    lr_scheduler: str = _f("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _f(0, "warmup steps of the learning-rate schedule")
+    rank: int = _f(4, "LoRA rank")
+    lora_alpha: float | None = _f(None, "LoRA alpha (scale = alpha / rank); default: equal to --rank")
+    resolution: int = _f(512, "training resolution in pixels (images are resized on the short side and cropped)")
+    train_batch_size: int = _f(1, "instance images per micro-batch (as many class images are added with prior preservation)")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    mixed_precision: str = _f("no", "autocast precision; the frozen weights are held in this dtype", choices=MIXED_PRECISION)
+    seed: int = _f(0, "seed of the LoRA init, data order, noise and previews")
+    optimizer: str = _f("adamw", "optimizer (adamw8bit needs bitsandbytes, prodigy needs prodigyopt)", choices=OPTIMIZERS)
+    adam_weight_decay: float = _f(1e-2, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
+    train_text_encoder: bool = _f(False, "also train a LoRA on the text encoder (q/k/v/out_proj)")
+    snr_gamma: float | None = _f(None, "min-SNR loss weighting gamma (5.0 is the usual value); off when unset")
+    noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights")
+    center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")
+    random_flip: bool = _f(False, "random horizontal flip (turns latent caching off)")
+    num_class_images: int = _f(100, "class images used for prior preservation")
+    prior_loss_weight: float = _f(1.0, "weight of the class (prior) loss")
+    class_inference_steps: int = _f(25, "sampling steps when generating missing class images")
+    min_images: int = _f(1, "fewest instance images accepted")
+    max_image_pixels: int = _f(64_000_000, "largest image (width*height) accepted; guards against decompression bombs")
+    # --- previews, checkpoints, logs ---
+    num_preview_images: int = _f(2, "preview images per validation prompt")
+    preview_every: int = _f(100, "write previews every N steps (0: only at the end)")
+    preview_inference_steps: int = _f(20, "sampling steps of a preview")
+    preview_guidance_scale: float = _f(7.5, "classifier-free guidance scale of previews")
+    checkpoint_every: int = _f(100, "save resume state every N steps (0: only at the end)")
+    checkpoints_total_limit: int = _f(2, "resume states kept (older ones are deleted)")
+    resume: bool = _f(False, "continue from the latest complete resume state in checkpoints/state")
+    log_every: int = _f(10, "print a log line every N steps")
+    # --- export ---
+    export: str = _f("lora,kohya", f"comma-separated export formats ({', '.join(EXPORT_FORMATS)}); lora is always written")
+    save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
+
+    def __post_init__(self) -> None:
+        _validate(self, "config")
+
+    @property
+    def alpha(self) -> float:
+        """The LoRA alpha actually used (``lora_alpha`` or, when unset, the rank)."""
+        return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in self.export.split(",") if n.strip())
+        return names if "lora" in names else ("lora",) + names
+
+    @property
+    def prior_preservation(self) -> bool:
+        return bool(self.class_prompt)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build a config from typed values or SageMaker strings; every error names ``source``."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in values if k not in fields)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: {', '.join(fields)}")
+        kwargs = {k: convert_value(fields[k], v, source) for k, v in values.items()}
+        return cls._checked(source, **kwargs)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with ``changes`` applied (typed values)."""
+        return self.from_dict({**dataclasses.asdict(self), **changes}, source="replace()")
+
+    @classmethod
+    def _checked(cls, source: str, **kwargs: Any) -> "TrainConfig":
+        # Build without the generic check, then check naming the real source.
+        obj = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            object.__setattr__(obj, f.name, kwargs.get(f.name, default))
+        _validate(obj, source)
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["validation_prompts"] = list(self.validation_prompts)
+        return d
+
+
+def flag_name(name: str) -> str:
+    """The CLI flag of a field: ``max_train_steps`` -> ``--max-train-steps``."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return "--" + f.metadata.get("flag", name.replace("_", "-"))
+
+
+def _where(name: str, source: str) -> str:
+    return f"{source}: {name} ({flag_name(name)})"
+
+
+# --- conversion of SageMaker strings by declared type -------------------------------------
+
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _unquote(value: str) -> str:
+    """Strip one layer of JSON quoting (the SageMaker SDK's): '"400"' -> '400'."""
+    s = value.strip()
+    if len(s) >= 2 and s[0] == s[-1] == '"':
+        try:
+            decoded = json.loads(s)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
+def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
+    tp = _TYPES[f.name]
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if optional else tp
+    if isinstance(value, str):
+        value = _unquote(value)
+        if optional and value.strip().lower() in ("", "none", "null"):
+            return None
+    elif value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{_where(f.name, source)}: must not be empty")
+    try:
+        return _convert(base, value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{_where(f.name, source)}: {value!r} is not a valid {_type_word(base)} ({exc})") from None
+
+
+def _type_word(tp: Any) -> str:
+    return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}.get(tp, "list of strings")
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("true", "1", "yes", "on"):
+            return True
+        if s in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError("expected an integer, got a boolean")
+        number = float(value) if not isinstance(value, int) else value
+        if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
+            raise ValueError("expected a whole number")
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number, got a boolean")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {type(value).__name__}")
+        return value
+    # tuple[str, ...]: a list, a JSON array in a string, or one string.
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("["):
+            value = json.loads(s)
+        else:
+            return (value,) if value else ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return tuple(value)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+def _validate(cfg: TrainConfig, source: str) -> None:
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{_where(f.name, source)}: {value!r} is not one of {', '.join(choices)}")
+    positive = ("max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
+                "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
+                "max_image_pixels", "checkpoints_total_limit", "log_every")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{_where(name, source)}: must be at least 1, got {getattr(cfg, name)}")
+    at_least_zero = ("lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
+                     "preview_every", "checkpoint_every", "seed", "preview_guidance_scale")
+    for name in at_least_zero:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{_where(name, source)}: must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.class_prompt and cfg.num_class_images < 1:
+        raise ConfigError(f"{_where('num_class_images', source)}: must be at least 1 with a class prompt")
+    if not cfg.learning_rate > 0:
+        raise ConfigError(f"{_where('learning_rate', source)}: must be greater than 0, got {cfg.learning_rate}")
+    if cfg.lora_alpha is not None and not cfg.lora_alpha > 0:
+        raise ConfigError(f"{_where('lora_alpha', source)}: must be greater than 0, got {cfg.lora_alpha}")
+    if cfg.snr_gamma is not None and not cfg.snr_gamma > 0:
+        raise ConfigError(f"{_where('snr_gamma', source)}: must be greater than 0, got {cfg.snr_gamma}")
+    if cfg.resolution % 8:
+        raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
+    unknown = [n for n in cfg.export_formats if n not in EXPORT_FORMATS]
+    if unknown:
+        raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(EXPORT_FORMATS)}")
+    if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
+        raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
+                          f"installed; use one of adamw, adamw8bit or `pip install prodigyopt`")
+
+
+def required_missing(cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:
+    """The flags of ``names`` that are still empty (for the CLI, where paths are required)."""
+    return [flag_name(n) for n in names if not getattr(cfg, n)]
+
+
+# Names that may come from job/task hyperparameters: everything except the paths and prompts
+# that the container derives from its channels and the task list.
+HYPERPARAMETER_NAMES: frozenset[str] = frozenset(
+    f.name for f in dataclasses.fields(TrainConfig)
+    if f.name not in {"pretrained_model", "instance_data", "instance_prompt", "output_dir",
+                      "class_prompt", "class_data", "validation_prompts"}
+)
