@@ -1,0 +1,147 @@
+"""What the container writes about itself: the failure file, summary.json, task status.
+
+Every file is written to a temporary name and renamed, so a host killed mid-write (spot,
+SIGKILL) never leaves half a JSON document for the restart or for S3 to pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+FAILURE_LIMIT = 1024  # SageMaker shows at most this many characters as FailureReason
+STATUS_FILE = "status.json"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """The document at ``path``, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def failure_reason(headline: str, problems: Sequence[str] = (), limit: int = FAILURE_LIMIT) -> str:
+    """``headline`` then the problems, most important first, cut to ``limit`` characters.
+
+    Problems that do not fit are counted ("... and 7 more") rather than cut mid-sentence.
+    """
+    text = headline.strip()
+    for i, problem in enumerate(problems):
+        rest = len(problems) - i
+        line = f"\n- {problem.strip()}"
+        tail = f"\n... and {rest - 1} more" if rest > 1 else ""
+        more = f"\n... and {rest} more"
+        if len(text) + len(line) + len(tail) <= limit:
+            text += line
+            continue
+        if len(text) + len(more) <= limit:
+            return text + more
+        break
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def write_failure(path: Path, headline: str, problems: Sequence[str] = ()) -> str:
+    reason = failure_reason(headline, problems)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reason)
+    return reason
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# -- task status (checkpoint_dir/status.json) -------------------------------------------------
+
+def read_status(checkpoint_dir: Path) -> dict | None:
+    status = read_json(checkpoint_dir / STATUS_FILE)
+    return status if isinstance(status, dict) else None
+
+
+def write_failed_status(checkpoint_dir: Path, error: str, *, extra: Mapping[str, Any]) -> dict:
+    """Status of a task that failed before training started (bad path, bad hyperparameter).
+
+    Same fields as train.task writes, so status readers need one format only.
+    """
+    previous = read_status(checkpoint_dir) or {}
+    stamp = now_iso()
+    status = {
+        **extra,
+        "state": "failed",
+        "step": previous.get("step", 0),
+        "loss": previous.get("loss"),
+        "started_at": stamp,
+        "finished_at": stamp,
+        "attempts": int(previous.get("attempts", 0) or 0) + 1,
+        "error": error,
+    }
+    write_json(checkpoint_dir / STATUS_FILE, status)
+    return status
+
+
+# -- summary.json (output/data/<host>/summary.json) -------------------------------------------
+
+@dataclass
+class TaskOutcome:
+    """One task as this host's summary reports it."""
+
+    task_id: str
+    outcome: str  # completed | restored | failed | interrupted | not_started
+    step: int = 0
+    loss: float | None = None
+    seconds: float = 0.0
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    model_dir: str | None = None
+    uploaded_to: str | None = None
+    user_id: str | None = None
+
+
+@dataclass
+class HostSummary:
+    host: str
+    host_index: int
+    hosts: list[str]
+    share: list[str]
+    base_model_loads: int = 0
+    base_model_seconds: float = 0.0
+    started_at: str = field(default_factory=now_iso)
+    finished_at: str | None = None
+    seconds: float = 0.0
+    state: str = "running"  # running | completed | failed | interrupted
+    tasks: list[TaskOutcome] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tasks:
+            out[t.outcome] = out.get(t.outcome, 0) + 1
+        return out
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "counts": self.counts()}
+
+    def write(self, output_data_dir: Path) -> Path:
+        path = output_data_dir / "summary.json"
+        write_json(path, self.to_dict())
+        return path
+
+
+def outcome_table(outcomes: Iterable[TaskOutcome]) -> str:
+    """A few plain log lines, one per task, for the end of the host's log."""
+    rows = [f"{'task':24} {'outcome':11} {'step':>6} {'seconds':>8}  error"]
+    for t in outcomes:
+        rows.append(f"{t.task_id:24} {t.outcome:11} {t.step:>6} {t.seconds:>8.1f}  {(t.error or '')[:80]}")
+    return "\n".join(rows)

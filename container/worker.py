@@ -1,0 +1,285 @@
+"""The warm worker: one base pipeline per host, this host's tasks one after another.
+
+For each task of the share, in plan order:
+
+    delivered before (restart)?  -> put its final artifacts back, no training
+    build its TrainConfig        -> a bad path or hyperparameter fails only this task
+    load the base (first time)   -> once per host, reused by every task
+    run_task                     -> fresh LoRA, train, previews, export, status.json, detach
+    completed                    -> keep a copy in the checkpoint folder, upload to output_uri
+
+A task failure is recorded (status.json, summary) and the next task runs, unless
+``on_task_failure=fail``. A stop request (SIGTERM) ends the loop after run_task has saved
+state. The summary is rewritten after every task, so even a killed host leaves one.
+
+``load_base`` and ``run_task`` are injected: the entry point passes train's, the
+orchestration tests pass fakes.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from container.env import SageMakerEnv
+from container.errors import ContainerError, TaskPathError
+from container.final import final_is_complete, keep_final, restore_final
+from container.records import HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
+from container.s3 import S3TransferError
+from container.settings import ContainerConfig
+from container.taskconfig import task_train_config
+
+log = logging.getLogger("container.worker")
+
+# Under the checkpoint prefix so a restarted host gets its generated class images back; one
+# folder per host so hosts never write the same key. Task ids start with [A-Za-z0-9], so a
+# name starting with "_" can never be a task's folder.
+CLASS_CACHE = "_class-cache"
+
+
+class BaseModelError(ContainerError):
+    """The base pipeline (channel 'model') could not be loaded: no task on this host can run."""
+
+
+@dataclass
+class Worker:
+    env: SageMakerEnv
+    settings: ContainerConfig
+    job_hp: Mapping[str, Any]  # training hyperparameters of the job, raw (strings)
+    load_base: Callable[[Path], Any]
+    run_task: Callable[..., Any]
+    stop_requested: Callable[[], bool] = lambda: False
+    mixed_precision: str = "no"  # the job's: the base model is loaded once, in this precision
+    transfer: Any = None  # container.s3.TaskTransfer, made on first use
+    summary: HostSummary | None = None
+    _base: Any = field(default=None, repr=False)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, share: Sequence) -> HostSummary:
+        env = self.env
+        self.summary = HostSummary(
+            host=env.current_host, host_index=env.host_index, hosts=list(env.hosts),
+            share=[t.task_id for t in share],
+        )
+        start = time.monotonic()
+        self._write_summary()
+        for n, task in enumerate(share, 1):
+            if self.stop_requested():
+                self._stop_before(share[n - 1:])
+                break
+            log.info("task %d/%d: %s", n, len(share), task.task_id)
+            outcome = self._run_one(task)
+            self.summary.tasks.append(outcome)
+            self._write_summary()
+            log.info("task %s: %s%s", task.task_id, outcome.outcome, f" ({outcome.error})" if outcome.error else "")
+            if outcome.outcome == "interrupted":
+                self._stop_before(share[n:])
+                break
+            if outcome.outcome == "failed" and self.settings.on_task_failure == "fail":
+                self.summary.state = "failed"
+                break
+        if self.summary.state == "running":
+            self.summary.state = "completed"
+        self.summary.finished_at = now_iso()
+        self.summary.seconds = round(time.monotonic() - start, 3)
+        self._write_summary()
+        return self.summary
+
+    def _run_one(self, task) -> TaskOutcome:
+        model_dir = self.env.model_dir / task.task_id
+        checkpoint_dir = self.env.checkpoint_dir / task.task_id
+        outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id)
+        t0 = time.monotonic()
+        try:
+            if final_is_complete(checkpoint_dir) and _status_state(checkpoint_dir) == "completed":
+                self._restore(task, model_dir, checkpoint_dir, outcome)
+            else:
+                self._train(task, model_dir, checkpoint_dir, outcome)
+        finally:
+            outcome.seconds = round(time.monotonic() - t0, 3)
+            outcome.finished_at = now_iso()
+        return outcome
+
+    # -- one task ---------------------------------------------------------------------------
+
+    def _restore(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+        """A task an earlier run of this job already delivered: no retraining."""
+        files = restore_final(checkpoint_dir, model_dir)
+        status = read_status(checkpoint_dir) or {}
+        outcome.outcome = "restored"
+        outcome.step = int(status.get("step", 0) or 0)
+        outcome.loss = status.get("loss")
+        outcome.model_dir = str(model_dir)
+        log.info("task %s was completed by an earlier run: %d files restored to %s", task.task_id, len(files), model_dir)
+        if task.output_uri and not (checkpoint_dir / UPLOADED).exists():
+            self._upload(task, model_dir, checkpoint_dir, outcome)
+
+    def _train(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+        from train.errors import Interrupted, TrainError
+
+        extra = self._status_extra(task)
+        try:
+            cfg = self._task_config(task, model_dir)
+        except (TrainError, ContainerError) as exc:
+            self._fail(outcome, checkpoint_dir, str(exc), extra)
+            return
+        try:
+            base = self._base_model()
+        except Exception as exc:
+            raise BaseModelError(f"base model in channel 'model' failed to load: {exc}") from exc
+        model_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            result = self.run_task(
+                base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                class_cache_dir=self.env.checkpoint_dir / CLASS_CACHE / self.env.current_host,
+                stop_requested=self.stop_requested, task_id=task.task_id, status_extra=extra,
+            )
+        except Interrupted as exc:
+            outcome.outcome = "interrupted"
+            outcome.error = str(exc) or "stop requested; state saved"
+            outcome.step = int((read_status(checkpoint_dir) or {}).get("step", 0) or 0)
+            return
+        except TrainError as exc:
+            self._fail(outcome, checkpoint_dir, str(exc), extra, status_written=True)
+            return
+        except Exception as exc:  # one task's crash must not take the other users' LoRAs down
+            log.error("task %s crashed:\n%s", task.task_id, traceback.format_exc())
+            self._fail(outcome, checkpoint_dir, f"unexpected {type(exc).__name__}: {exc}", extra, status_written=True)
+            return
+        finally:
+            _free_memory()
+        outcome.step, outcome.loss = result.step, result.loss
+        if result.state != "completed":
+            error = result.error or f"run_task ended in state {result.state!r}"
+            self._fail(outcome, checkpoint_dir, error, extra, status_written=True)
+            return
+        outcome.outcome = "completed"
+        outcome.model_dir = str(model_dir)
+        keep_final(model_dir, checkpoint_dir)
+        if task.output_uri:
+            self._upload(task, model_dir, checkpoint_dir, outcome)
+
+    def _task_config(self, task, model_dir: Path):
+        env = self.env
+        model_channel = env.channel("model")
+        if model_channel is None:
+            raise BaseModelError("the job has no 'model' channel (a diffusers pipeline folder)")
+        data_dir = None
+        if str(task.instance_data).startswith("s3://"):
+            data_dir = self._download_instance_data(task)
+        cfg = task_train_config(
+            task, job_hp=self.job_hp, model_channel=model_channel,
+            images_channel=env.channel("images"), class_channel=env.channel("class"),
+            instance_data_dir=data_dir, output_dir=model_dir,
+        )
+        if cfg.mixed_precision != self.mixed_precision:
+            from train.errors import ConfigError
+
+            raise ConfigError(
+                f"task {task.task_id!r}: hyperparameter mixed_precision={cfg.mixed_precision!r} differs from the "
+                f"job's {self.mixed_precision!r}; the base model is loaded once per host, so set it for the job"
+            )
+        return cfg
+
+    def _download_instance_data(self, task) -> Path:
+        if self.settings.network_isolation:
+            raise TaskPathError(
+                f"task {task.task_id!r}: instance_data {task.instance_data} is an s3:// URI but the job runs "
+                "with network isolation; put the images in the 'images' channel instead"
+            )
+        target = self.env.base_dir / "input" / "s3" / task.task_id
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            n = self._transfer().download_prefix(task.instance_data, target)
+        except S3TransferError as exc:
+            raise TaskPathError(f"task {task.task_id!r}: instance_data: {exc}") from exc
+        log.info("task %s: downloaded %d files from %s", task.task_id, n, task.instance_data)
+        return target
+
+    def _upload(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+        if self.settings.network_isolation:
+            outcome.error = f"output_uri {task.output_uri} not uploaded: the job runs with network isolation"
+            log.warning("task %s: %s", task.task_id, outcome.error)
+            return
+        try:
+            keys = self._transfer().upload_folder(model_dir, task.output_uri)
+        except S3TransferError as exc:
+            # The LoRA still reaches model.tar.gz; the summary says what the consumer missed.
+            outcome.error = str(exc)
+            log.error("task %s: %s", task.task_id, exc)
+            return
+        outcome.uploaded_to = task.output_uri
+        (checkpoint_dir / UPLOADED).write_text(task.output_uri + "\n")
+        log.info("task %s: uploaded %d files to %s (manifest last)", task.task_id, len(keys), task.output_uri)
+
+    def _fail(self, outcome: TaskOutcome, checkpoint_dir: Path, error: str, extra: Mapping[str, Any],
+              *, status_written: bool = False) -> None:
+        """Record a failed task. run_task writes its own failed status.json; a task that failed
+        before run_task ran (or crashed without one) gets it here."""
+        outcome.outcome = "failed"
+        outcome.error = error
+        status = read_status(checkpoint_dir) if status_written else None
+        if not status or status.get("state") != "failed":
+            status = write_failed_status(checkpoint_dir, error, extra=extra)
+        outcome.step = int(status.get("step", 0) or 0)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _base_model(self):
+        if self._base is None:
+            t0 = time.monotonic()
+            self._base = self.load_base(self.env.channel("model"))
+            self.summary.base_model_loads += 1
+            self.summary.base_model_seconds = round(time.monotonic() - t0, 3)
+            log.info("base model loaded in %.1f s (once for this host)", self.summary.base_model_seconds)
+        return self._base
+
+    def _transfer(self):
+        if self.transfer is None:
+            from container.s3 import TaskTransfer, default_client
+
+            self.transfer = TaskTransfer(default_client())
+        return self.transfer
+
+    def _status_extra(self, task) -> dict:
+        extra = {"task_id": task.task_id, "host": self.env.current_host}
+        if task.user_id is not None:
+            extra["user_id"] = task.user_id
+        if task.metadata:
+            extra["metadata"] = dict(task.metadata)
+        return extra
+
+    def _stop_before(self, remaining: Sequence) -> None:
+        self.summary.state = "interrupted"
+        for task in remaining:
+            self.summary.tasks.append(TaskOutcome(task_id=task.task_id, outcome="not_started", user_id=task.user_id))
+
+    def _write_summary(self) -> None:
+        self.summary.write(self.env.output_data_dir)
+
+
+UPLOADED = "uploaded.txt"
+
+
+def _status_state(checkpoint_dir: Path) -> str | None:
+    status = read_status(checkpoint_dir)
+    return status.get("state") if status else None
+
+
+def _free_memory() -> None:
+    """Between tasks: drop the finished task's tensors before the next one allocates."""
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
