@@ -23,7 +23,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
 # The export formats train.export knows; "lora" (diffusers) must always be among the chosen.
-EXPORT_FORMATS = ("lora", "kohya", "fp16", "bf16", "int8", "nf4", "merged")
+EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:

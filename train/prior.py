@@ -1,0 +1,75 @@
+"""Class images for prior preservation: the given ones, topped up with generated ones.
+
+Generating class images is the slow part of prior preservation, and it depends only on the
+base model, the class prompt, the resolution and the count, not on the subject. So generated
+images go to ``class_cache_dir/<hash of those>/`` and the next task with the same class reuses
+them. The folder is written under a temporary name and renamed, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from train.config import TrainConfig
+from train.data import Example, derive_seed, image_files, load_images
+from train.pipeline import BaseModel
+from train.state import replace_dir
+
+GUIDANCE_SCALE = 7.5
+BATCH = 4
+
+
+def cache_key(base: BaseModel, cfg: TrainConfig, count: int) -> str:
+    parts = [base.identity(), cfg.class_prompt, cfg.resolution, count, cfg.class_inference_steps]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
+def class_examples(base: BaseModel, cfg: TrainConfig, cache_root: Path, log=print) -> list[Example]:
+    """``cfg.num_class_images`` class examples: from ``cfg.class_data``, the rest generated (cached)."""
+    given: list[Example] = []
+    folder = Path(cfg.class_data) if cfg.class_data else None
+    if folder is not None and folder.is_dir() and image_files(folder):
+        given = load_images(folder, prompt=cfg.class_prompt, resolution=cfg.resolution,
+                            max_pixels=cfg.max_image_pixels, what="class", limit=cfg.num_class_images)
+    missing = cfg.num_class_images - len(given)
+    if missing <= 0:
+        return given
+    cached = cache_root / cache_key(base, cfg, missing)
+    if (cached / "meta.json").is_file():
+        log(f"class images: reusing {missing} cached in {cached}")
+    else:
+        log(f"class images: generating {missing} for {cfg.class_prompt!r} into {cached}")
+        generate(base, cfg, cached, missing)
+    return given + load_images(cached, prompt=cfg.class_prompt, resolution=cfg.resolution,
+                               max_pixels=cfg.max_image_pixels, what="class")
+
+
+def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None:
+    """Sample ``count`` images of the class prompt with the base model (no LoRA attached)."""
+    import torch
+
+    from train.previews import autocast
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    pipe = base.pipeline()
+    with torch.no_grad(), autocast(base):
+        for start in range(0, count, BATCH):
+            n = min(BATCH, count - start)
+            # One generator per image: image i is the same whatever the batch size.
+            gens = [torch.Generator(device="cpu").manual_seed(derive_seed(0, "class", start + j)) for j in range(n)]
+            images = pipe([cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
+                          guidance_scale=GUIDANCE_SCALE, height=cfg.resolution, width=cfg.resolution,
+                          generator=gens).images
+            for j, image in enumerate(images):
+                image.save(tmp / f"class-{start + j:05d}.png")
+    meta = {"base_model": str(base.path), "base_identity": base.identity(), "class_prompt": cfg.class_prompt,
+            "resolution": cfg.resolution, "count": count, "inference_steps": cfg.class_inference_steps}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    replace_dir(tmp, final)
