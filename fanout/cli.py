@@ -1,0 +1,176 @@
+"""`fanout validate | plan | submit | status | bootstrap | local` (python -m fanout ...).
+
+Each subcommand turns its arguments into the library's config objects and calls one
+function; FanoutError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from fanout.errors import FanoutError, TaskListError
+from fanout.plan import plan_tasks, round_robin
+from fanout.tasks import load_tasks
+
+
+def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that is JSON (400, 1e-4, true) is read as such."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FanoutError(f"{what} must be KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_validate(args) -> int:
+    try:
+        tasks = load_tasks(args.file)
+    except TaskListError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 2
+    if args.instances:
+        plan_tasks(tasks, args.instances)        # explicit host fields checked against K
+    print(f"{args.file}: {len(tasks)} task(s) OK")
+    return 0
+
+
+def format_plan(plan, baseline=None) -> str:
+    rows = [f"{'host':>4}  {'tasks':>5}  {'cost':>10}  task ids"]
+    for h in plan.hosts:
+        ids = ", ".join(h.task_ids[:6]) + (f", ... (+{len(h.task_ids) - 6})" if len(h.task_ids) > 6 else "")
+        rows.append(f"{h.index:>4}  {len(h.task_ids):>5}  {h.cost:>10.1f}  {ids}")
+    rows.append(f"makespan {plan.makespan:.1f}  lower bound {plan.lower_bound:.1f}  "
+                f"utilisation {plan.utilisation:.1%}  (cost unit: one 512px training step)")
+    if baseline is not None:
+        rows.append(f"round-robin would take {baseline.makespan:.1f} ({baseline.makespan / max(plan.makespan, 1e-9):.2f}x)")
+    idle = sum(1 for h in plan.hosts if not h.task_ids)
+    if idle:
+        rows.append(f"warning: {idle} host(s) get no task but are billed; use fewer --instances")
+    return "\n".join(rows)
+
+
+def cmd_plan(args) -> int:
+    tasks = load_tasks(args.file)
+    hp = _key_values(args.hp, "--hp")
+    plan = plan_tasks(tasks, args.instances, hp)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(format_plan(plan, round_robin(tasks, args.instances, hp)))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from fanout.launcher import S3Objects
+    from fanout.settings import make_client
+    from fanout.status import job_status
+
+    info = job_status(make_client("sagemaker", args.region, args.endpoint_url),
+                      S3Objects(make_client("s3", args.region, args.endpoint_url)), args.job)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['job']}: {info['state']} ({info['secondary']})" + (f" - {info['failure_reason']}" if info["failure_reason"] else ""))
+    print(f"{'task':<32} {'state':<10} {'host':>4} {'step':>6} {'loss':>8}  error")
+    for row in info["tasks"]:
+        loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
+        print(f"{row['task_id']:<32} {row['state']:<10} {row['host'] if row['host'] is not None else '':>4} "
+              f"{row['step'] if row['step'] is not None else '':>6} {loss:>8}  {row['error'] or ''}")
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    from fanout.bootstrap import bootstrap
+    from fanout.settings import Settings
+
+    settings = Settings.from_env()
+    for name, created in bootstrap(settings, settings.client("s3"), settings.client("dynamodb")).items():
+        print(f"{name}: {'created' if created else 'exists'}")
+    return 0
+
+
+def cmd_local(args) -> int:
+    return _local().run(args)
+
+
+def _local():
+    try:
+        from fanout import local
+    except ImportError as exc:
+        raise FanoutError(f"`fanout local` is not available in this install (fanout.local: {exc})") from exc
+    return local
+
+
+def _add_local(sub) -> None:
+    parser = sub.add_parser("local", help="run a K-host job on this machine (hosts as train subprocesses)")
+    parser.set_defaults(func=cmd_local)
+    try:
+        _local().add_arguments(parser)
+    except FanoutError as exc:
+        parser.set_defaults(func=lambda args, _e=exc: _raise(_e))
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def _raise(exc: Exception) -> int:
+    raise exc
+
+
+def _aws_args(parser) -> None:
+    parser.add_argument("--region", default="", help="AWS region (default: boto3's chain)")
+    parser.add_argument("--endpoint-url", default="", help="AWS endpoint override (e.g. a moto server)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fanout.submit import add_submit
+
+    parser = argparse.ArgumentParser(prog="fanout", description="Plan, launch and track K-instance LoRA training jobs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check a task list; every problem names line, task and field")
+    p.add_argument("file")
+    p.add_argument("--instances", type=int, default=0, help="also check explicit host fields against K")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("plan", help="show which host runs which task, and the expected makespan")
+    p.add_argument("file")
+    p.add_argument("--instances", "-k", type=int, required=True, help="instances in the job (K)")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="job-level hyperparameter (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable plan")
+    p.set_defaults(func=cmd_plan)
+    add_submit(sub, _aws_args, _key_values)
+    p = sub.add_parser("status", help="a job's state and each task's state from its checkpoints")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    _aws_args(p)
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("bootstrap", help="create the FANOUT_BUCKET bucket and both tables if absent")
+    p.set_defaults(func=cmd_bootstrap)
+    _add_local(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FanoutError as exc:
+        print(f"fanout {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:   # AWS errors etc.: one readable line, not a traceback
+        from botocore.exceptions import BotoCoreError, ClientError
+        if isinstance(exc, (ClientError, BotoCoreError)):
+            print(f"fanout {args.command}: AWS error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

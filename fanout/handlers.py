@@ -1,0 +1,57 @@
+"""Lambda entry points: parse the event, call one function in fanout.service, return.
+
+Settings come from FANOUT_* environment variables (docs/fanout.md). Each handler builds its
+Service once per container (module-level cache) so warm invocations reuse clients. Per-item
+failures are reported (`batchItemFailures`) instead of failing the whole batch, so SQS
+redelivers only what failed; every function below is idempotent under redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fanout.events import failures, job_state_change, s3_objects
+from fanout.service import Service, launch_pending as _launch_pending, record_job_state, record_task_artifact, register_upload
+from fanout.settings import Settings
+
+log = logging.getLogger("fanout")
+_service: Service | None = None
+
+
+def service() -> Service:
+    global _service
+    if _service is None:
+        _service = Service.from_settings(Settings.from_env())
+    return _service
+
+
+def _each_object(event: dict, action) -> dict[str, Any]:
+    results, failed = {}, []
+    for obj in s3_objects(event):
+        try:
+            results[obj.key] = action(service(), obj.bucket, obj.key)
+        except Exception:            # one bad item must not fail (and redeliver) the others
+            log.exception("failed on s3://%s/%s", obj.bucket, obj.key)
+            failed.append(obj.item_id)
+    return {"results": results, **failures(failed)}
+
+
+def on_upload(event: dict, context: Any = None) -> dict[str, Any]:
+    """S3 ObjectCreated of requests/<user>/<request>/request.json -> one PENDING request."""
+    return _each_object(event, register_upload)
+
+
+def launch_pending(event: dict, context: Any = None) -> dict[str, Any]:
+    """Schedule or DynamoDB stream: the event only wakes us; the queue is the table."""
+    return _launch_pending(service())
+
+
+def on_job_state_change(event: dict, context: Any = None) -> dict[str, Any]:
+    """EventBridge "SageMaker Training Job State Change" -> per-task outcomes."""
+    return record_job_state(service(), job_state_change(event))
+
+
+def on_task_artifact(event: dict, context: Any = None) -> dict[str, Any]:
+    """S3 ObjectCreated of models/<user>/<request>/manifest.json -> COMPLETED at once."""
+    return _each_object(event, record_task_artifact)

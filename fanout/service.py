@@ -1,0 +1,199 @@
+"""The serverless path: one function per handler, over the stores and the launcher.
+
+Layout in the bucket:
+  requests/<user_id>/<request_id>/request.json   the request (uploaded after its images)
+  requests/<user_id>/<request_id>/images/...     instance images (the `images` channel root is requests/)
+  jobs/<job_name>/...                            task list, images manifest, checkpoints, model.tar.gz
+  models/<user_id>/<request_id>/...              the task's artifacts, uploaded as soon as it finishes
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from fanout.errors import TaskListError
+from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
+from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
+from fanout.plan import instances_for, split_backlog
+from fanout.request import LaunchConfig, prepare_job
+from fanout.settings import Settings
+from fanout.status import read_statuses
+from fanout.store import ModelStore, RequestStore
+from fanout.tasks import TASK_ID_PATTERN, TaskSpec, parse_tasks
+
+REQUEST_FIELDS = ("instance_prompt", "class_prompt", "class_data", "validation_prompts", "hyperparameters", "metadata")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    requests: RequestStore
+    models: ModelStore
+    launcher: Launcher
+    objects: S3Objects
+    clock: Callable[[], str] = utc_now
+
+    @classmethod
+    def from_settings(cls, settings: Settings, session=None) -> "Service":
+        s3, dynamodb = settings.client("s3", session), settings.client("dynamodb", session)
+        launcher = Launcher(settings.client("sagemaker", session), s3, RateLimiter(settings.launch_rate))
+        return cls(settings, RequestStore(dynamodb, settings.requests_table),
+                   ModelStore(dynamodb, settings.models_table), launcher, S3Objects(s3))
+
+    def uri(self, *parts: str) -> str:
+        return "s3://" + "/".join([self.settings.bucket, *parts])
+
+    def ago(self, seconds: float) -> str:
+        now = dt.datetime.fromisoformat(self.clock())
+        return (now - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def task_id_for(user_id: str, request_id: str) -> str:
+    """A valid, unique task id for a request (readable when the ids allow it)."""
+    candidate = f"{user_id}.{request_id}"
+    if re.fullmatch(TASK_ID_PATTERN, candidate):
+        return candidate
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", candidate).lstrip("._-")[:100] or "req"
+    return f"{safe}-{hashlib.sha256(candidate.encode()).hexdigest()[:12]}"
+
+
+def request_task(svc: Service, user_id: str, request_id: str, body: dict) -> dict:
+    """The task-list object for an uploaded request (validated like any task list)."""
+    unknown = sorted(set(body) - set(REQUEST_FIELDS))
+    if unknown:
+        raise TaskListError([f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(REQUEST_FIELDS)}"])
+    task = {k: body[k] for k in REQUEST_FIELDS if k in body}
+    task.update(task_id=task_id_for(user_id, request_id), instance_data=f"{user_id}/{request_id}/images",
+                user_id=user_id, output_uri=svc.uri("models", user_id, request_id) + "/",
+                metadata={**(body.get("metadata") or {}), "request_id": request_id})
+    parse_tasks(json.dumps(task), source=svc.uri("requests", user_id, request_id, "request.json"))
+    return task
+
+
+def register_upload(svc: Service, bucket: str, key: str) -> str:
+    """request.json uploaded -> one PENDING request ('created', 'duplicate', 'invalid', 'ignored')."""
+    match = REQUEST_KEY.match(key)
+    if bucket != svc.settings.bucket or not match:
+        return "ignored"                               # images and other objects
+    user_id, request_id = match["user"], match["request"]
+    try:
+        body = json.loads(svc.objects.get_text(f"s3://{bucket}/{key}"))
+        task = request_task(svc, user_id, request_id, body if isinstance(body, dict) else {"_": body})
+    except (ValueError, TaskListError) as exc:
+        # recorded, not raised: a retry cannot fix the file, the user can read why
+        svc.requests.put_new(user_id, request_id, {}, svc.clock(), status="FAILED", reason=str(exc))
+        return "invalid"
+    return "created" if svc.requests.put_new(user_id, request_id, task, svc.clock()) else "duplicate"
+
+
+def _launch_config(svc: Service, count: int) -> LaunchConfig:
+    s = svc.settings
+    return LaunchConfig(image_uri=s.image_uri, role_arn=s.role_arn, model_uri=s.model_uri,
+                        images_uri=svc.uri("requests") + "/", output_uri=svc.uri("jobs") + "/",
+                        instance_type=s.instance_type, instance_count=count, volume_size_gb=s.volume_size_gb,
+                        hyperparameters=json.loads(s.hyperparameters or "{}"), max_runtime_s=s.max_runtime_s,
+                        spot=s.spot, max_wait_s=s.max_wait_s, warm_pool_s=s.warm_pool_s,
+                        kms_key=s.kms_key or None, volume_kms_key=s.kms_key or None, job_prefix=s.job_prefix)
+
+
+def _claim(svc: Service, claimer: str) -> dict[str, dict]:
+    """Claimed requests by task id (each won by one conditional write)."""
+    s = svc.settings
+    stale = svc.ago(s.claim_timeout_s)
+    claimed = {}
+    for item in svc.requests.claimable(stale, limit=s.max_tasks_per_job * 4):
+        if item.get("task") and svc.requests.claim(item["request_key"], claimer, svc.clock(), stale):
+            claimed[json.loads(item["task"])["task_id"]] = item
+    return claimed
+
+
+def _drop_without_images(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:
+    _, empty = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
+    for t in [t for t in tasks if t.instance_data in empty]:
+        svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer,
+                                  f"no images under {svc.uri('requests', t.instance_data)}/ (upload images before request.json)", svc.clock())
+    return [t for t in tasks if t.instance_data not in empty]
+
+
+def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
+    """Claim pending requests, launch K-instance jobs of similar-cost tasks, mark them LAUNCHED.
+
+    A job that cannot be created hands its claims back (PENDING, with the reason)."""
+    claimer = claimer or uuid.uuid4().hex
+    claimed = _claim(svc, claimer)
+    tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
+    tasks = _drop_without_images(svc, claimer, claimed, tasks)
+    hp = json.loads(svc.settings.hyperparameters or "{}")
+    result: dict[str, Any] = {"jobs": [], "launched": 0, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
+    for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
+        keys = [claimed[t.task_id]["request_key"] for t in batch]
+        # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
+        salt = json.dumps({k: int(claimed[t.task_id].get("retries", 0)) for k, t in zip(keys, batch)}, sort_keys=True)
+        try:
+            job = prepare_job(batch, _launch_config(svc, instances_for(len(batch), svc.settings.max_instances)), salt=salt)
+            launched = svc.launcher.launch(job, svc.uri("requests") + "/")
+        except Exception as exc:   # edge of a batch: whatever failed, the claims go back with the reason
+            for key in keys:
+                svc.requests.release(key, claimer, f"launch failed: {exc}", svc.clock())
+            result["released"] += len(keys)
+            result["errors"].append(f"{type(exc).__name__}: {exc}")
+            continue
+        for key in keys:
+            svc.requests.mark_launched(key, claimer, launched.job_name, svc.clock())
+        result["jobs"].append(launched.job_name)
+        result["launched"] += len(keys)
+    return result
+
+
+def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None) -> None:
+    task = json.loads(item["task"])
+    svc.models.register(item["user_id"], item["request_id"], now, artifact_uri=task.get("output_uri"),
+                        model_tar_uri=model_tar, task_id=task["task_id"], job_name=job_name,
+                        base_model=svc.settings.model_uri or None, request_key=item["request_key"])
+
+
+def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
+    """A job ended: each of its requests COMPLETED (+ registered), retried or FAILED."""
+    if not change.terminal:
+        return {"job": change.job_name, "status": change.status, "ignored": True}
+    checkpoint = change.checkpoint_uri or svc.uri("jobs", change.job_name, "checkpoints")
+    statuses = read_statuses(svc.objects, checkpoint)
+    counts = {"completed": 0, "PENDING": 0, "FAILED": 0, "unchanged": 0}
+    for item in svc.requests.by_job(change.job_name):
+        task_id = json.loads(item["task"])["task_id"]
+        status = statuses.get(task_id, {})
+        now = svc.clock()
+        if status.get("state") == "completed":
+            if svc.requests.complete(item["request_key"], now, change.job_name):
+                counts["completed"] += 1
+            _register(svc, item, change.job_name, now, change.model_artifacts)
+            continue
+        reason = status.get("error") or f"job {change.status}: {change.failure_reason or 'task did not finish'}"
+        outcome = svc.requests.fail_or_retry(item["request_key"], change.job_name, reason, svc.settings.max_retries, now)
+        counts[outcome or "unchanged"] += 1
+    return {"job": change.job_name, "status": change.status, **counts}
+
+
+def record_task_artifact(svc: Service, bucket: str, key: str) -> str:
+    """A task's manifest.json landed under models/<user>/<request>/: COMPLETED and registered now."""
+    match = ARTIFACT_KEY.match(key)
+    if bucket != svc.settings.bucket or not match:
+        return "ignored"
+    item = svc.requests.get(f"{match['user']}/{match['request']}")
+    if item is None:
+        return "unknown"
+    now = svc.clock()
+    done = svc.requests.complete(item["request_key"], now)
+    if done or item.get("status") == "COMPLETED":
+        _register(svc, item, item.get("job_name"), now)
+    return "completed" if done else "duplicate"
