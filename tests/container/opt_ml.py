@@ -1,0 +1,97 @@
+"""Helpers for the container tests (imported as `opt_ml`; conftest.py holds the fixtures): SageMaker-shaped /opt/ml trees in temp folders.
+
+Trees are written the way SageMaker writes them (every hyperparameter a string; resourceconfig
+with or without the instance-group fields) so the container reads exactly what it reads on
+SageMaker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The tiny job every end-to-end test trains: small, fast, still the real code paths.
+TINY_HP = {
+    "max_train_steps": 4,
+    "resolution": 32,
+    "preview_every": 0,
+    "num_preview_images": 1,
+    "preview_inference_steps": 2,
+    "checkpoint_every": 2,
+    "log_every": 1,
+}
+
+
+def load_script(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def sagemaker_resource_config(host: str, hosts: list[str]) -> dict:
+    return {
+        "current_host": host,
+        "current_instance_type": "ml.g5.xlarge",
+        "current_group_name": "homogeneousCluster",
+        "hosts": hosts,
+        "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.g5.xlarge",
+                             "hosts": hosts}],
+        "network_interface_name": "eth0",
+    }
+
+
+def sdk_encode(values: dict) -> dict:
+    """hyperparameters.json as the SageMaker Python SDK writes it: every value JSON-encoded."""
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def raw_encode(values: dict) -> dict:
+    """hyperparameters.json as a raw CreateTrainingJob call writes it: bare strings."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def make_tree(base: Path, *, tasks, hyperparameters: dict | None = None, host: str = "algo-1",
+              hosts: list[str] | None = None, model: Path | None = None, images: Path | None = None,
+              class_images: Path | None = None, local_mode: bool = False) -> Path:
+    """An /opt/ml tree at ``base``. ``tasks``: list of dicts, or the task-list text itself.
+
+    ``hyperparameters`` are written as given (already strings: use sdk_encode/raw_encode).
+    ``local_mode`` writes resourceconfig.json as SageMaker local mode does (hosts only).
+    """
+    hosts = hosts or [host]
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}))
+    rc = {"current_host": host, "hosts": hosts} if local_mode else sagemaker_resource_config(host, hosts)
+    (config / "resourceconfig.json").write_text(json.dumps(rc))
+    channels = {"tasks": {"TrainingInputMode": "File"}}
+    data = base / "input" / "data"
+    (data / "tasks").mkdir(parents=True, exist_ok=True)
+    text = tasks if isinstance(tasks, str) else "".join(json.dumps(t) + "\n" for t in tasks)
+    (data / "tasks" / "tasks.jsonl").write_text(text)
+    for name, src in (("model", model), ("images", images), ("class", class_images)):
+        if src is not None:
+            channels[name] = {"TrainingInputMode": "File"}
+            link = data / name
+            if not link.exists():
+                link.symlink_to(Path(src).resolve(), target_is_directory=True)
+    (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    return base
+
+
+def container_env(base: Path) -> dict:
+    env = dict(os.environ)
+    env["SAGEMAKER_BASE_DIR"] = str(base)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
