@@ -1,0 +1,244 @@
+"""`export_model`: write every requested format into a task's model folder, check each one
+against the in-memory LoRA pipeline, and write `manifest.json` last.
+
+Sections, in order: reference renders (in-memory LoRA) -> one writer per format -> load each
+artifact back with diffusers and measure drift -> manifest. A format that cannot run here
+(bitsandbytes without a GPU) is recorded as skipped with its reason; one that fails is
+recorded, the others still run, and an `ExportError` naming it is raised after the manifest
+is written, so the task fails loudly but keeps what did export.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from . import drift, lora, manifest, merged, mme, quantized
+from .config import GPU_FORMATS, ExportConfig
+from .errors import ExportError
+
+log = logging.getLogger("train.export")
+MERGED_SOURCE = ".merged-src"  # temporary fp16 merge that quantized formats read when merged-fp16 is not kept
+
+
+@dataclass
+class _Job:
+    pipe: Any
+    cfg: ExportConfig
+    model_dir: Path
+    base_model_dir: Path
+    train_text_encoder: bool
+    rank: int
+    lora_alpha: float
+    device: torch.device
+    dtype: torch.dtype
+    written: dict[str, Path] = field(default_factory=dict)
+
+    def merged_source(self) -> Path:
+        """A fused fp16 pipeline folder for the quantizers: merged-fp16 itself when exported."""
+        if "merged-fp16" in self.written:
+            return self.written["merged-fp16"]
+        src = self.model_dir / MERGED_SOURCE
+        if not src.exists():
+            merged.write_merged_pipeline(self.pipe, self.base_model_dir, src, torch.float16)
+        return src
+
+
+def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Path,
+                 train_text_encoder: bool, rank: int, lora_alpha: float,
+                 validation_prompts: Sequence[str] = (), seed: int = 0,
+                 extra_manifest: Mapping[str, Any] | None = None) -> dict:
+    """Write `cfg.formats` into `model_dir` and return the manifest (also in model_dir/manifest.json).
+
+    `pipe` is a StableDiffusionPipeline over the base modules with the trained adapter
+    "default" attached. Its modules are left exactly as they were (weights, adapter, train
+    or eval mode): the warm worker goes on using them.
+    """
+    started = time.perf_counter()
+    model_dir, base_model_dir = Path(model_dir), Path(base_model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # A manifest left from an earlier export must not vouch for files rewritten now.
+    (model_dir / manifest.MANIFEST_NAME).unlink(missing_ok=True)
+    job = _Job(pipe, cfg, model_dir, base_model_dir, train_text_encoder, rank, lora_alpha,
+               device=pipe.unet.device, dtype=pipe.unet.dtype)
+    parts = lora.lora_parts(pipe, train_text_encoder=train_text_encoder, rank=rank, lora_alpha=lora_alpha)
+
+    spec = drift.render_spec(validation_prompts, seed, cfg)
+    reference, reference_seconds = None, 0.0
+    if cfg.drift_check:
+        t0 = time.perf_counter()
+        reference = drift.render(pipe, spec)
+        reference_seconds = time.perf_counter() - t0
+
+    formats: dict[str, dict] = {}
+    for name in cfg.formats:
+        formats[name] = _export_format(job, name, parts, spec, reference)
+    shutil.rmtree(model_dir / MERGED_SOURCE, ignore_errors=True)
+    manifest.make_readable(model_dir)
+
+    result = {
+        "schema": manifest.SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": manifest.base_model_identity(base_model_dir),
+        "lora": {"rank": rank, "lora_alpha": lora_alpha, "train_text_encoder": train_text_encoder,
+                 "save_dtype": cfg.save_dtype},
+        "hyperparameters": dict(extra_manifest or {}),
+        "export_config": cfg.to_dict(),
+        "drift_renders": {"prompts": list(spec.prompts), "seeds": list(spec.seeds), "steps": spec.steps,
+                          "resolution": spec.resolution, "device": str(job.device),
+                          "dtype": str(job.dtype).removeprefix("torch."), "enabled": cfg.drift_check,
+                          "threshold_mean_abs_diff": cfg.drift_threshold},
+        "formats": formats,
+        "timings": {"reference_render_seconds": round(reference_seconds, 3),
+                    "total_seconds": round(time.perf_counter() - started, 3)},
+    }
+    written = manifest.write_manifest(model_dir, result)
+    result = json.loads(written.read_text())
+    failed = [f"{n}: {r['reason']}" for n, r in formats.items() if r["status"] == "failed"]
+    if failed:
+        raise ExportError(f"export failed for {len(failed)} format(s): " + "; ".join(failed))
+    return result
+
+
+def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference) -> dict:
+    if name in GPU_FORMATS and not torch.cuda.is_available():
+        log.warning("export %s: skipped: needs a GPU (bitsandbytes 4/8-bit loading in diffusers)", name)
+        return {"status": "skipped", "reason": "skipped: needs a GPU (bitsandbytes quantization through diffusers)"}
+    t0 = time.perf_counter()
+    try:
+        path = WRITERS[name](job, parts)
+    except Exception as e:  # one format's failure is recorded; the others still run
+        log.error("export %s failed: %s", name, e)
+        return {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    job.written[name] = path
+    manifest.make_readable(path)
+    entry = {"status": "ok", "path": path.relative_to(job.model_dir).as_posix(),
+             "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
+    if path.is_dir():
+        entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
+    if name == "mme":
+        entry["packs"] = job.cfg.mme_source
+    elif reference is not None:
+        entry.update(_measure_drift(job, name, spec, reference))
+    log.info("export %s: %s, %.1f MB in %.2f s%s", name, entry["path"], entry["bytes"] / 1e6,
+             entry["seconds"], _drift_text(entry))
+    return entry
+
+
+def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
+    t0 = time.perf_counter()
+    try:
+        artifact = LOADERS[name](job)
+        load_seconds = time.perf_counter() - t0
+        images = drift.render(artifact, spec)
+    except Exception as e:
+        log.error("export %s: written, but loading it back with diffusers failed: %s", name, e)
+        return {"status": "failed", "reason": f"reload failed: {type(e).__name__}: {e}"}
+    finally:
+        artifact = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    result = drift.compare(reference, images)
+    flagged = result["mean_abs_diff"] > job.cfg.drift_threshold
+    if flagged:
+        log.warning("export %s: drift mean_abs_diff=%.2f over the threshold %.2f (PSNR %s dB)", name,
+                    result["mean_abs_diff"], job.cfg.drift_threshold, result["psnr_db"])
+    return {"load_seconds": round(load_seconds, 3), "drift": result, "flagged": flagged}
+
+
+def _drift_text(entry: dict) -> str:
+    d = entry.get("drift")
+    return "" if not d else f"; drift mean_abs={d['mean_abs_diff']:.3f} psnr={d['psnr_db']} dB"
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- writers: (job, lora parts) -> path written, relative to nothing (absolute) -------------
+
+def _write_lora(job: _Job, parts) -> Path:
+    return lora.save_diffusers_lora(parts, job.model_dir, job.cfg.save_dtype)
+
+
+def _write_kohya(job: _Job, parts) -> Path:
+    return lora.save_kohya(job.pipe, job.model_dir, job.cfg.kohya_name,
+                           train_text_encoder=job.train_text_encoder, save_dtype=job.cfg.save_dtype)
+
+
+def _write_merged_fp16(job: _Job, parts) -> Path:
+    return merged.write_merged_pipeline(job.pipe, job.base_model_dir, job.model_dir / "merged-fp16", torch.float16)
+
+
+def _quantized_writer(kind: str) -> Callable[[_Job, Any], Path]:
+    def write(job: _Job, parts) -> Path:
+        return quantized.write_quantized_pipeline(job.merged_source(), job.model_dir / f"merged-{kind}", kind)
+    return write
+
+
+def _write_mme(job: _Job, parts) -> Path:
+    source = job.cfg.mme_source
+    if source == "lora":
+        members = [job.written.get("lora") or _write_lora(job, parts)]
+    else:
+        if source not in job.written:  # the packed format is exported too, so its drift is known
+            raise ExportError(f"mme_source={source!r} but {source} is not among the exported formats "
+                              f"({', '.join(job.cfg.formats)}): add it to formats")
+        members = [job.written[source]]
+    return mme.write_archive(members, job.model_dir / "mme" / f"{job.cfg.mme_name}.tar.gz",
+                             source=source, base_model_dir=job.base_model_dir)
+
+
+WRITERS: dict[str, Callable[[_Job, Any], Path]] = {
+    "lora": _write_lora,
+    "kohya": _write_kohya,
+    "merged-fp16": _write_merged_fp16,
+    "merged-int8": _quantized_writer("int8"),
+    "merged-nf4": _quantized_writer("nf4"),
+    "merged-bnb8": _quantized_writer("bnb8"),
+    "mme": _write_mme,
+}
+
+
+# --- loaders: how a user loads each artifact (used for the drift renders) -------------------
+
+def _load_base(job: _Job):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(job.base_model_dir, dtype=job.dtype, safety_checker=None,
+                                                   requires_safety_checker=False).to(job.device)
+
+
+def _load_lora(job: _Job):
+    pipe = _load_base(job)
+    pipe.load_lora_weights(job.model_dir)
+    return pipe
+
+
+def _load_kohya(job: _Job):
+    pipe = _load_base(job)
+    pipe.load_lora_weights(job.model_dir, weight_name=f"{job.cfg.kohya_name}.safetensors")
+    return pipe
+
+
+def _merged_loader(folder: str):
+    def load(job: _Job):
+        return quantized.load_pipeline(job.model_dir / folder, device=job.device, dtype=job.dtype)
+    return load
+
+
+LOADERS = {
+    "lora": _load_lora,
+    "kohya": _load_kohya,
+    **{name: _merged_loader(name) for name in ("merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8")},
+}
