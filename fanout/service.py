@@ -111,7 +111,7 @@ def _claim(svc: Service, claimer: str) -> dict[str, dict]:
     s = svc.settings
     stale = svc.ago(s.claim_timeout_s)
     claimed = {}
-    for item in svc.requests.claimable(stale, limit=s.max_tasks_per_job * 4):
+    for item in svc.requests.claimable(stale, limit=s.max_tasks_per_job * s.max_jobs_per_run):
         if item.get("task") and svc.requests.claim(item["request_key"], claimer, svc.clock(), stale):
             claimed[json.loads(item["task"])["task_id"]] = item
     return claimed
@@ -148,10 +148,11 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
             result["released"] += len(keys)
             result["errors"].append(f"{type(exc).__name__}: {exc}")
             continue
-        for key in keys:
-            svc.requests.mark_launched(key, claimer, launched.job_name, svc.clock())
+        marked = [k for k in keys if svc.requests.mark_launched(k, claimer, launched.job_name, svc.clock())]
         result["jobs"].append(launched.job_name)
-        result["launched"] += len(keys)
+        result["launched"] += len(marked)
+        if len(marked) < len(keys):      # our claim went stale and was taken over meanwhile
+            result["errors"].append(f"{len(keys) - len(marked)} claim(s) lost before {launched.job_name} was recorded")
     return result
 
 

@@ -31,6 +31,7 @@ class Settings:
     instance_type: str = _s("ml.g5.xlarge", "training instance type")
     max_instances: int = _s(8, "most instances in one job (K)")
     max_tasks_per_job: int = _s(64, "most requests one job trains; a larger backlog is split")
+    max_jobs_per_run: int = _s(4, "most jobs one launch_pending run creates (claims at most this many jobs' worth)")
     max_retries: int = _s(2, "times a failed request goes back to PENDING before it is FAILED")
     claim_timeout_s: int = _s(900, "a CLAIMED request older than this is reclaimed (launcher died)")
     volume_size_gb: int = _s(50, "EBS volume per instance")
