@@ -51,13 +51,24 @@ def _created(call, **kwargs) -> bool:
         raise
 
 
+def _bucket_exists(s3, bucket: str) -> bool:
+    """HeadBucket first: in us-east-1 CreateBucket on an owned bucket answers 200, not an error."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+
+
 def bootstrap(settings: Settings, s3, dynamodb) -> dict[str, bool]:
     """Create what is missing; returns {resource: created_now}."""
     bucket_args = {"Bucket": settings.bucket}
     region = s3.meta.region_name
     if region and region != "us-east-1":
         bucket_args["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    result = {f"s3://{settings.bucket}": _created(s3.create_bucket, **bucket_args)}
+    result = {f"s3://{settings.bucket}": not _bucket_exists(s3, settings.bucket) and _created(s3.create_bucket, **bucket_args)}
     for spec in (requests_table_spec(settings.requests_table), models_table_spec(settings.models_table)):
         result[f"dynamodb:{spec['TableName']}"] = _created(dynamodb.create_table, **spec)
         dynamodb.get_waiter("table_exists").wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})

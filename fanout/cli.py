@@ -7,6 +7,7 @@ function; FanoutError becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any, Sequence
@@ -105,7 +106,7 @@ def cmd_local(args) -> int:
 
 def _local():
     try:
-        from fanout import local
+        local = importlib.import_module("fanout.local")
     except ImportError as exc:
         raise FanoutError(f"`fanout local` is not available in this install (fanout.local: {exc})") from exc
     return local
@@ -116,13 +117,8 @@ def _add_local(sub) -> None:
     parser.set_defaults(func=cmd_local)
     try:
         _local().add_arguments(parser)
-    except FanoutError as exc:
-        parser.set_defaults(func=lambda args, _e=exc: _raise(_e))
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-
-
-def _raise(exc: Exception) -> int:
-    raise exc
+    except FanoutError:
+        pass                      # main() reports it when `local` is actually asked for
 
 
 def _aws_args(parser) -> None:
@@ -158,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["local"]:
+        try:
+            _local()
+        except FanoutError as exc:
+            print(f"fanout local: error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -42,7 +42,7 @@ class Settings:
     job_prefix: str = _s("fanout", "prefix of job names and value of the fanout:owner tag")
     launch_rate: float = _s(1.0, "most CreateTrainingJob calls per second from one process")
     retry_mode: str = _s("standard", "botocore retry mode: standard or adaptive")
-    max_attempts: int = _s(8, "botocore max_attempts per AWS call (throttling is retried)")
+    max_attempts: int = _s(8, "botocore retries after the first try of an AWS call (throttling included)")
     hyperparameters: str = _s("", "job hyperparameters as JSON object, e.g. {\"max_train_steps\": 400}")
     kms_key: str = _s("", "KMS key for job output and volumes (empty: AWS managed)")
     region: str = _s("", "AWS region (empty: boto3's default chain)")

@@ -1,0 +1,153 @@
+"""The operator CLI: validate, plan, submit (twice), status, bootstrap, local wiring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from fanout.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    rows = [{"task_id": "dog", "instance_data": "dog", "instance_prompt": "a photo of sks dog", "class_prompt": "a dog"},
+            {"task_id": "cat", "instance_data": "cat", "instance_prompt": "a photo of sks cat",
+             "hyperparameters": {"max_train_steps": 1200}},
+            {"task_id": "owl", "instance_data": "owl", "instance_prompt": "a photo of sks owl"}]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_reports_every_problem_and_exits_2(tmp_path, capsys, task_file):
+    assert run(capsys, "validate", task_file)[:2] == (0, f"{task_file}: 3 task(s) OK\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "a/b", "instance_data": "x", "instance_prompt": "p"}\n{"task_id": "c", "host": -1}\n')
+    code, out, err = run(capsys, "validate", bad)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{bad}:1: task 'a/b' field 'task_id' must match")
+    assert any("field 'host' must be a non-negative integer" in line for line in lines)
+    assert lines[-1] == f"{bad}: 4 problem(s)"
+
+
+def test_plan_table_and_json(capsys, task_file):
+    code, out, _ = run(capsys, "plan", task_file, "--instances", 2)
+    assert code == 0 and "makespan" in out and "lower bound" in out and "utilisation" in out
+    code, out, _ = run(capsys, "plan", task_file, "--instances", 2, "--json")
+    doc = json.loads(out)
+    assert set(doc) == {"hosts", "costs", "makespan", "lower_bound"}
+    assert doc["hosts"][0] == {"index": 0, "tasks": ["cat"], "cost": doc["costs"]["cat"]}
+    assert sorted(t for h in doc["hosts"] for t in h["tasks"]) == ["cat", "dog", "owl"]
+    code, out, _ = run(capsys, "plan", task_file, "-k", 5)
+    assert "2 host(s) get no task but are billed" in out
+
+
+def test_errors_are_one_line_with_exit_status_2(capsys, task_file, tmp_path):
+    code, out, err = run(capsys, "plan", task_file, "--instances", 0)
+    assert code == 2 and err.count("\n") == 1 and "instances must be a positive integer" in err
+    code, _, err = run(capsys, "plan", tmp_path / "missing.jsonl", "-k", 2)
+    assert code == 2 and "cannot read the task list" in err and err.count("\n") == 1
+
+
+SUBMIT = ["--image", "123.dkr.ecr.us-east-1.amazonaws.com/lora:1", "--role", "arn:aws:iam::123456789012:role/sm",
+          "--model-uri", "s3://ops/base/sd15", "--images-uri", "s3://ops/images", "--output-uri", "s3://ops/jobs"]
+
+
+def test_submit_dry_run_prints_the_request_and_touches_nothing(capsys, task_file, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # would fail if contacted
+    code, out, _ = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--spot", "--hp", "max_train_steps=600", "--dry-run")
+    request = json.loads(out)
+    assert code == 0 and request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["HyperParameters"] == {"max_train_steps": "600"} and request["EnableManagedSpotTraining"]
+
+
+@pytest.fixture
+def ops_bucket(aws_env):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="ops")
+    for folder in ("dog", "cat", "owl", "someone-else"):
+        for i in range(2):
+            s3.put_object(Bucket="ops", Key=f"images/{folder}/{i}.jpg", Body=b"jpg")
+    return s3
+
+
+def test_submit_twice_creates_one_job(capsys, task_file, ops_bucket):
+    code, out, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT)
+    assert code == 0, err
+    name = out.strip()
+    code, again, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT)
+    assert code == 0 and again.strip() == name and "already exists for this batch" in err
+    jobs = boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert [j["TrainingJobName"] for j in jobs] == [name]
+    uploaded = ops_bucket.get_object(Bucket="ops", Key=f"jobs/{name}/input/tasks/tasks.jsonl")["Body"].read().decode()
+    assert sorted((json.loads(line)["task_id"], json.loads(line)["host"]) for line in uploaded.splitlines()) == \
+        [("cat", 0), ("dog", 1), ("owl", 1)]
+    manifest = json.loads(ops_bucket.get_object(Bucket="ops", Key=f"jobs/{name}/input/images.manifest")["Body"].read())
+    assert manifest[0] == {"prefix": "s3://ops/images/"}
+    assert sorted({k.split("/")[0] for k in manifest[1:]}) == ["cat", "dog", "owl"]     # not someone-else
+    # another batch under the same explicit name is refused, and its task list is not written
+    other = task_file.parent / "other.jsonl"
+    other.write_text(task_file.read_text().splitlines()[0] + "\n")
+    code, _, err = run(capsys, "submit", other, "-k", 1, *SUBMIT, "--job-name", name)
+    assert code == 2 and "is taken by a job that is not this batch" in err
+    assert ops_bucket.get_object(Bucket="ops", Key=f"jobs/{name}/input/tasks/tasks.jsonl")["Body"].read().decode() == uploaded
+
+
+def test_submit_refuses_a_task_without_images(capsys, task_file, ops_bucket):
+    ops_bucket.delete_object(Bucket="ops", Key="images/owl/0.jpg")
+    ops_bucket.delete_object(Bucket="ops", Key="images/owl/1.jpg")
+    code, _, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT)
+    assert code == 2 and "no images under s3://ops/images/<folder>/ for task(s) 'owl'" in err
+
+
+def test_status_shows_each_task_from_its_status_file(capsys, task_file, ops_bucket):
+    name = run(capsys, "submit", task_file, "-k", 2, *SUBMIT)[1].strip()
+    ops_bucket.put_object(Bucket="ops", Key=f"jobs/{name}/checkpoints/dog/status.json",
+                          Body=json.dumps({"state": "completed", "step": 400, "loss": 0.0812, "host": 1}).encode())
+    ops_bucket.put_object(Bucket="ops", Key=f"jobs/{name}/checkpoints/cat/status.json",
+                          Body=json.dumps({"state": "failed", "step": 12, "host": 0, "error": "CUDA out of memory"}).encode())
+    code, out, _ = run(capsys, "status", name, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["state"] == "Completed"
+    rows = {r["task_id"]: r for r in info["tasks"]}
+    assert (rows["dog"]["state"], rows["cat"]["state"], rows["owl"]["state"]) == ("completed", "failed", "pending")
+    assert rows["cat"]["error"] == "CUDA out of memory"
+    code, out, _ = run(capsys, "status", name)
+    assert "0.0812" in out and "CUDA out of memory" in out and "owl" in out
+
+
+def test_bootstrap_creates_then_finds(capsys, aws_env, monkeypatch):
+    monkeypatch.setenv("FANOUT_BUCKET", "boot-bucket")
+    code, out, _ = run(capsys, "bootstrap")
+    assert code == 0 and out.splitlines() == ["s3://boot-bucket: created", "dynamodb:fanout-requests: created",
+                                              "dynamodb:fanout-models: created"]
+    assert run(capsys, "bootstrap")[1].count("exists") == 3
+    monkeypatch.delenv("FANOUT_BUCKET")
+    code, _, err = run(capsys, "bootstrap")
+    assert code == 2 and "FANOUT_BUCKET" in err
+
+
+def test_local_subcommand_without_the_emulator_says_so(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fanout.local", None)     # as if fanout/local.py were absent
+    code, _, err = run(capsys, "local", "--anything")
+    assert code == 2 and "`fanout local` is not available" in err
+
+
+def test_python_dash_m_fanout_runs(task_file):
+    proc = subprocess.run([sys.executable, "-m", "fanout", "plan", str(task_file), "-k", "2", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["makespan"] > 0
