@@ -22,8 +22,6 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
-# The export formats train.export knows; "lora" (diffusers) must always be among the chosen.
-EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -77,7 +75,10 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the latest complete resume state in checkpoints/state")
     log_every: int = _f(10, "print a log line every N steps")
     # --- export ---
-    export: str = _f("lora,kohya", f"comma-separated export formats ({', '.join(EXPORT_FORMATS)}); lora is always written")
+    export: str = _f("lora,kohya", "comma-separated export formats (lora, kohya, merged-fp16, merged-int8, merged-nf4, "
+                                    "merged-bnb8, mme); lora is always written")
+    export_check: bool = _f(True, "load each exported file back, render the validation prompts and record the "
+                                  "difference to the in-memory LoRA in manifest.json")
     save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
 
     def __post_init__(self) -> None:
@@ -248,10 +249,12 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{_where('snr_gamma', source)}: must be greater than 0, got {cfg.snr_gamma}")
     if cfg.resolution % 8:
         raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
-    unknown = [n for n in cfg.export_formats if n not in EXPORT_FORMATS]
+    from train.export.config import FORMATS  # light: no torch
+
+    unknown = [n for n in cfg.export_formats if n not in FORMATS]
     if unknown:
         raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(EXPORT_FORMATS)}")
+                          f"valid: {', '.join(FORMATS)}")
     if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
                           f"installed; use one of adamw, adamw8bit or `pip install prodigyopt`")

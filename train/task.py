@@ -234,7 +234,10 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
 
     model_dir.mkdir(parents=True, exist_ok=True)
     return export_model(
-        base.pipeline(), ExportConfig(formats=cfg.export_formats, save_dtype=cfg.save_dtype), model_dir,
+        base.pipeline(),
+        ExportConfig(formats=cfg.export_formats, save_dtype=cfg.save_dtype, drift_check=cfg.export_check,
+                     drift_resolution=cfg.resolution),
+        model_dir,
         base_model_dir=base.path, train_text_encoder=cfg.train_text_encoder, rank=cfg.rank,
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,
         extra_manifest={"task_id": task_id, "step": step, "loss": loss, "config": cfg.to_dict(),

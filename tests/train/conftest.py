@@ -1,0 +1,54 @@
+"""Fixtures of the train tests: demo images, a loaded tiny base model, a task runner.
+
+Runs are tiny (resolution 32, a handful of steps) so the whole train suite stays within a few
+minutes on 2 CPU cores; trained results are shared through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small but real settings: every code path (previews, checkpoints, export) runs.
+FAST = dict(resolution=32, max_train_steps=6, learning_rate=5e-3, preview_every=3, preview_inference_steps=2,
+            num_preview_images=1, checkpoint_every=3, log_every=2, class_inference_steps=2, export_check=False)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """The tiny model's matmuls are too small for threads: on a shared 2-core machine one thread
+    is up to 10x faster than two fighting other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    from train_helpers import load_script
+
+    out = tmp_path_factory.mktemp("demo-data")
+    load_script("make_demo_data").make_demo_data(out, count=4, size=48, captions=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base(tiny_model):
+    from train.pipeline import load_base
+
+    return load_base(tiny_model)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
