@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -13,42 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fanout_fakes import AtomicMotoServer  # noqa: E402
+
 from fanout.bootstrap import bootstrap  # noqa: E402
 from fanout.settings import Settings  # noqa: E402
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
-EVENTS = Path(__file__).resolve().parents[1] / "events"
-
-
-class AtomicMotoServer:
-    """ThreadedMotoServer whose requests are processed one at a time.
-
-    Real DynamoDB applies each conditional write atomically; moto's backend checks and then
-    writes without a lock, so two threads could both pass a condition. Serialising requests
-    at the WSGI layer restores per-request atomicity (clients still run concurrently).
-    """
-
-    def __new__(cls):
-        from moto.moto_server import threaded_moto_server as tms
-
-        lock = threading.Lock()
-        original = tms.DomainDispatcherApplication
-
-        def locked_app(*args, **kwargs):
-            app = original(*args, **kwargs)
-
-            def call(environ, start_response):
-                with lock:
-                    return list(app(environ, start_response))
-            return call
-
-        server = tms.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        tms.DomainDispatcherApplication = locked_app
-        try:
-            server.start()
-        finally:
-            tms.DomainDispatcherApplication = original
-        return server
 
 
 @pytest.fixture(scope="session")
@@ -79,13 +48,3 @@ def settings(aws_env) -> Settings:
     settings = Settings.from_env(env)
     bootstrap(settings, settings.client("s3"), settings.client("dynamodb"))
     return settings
-
-
-def load_event(name: str, **replacements: str) -> dict:
-    """A sample event from tests/events/, with {placeholders} filled in."""
-    import json
-
-    text = (EVENTS / name).read_text()
-    for key, value in replacements.items():
-        text = text.replace("{" + key + "}", value)
-    return json.loads(text)

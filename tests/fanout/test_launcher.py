@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import boto3
 import pytest
-from faults import SageMakerFaults
+from fanout_fakes import SageMakerFaults
 
 from fanout.errors import ConflictError, LaunchError
 from fanout.launcher import Launcher, RateLimiter

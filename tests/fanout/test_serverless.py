@@ -7,8 +7,7 @@ import threading
 from dataclasses import replace
 
 import pytest
-from conftest import load_event
-from faults import SageMakerFaults
+from fanout_fakes import SageMakerFaults, load_event
 
 from fanout import handlers
 from fanout.launcher import Launcher, RateLimiter

@@ -3,8 +3,8 @@
 - throttling: a fraction of CreateTrainingJob calls is answered 400 ThrottlingException
   before reaching moto, so botocore's own retry mode handles it exactly as against AWS;
 - ResourceInUse for a job name that was already created (moto overwrites silently);
-- ResourceLimitExceeded on demand.
-Also used by scripts/bench_launch.py.
+- ResourceLimitExceeded on demand;
+and a moto server with DynamoDB's per-request atomicity. Also used by scripts/bench_launch.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import random
 import threading
+from pathlib import Path
 
 from botocore.awsrequest import AWSResponse
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
 
 
 class _Raw:
@@ -61,3 +64,42 @@ class SageMakerFaults:
             self.names.add(name)
             self.created += 1
         return None
+
+
+class AtomicMotoServer:
+    """ThreadedMotoServer whose requests are processed one at a time.
+
+    Real DynamoDB applies each conditional write atomically; moto's backend checks and then
+    writes without a lock, so two threads could both pass a condition. Serialising requests
+    at the WSGI layer restores per-request atomicity (clients still run concurrently).
+    """
+
+    def __new__(cls):
+        from moto.moto_server import threaded_moto_server as tms
+
+        lock = threading.Lock()
+        original = tms.DomainDispatcherApplication
+
+        def locked_app(*args, **kwargs):
+            app = original(*args, **kwargs)
+
+            def call(environ, start_response):
+                with lock:
+                    return list(app(environ, start_response))
+            return call
+
+        server = tms.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        tms.DomainDispatcherApplication = locked_app
+        try:
+            server.start()
+        finally:
+            tms.DomainDispatcherApplication = original
+        return server
+
+
+def load_event(name: str, **replacements: str) -> dict:
+    """A sample event from tests/events/, with {placeholders} filled in."""
+    text = (EVENTS / name).read_text()
+    for key, value in replacements.items():
+        text = text.replace("{" + key + "}", value)
+    return json.loads(text)
