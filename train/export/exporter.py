@@ -27,6 +27,7 @@ from .config import GPU_FORMATS, ExportConfig
 from .errors import ExportError
 
 log = logging.getLogger("train.export")
+LORA_HINT_DIR = "MODEL_DIR"
 MERGED_SOURCE = ".merged-src"  # temporary fp16 merge that quantized formats read when merged-fp16 is not kept
 
 
@@ -121,7 +122,8 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
         return {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
     job.written[name] = path
     manifest.make_readable(path)
-    entry = {"status": "ok", "path": path.relative_to(job.model_dir).as_posix(),
+    rel = path.relative_to(job.model_dir).as_posix()
+    entry = {"status": "ok", "path": rel, "load": load_hint(name, rel, job.cfg),
              "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
     if path.is_dir():
         entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
@@ -154,6 +156,19 @@ def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
         log.warning("export %s: drift mean_abs_diff=%.2f over the threshold %.2f (PSNR %s dB)", name,
                     result["mean_abs_diff"], job.cfg.drift_threshold, result["psnr_db"])
     return {"load_seconds": round(load_seconds, 3), "drift": result, "flagged": flagged}
+
+
+def load_hint(name: str, rel: str, cfg: ExportConfig) -> str:
+    """How a user loads the artifact (recorded in the manifest and in the MME archive)."""
+    if name == "lora":
+        return "StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(MODEL_DIR)"
+    if name == "kohya":
+        return f"StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(MODEL_DIR, weight_name={rel!r})"
+    if name == "mme":
+        return f"unpack into a folder, then as {cfg.mme_source}: " + load_hint(
+            cfg.mme_source, "." if cfg.mme_source != "kohya" else f"{cfg.kohya_name}.safetensors", cfg)
+    dtype = {"merged-fp16": "", "merged-int8": ", dtype=torch.bfloat16"}.get(name, ", device_map='cuda'")
+    return f"StableDiffusionPipeline.from_pretrained({rel!r}{dtype})"
 
 
 def _drift_text(entry: dict) -> str:
@@ -195,8 +210,9 @@ def _write_mme(job: _Job, parts) -> Path:
             raise ExportError(f"mme_source={source!r} but {source} is not among the exported formats "
                               f"({', '.join(job.cfg.formats)}): add it to formats")
         members = [job.written[source]]
+    hint = load_hint(source, "." if source != "lora" else LORA_HINT_DIR, job.cfg)
     return mme.write_archive(members, job.model_dir / "mme" / f"{job.cfg.mme_name}.tar.gz",
-                             source=source, base_model_dir=job.base_model_dir)
+                             source=source, base_model_dir=job.base_model_dir, load=hint)
 
 
 WRITERS: dict[str, Callable[[_Job, Any], Path]] = {

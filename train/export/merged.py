@@ -80,7 +80,7 @@ def write_merged_pipeline(pipe, base_model_dir: Path, out_dir: Path, dtype: torc
         template = getattr(pipe, name)
         module = module_from_state_dict(template, fused_state_dict(template, dtype))
         module.save_pretrained(out_dir / name, safe_serialization=True)
-        _set_config_dtype(out_dir / name, dtype)
+        _keep_base_config(base_model_dir / name, out_dir / name)
         del module
     return out_dir
 
@@ -91,17 +91,9 @@ def _skip_rewritten(base_model_dir: Path):
     return ignore
 
 
-def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:
-    """transformers records the dtype in config.json; keep it true to the saved weights."""
-    import json
-
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    name = str(dtype).removeprefix("torch.")
-    changed = False
-    for key in ("torch_dtype", "dtype"):
-        if key in config and config[key] != name:
-            config[key] = name
-            changed = True
-    if changed:
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+def _keep_base_config(base_component: Path, out_component: Path) -> None:
+    """Keep the base's config.json. transformers would record the saved dtype (float16) there and
+    then load the text encoder in fp16 by default while diffusers loads UNet and VAE in fp32: a
+    plain `from_pretrained(folder)` would then fail on mixed dtypes."""
+    if (base_component / "config.json").is_file():
+        shutil.copyfile(base_component / "config.json", out_component / "config.json")

@@ -25,13 +25,10 @@ from typing import Sequence
 from .manifest import base_model_identity
 
 SERVING_NAME = "serving.json"
-LOAD_HINTS = {
-    "lora": "StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(MODEL_DIR)",
-    "merged": "StableDiffusionPipeline.from_pretrained(MODEL_DIR)",
-}
 
 
-def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_model_dir: Path) -> Path:
+def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_model_dir: Path,
+                  load: str = "") -> Path:
     """Pack `members` (files, or one pipeline folder whose contents go to the root) into `out_path`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +40,7 @@ def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_
             entries.append((member.name, member))
     serving = {
         "format": source,
-        "load": LOAD_HINTS["lora" if source == "lora" else "merged"],
+        "load": load,
         "base_model": {k: v for k, v in base_model_identity(base_model_dir).items() if k != "files"},
         "files": sorted(name for name, _ in entries),
     }
