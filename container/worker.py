@@ -97,13 +97,16 @@ class Worker:
         checkpoint_dir = self.env.checkpoint_dir / task.task_id
         outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id)
         t0 = time.monotonic()
+        loads_before = self.summary.base_model_seconds if self.summary else 0.0
         try:
             if final_is_complete(checkpoint_dir) and _status_state(checkpoint_dir) == "completed":
                 self._restore(task, model_dir, checkpoint_dir, outcome)
             else:
                 self._train(task, model_dir, checkpoint_dir, outcome)
         finally:
-            outcome.seconds = round(time.monotonic() - t0, 3)
+            # The one-time base model load is the host's cost, not this task's (summary has it).
+            loaded = (self.summary.base_model_seconds - loads_before) if self.summary else 0.0
+            outcome.seconds = round(time.monotonic() - t0 - loaded, 3)
             outcome.finished_at = now_iso()
         return outcome
 
@@ -163,6 +166,7 @@ class Worker:
             return
         outcome.outcome = "completed"
         outcome.model_dir = str(model_dir)
+        _carry_into_manifest(model_dir / "manifest.json", extra)
         keep_final(model_dir, checkpoint_dir)
         if task.output_uri:
             self._upload(task, model_dir, checkpoint_dir, outcome)
@@ -273,6 +277,18 @@ UPLOADED = "uploaded.txt"
 def _status_state(checkpoint_dir: Path) -> str | None:
     status = read_status(checkpoint_dir)
     return status.get("state") if status else None
+
+
+def _carry_into_manifest(path: Path, extra: Mapping[str, Any]) -> None:
+    """user_id and metadata travel with the task to its manifest untouched (ARCHITECTURE.md)."""
+    from container.records import read_json, write_json
+
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        return
+    added = {k: v for k, v in extra.items() if k not in manifest}
+    if added:
+        write_json(path, {**manifest, **added})
 
 
 def _free_memory() -> None:

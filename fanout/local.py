@@ -193,6 +193,11 @@ class LocalJob:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TRAINING_JOB_NAME", f"local-{self.workdir.name}")
+        # K emulated instances share this machine's cores: without a split every host starts
+        # one thread per core and they thrash.
+        threads = str(max(1, (os.cpu_count() or 1) // len(self.hosts)))
+        env.setdefault("OMP_NUM_THREADS", threads)
+        env.setdefault("MKL_NUM_THREADS", threads)
         root = Path(__file__).resolve().parents[1]
         if (root / "container").is_dir():  # a source checkout: let the host import it from any cwd
             env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(root), env.get("PYTHONPATH"))))

@@ -20,3 +20,27 @@ def image_root(tmp_path_factory) -> Path:
     (root / "broken").mkdir()
     (root / "broken" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     return root
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """A moto server on 127.0.0.1 (real HTTP, boto3's real serialization); yields its endpoint URL."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
