@@ -80,18 +80,16 @@ class S3Objects:
                 yield item["Key"]
 
 
-def image_keys(objects: S3Objects, images_uri: str, folders: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(keys relative to images_uri, folders with no images) for the tasks' folders."""
+def image_keys(objects: S3Objects, images_uri: str, folders: Iterable[str]) -> dict[str, list[str]]:
+    """{folder: image keys relative to images_uri} for the tasks' folders ([] when empty)."""
     base_bucket, base = split_s3(images_uri.rstrip("/") + "/")
-    found, empty = [], []
+    found: dict[str, list[str]] = {}
     for folder in sorted(set(folders)):
         if folder.startswith("s3://"):
             continue            # the container fetches these itself
-        keys = [k for k in objects.keys(f"s3://{base_bucket}/{base}{folder.strip('/')}/") if not k.endswith("/")]
-        if not keys:
-            empty.append(folder)
-        found.extend(k[len(base):] for k in keys)
-    return found, empty
+        keys = objects.keys(f"s3://{base_bucket}/{base}{folder.strip('/')}/")
+        found[folder] = [k[len(base):] for k in keys if not k.endswith("/")]
+    return found
 
 
 class Launcher:
@@ -102,10 +100,13 @@ class Launcher:
         self.objects = S3Objects(s3)
         self.limiter = limiter or RateLimiter(1.0)
 
-    def upload_inputs(self, job: PreparedJob, images_uri: str) -> None:
-        """Task list and images manifest; an empty image folder is an error naming the task."""
+    def upload_inputs(self, job: PreparedJob, images_uri: str, listed: dict[str, list[str]] | None = None) -> None:
+        """Task list and images manifest; an empty image folder is an error naming the task.
+        ``listed`` (an image_keys result) skips listing when the caller already did."""
         folders = {t.instance_data: t.task_id for t in job.tasks}
-        keys, empty = image_keys(self.objects, images_uri, folders)
+        listed = image_keys(self.objects, images_uri, folders) if listed is None else listed
+        empty = [f for f in folders if not f.startswith("s3://") and not listed.get(f)]
+        keys = [k for f in folders for k in listed.get(f, [])]
         if empty:
             names = ", ".join(f"{folders[f]!r} ({f})" for f in empty[:5])
             raise RequestError(f"no images under {images_uri.rstrip('/')}/<folder>/ for task(s) {names}")
@@ -147,10 +148,10 @@ class Launcher:
             raise
         return self._adopt(job)
 
-    def launch(self, job: PreparedJob, images_uri: str) -> LaunchResult:
+    def launch(self, job: PreparedJob, images_uri: str, listed: dict[str, list[str]] | None = None) -> LaunchResult:
         """Upload inputs and create the job; an existing job of this batch is returned as is."""
         found = self.existing(job)
         if found:
             return found
-        self.upload_inputs(job, images_uri)
+        self.upload_inputs(job, images_uri, listed)
         return self.create(job)

@@ -117,12 +117,14 @@ def _claim(svc: Service, claimer: str) -> dict[str, dict]:
     return claimed
 
 
-def _drop_without_images(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:
-    _, empty = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
-    for t in [t for t in tasks if t.instance_data in empty]:
+def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
+                 tasks: list[TaskSpec]) -> tuple[list[TaskSpec], dict[str, list[str]]]:
+    """Tasks that have images (the others FAILED with the reason) and every task's image keys."""
+    listed = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
+    for t in [t for t in tasks if not listed.get(t.instance_data)]:
         svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer,
                                   f"no images under {svc.uri('requests', t.instance_data)}/ (upload images before request.json)", svc.clock())
-    return [t for t in tasks if t.instance_data not in empty]
+    return [t for t in tasks if listed.get(t.instance_data)], listed
 
 
 def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     claimer = claimer or uuid.uuid4().hex
     claimed = _claim(svc, claimer)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
-    tasks = _drop_without_images(svc, claimer, claimed, tasks)
+    tasks, listed = _with_images(svc, claimer, claimed, tasks)
     hp = json.loads(svc.settings.hyperparameters or "{}")
     result: dict[str, Any] = {"jobs": [], "launched": 0, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
     for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
@@ -141,7 +143,7 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
         salt = json.dumps({k: int(claimed[t.task_id].get("retries", 0)) for k, t in zip(keys, batch)}, sort_keys=True)
         try:
             job = prepare_job(batch, _launch_config(svc, instances_for(len(batch), svc.settings.max_instances)), salt=salt)
-            launched = svc.launcher.launch(job, svc.uri("requests") + "/")
+            launched = svc.launcher.launch(job, svc.uri("requests") + "/", listed)
         except Exception as exc:   # edge of a batch: whatever failed, the claims go back with the reason
             for key in keys:
                 svc.requests.release(key, claimer, f"launch failed: {exc}", svc.clock())

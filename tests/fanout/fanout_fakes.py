@@ -35,13 +35,19 @@ def error_response(url: str, code: str, message: str) -> AWSResponse:
 
 
 class SageMakerFaults:
-    def __init__(self, throttle: float = 0.0, seed: int = 0, limit_exceeded: int = 0):
+    def __init__(self, throttle: float = 0.0, seed: int = 0, limit_exceeded: int = 0, exact: bool = False):
         self.throttle = throttle
+        self.exact = exact                        # exactly `throttle` of calls, evenly spread
         self.rng = random.Random(seed)
         self.limit_exceeded = limit_exceeded      # answer this many calls ResourceLimitExceeded
         self.lock = threading.Lock()
         self.names: set[str] = set()
         self.calls = self.throttled = self.in_use = self.created = 0
+
+    def _throttle_this_call(self) -> bool:
+        if self.exact:
+            return int(self.calls * self.throttle) > int((self.calls - 1) * self.throttle)
+        return self.rng.random() < self.throttle
 
     def attach(self, client):
         client.meta.events.register("before-send.sagemaker.CreateTrainingJob", self)
@@ -51,7 +57,7 @@ class SageMakerFaults:
         name = json.loads(request.body)["TrainingJobName"]
         with self.lock:
             self.calls += 1
-            if self.rng.random() < self.throttle:
+            if self._throttle_this_call():
                 self.throttled += 1
                 return error_response(request.url, "ThrottlingException", "Rate exceeded")
             if self.limit_exceeded:
