@@ -122,6 +122,15 @@ def hyperparameter_strings(values: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
+def _hyperparameters(config: LaunchConfig) -> dict[str, str]:
+    """Job hyperparameters; under network isolation the container is told too (it then skips
+    per-task uploads and s3:// images instead of failing on them: container.settings)."""
+    values = dict(config.hyperparameters)
+    if config.network_isolation:
+        values["network_isolation"] = "true"
+    return hyperparameter_strings(values)
+
+
 def _channels(config: LaunchConfig, layout: JobLayout) -> list[dict]:
     def channel(name: str, uri: str, kind: str = "S3Prefix") -> dict:
         return {"ChannelName": name, "InputMode": "File",
@@ -162,7 +171,7 @@ def build_request(config: LaunchConfig, job_name: str, layout: JobLayout, digest
         "OutputDataConfig": output,
         "ResourceConfig": _resources(config),
         "StoppingCondition": stopping,
-        "HyperParameters": hyperparameter_strings(config.hyperparameters),
+        "HyperParameters": _hyperparameters(config),
         "CheckpointConfig": {"S3Uri": layout.checkpoints + "/", "LocalPath": "/opt/ml/checkpoints"},
         "EnableNetworkIsolation": config.network_isolation,
         "EnableInterContainerTrafficEncryption": config.inter_container_encryption,

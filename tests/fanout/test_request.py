@@ -97,6 +97,7 @@ def test_network_isolation_turns_per_task_uploads_off_and_refuses_s3_images():
     many = tasks(2, output_uri="s3://b/models/x/")
     job = prepare_job(many, replace(CONFIG, network_isolation=True))
     assert job.request["EnableNetworkIsolation"] is True
+    assert job.request["HyperParameters"]["network_isolation"] == "true"      # the container's setting
     assert all(t.output_uri is None for t in job.tasks) and "output_uri" not in job.tasks_text
     remote = [TaskSpec("t", "s3://other/images/t", "a photo")]
     with pytest.raises(RequestError, match="network isolation blocks S3"):
