@@ -101,7 +101,7 @@ def _launch_config(svc: Service, count: int) -> LaunchConfig:
     return LaunchConfig(image_uri=s.image_uri, role_arn=s.role_arn, model_uri=s.model_uri,
                         images_uri=svc.uri("requests") + "/", output_uri=svc.uri("jobs") + "/",
                         instance_type=s.instance_type, instance_count=count, volume_size_gb=s.volume_size_gb,
-                        hyperparameters=json.loads(s.hyperparameters or "{}"), max_runtime_s=s.max_runtime_s,
+                        hyperparameters=s.job_hyperparameters, max_runtime_s=s.max_runtime_s,
                         spot=s.spot, max_wait_s=s.max_wait_s, warm_pool_s=s.warm_pool_s,
                         kms_key=s.kms_key or None, volume_kms_key=s.kms_key or None, job_prefix=s.job_prefix)
 
@@ -135,7 +135,7 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     claimed = _claim(svc, claimer)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
     tasks, listed = _with_images(svc, claimer, claimed, tasks)
-    hp = json.loads(svc.settings.hyperparameters or "{}")
+    hp = svc.settings.job_hyperparameters
     result: dict[str, Any] = {"jobs": [], "launched": 0, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
     for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
         keys = [claimed[t.task_id]["request_key"] for t in batch]

@@ -7,6 +7,7 @@ so they agree on names.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
@@ -63,9 +64,20 @@ class Settings:
         if missing:
             names = ", ".join(ENV_PREFIX + n.upper() for n in missing)
             raise SettingsError(f"missing setting(s) {names}; see docs/fanout.md for every FANOUT_* variable")
+        settings.job_hyperparameters   # a malformed FANOUT_HYPERPARAMETERS fails here, before any claim
         if settings.retry_mode not in ("standard", "adaptive", "legacy"):
             raise SettingsError(f"FANOUT_RETRY_MODE must be standard, adaptive or legacy, got {settings.retry_mode!r}")
         return settings
+
+    @property
+    def job_hyperparameters(self) -> dict[str, Any]:
+        try:
+            values = json.loads(self.hyperparameters or "{}")
+        except ValueError:
+            values = None
+        if not isinstance(values, dict):
+            raise SettingsError(f"FANOUT_HYPERPARAMETERS must be a JSON object, got {self.hyperparameters!r}")
+        return values
 
     def client(self, service: str, session=None):
         """A boto3 client with botocore's retry mode (throttling is retried with backoff)."""

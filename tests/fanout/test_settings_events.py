@@ -19,6 +19,7 @@ def test_settings_read_and_convert_fanout_variables():
     ({"FANOUT_BUCKET": "b", "FANOUT_MAX_INSTANCES": "many"}, "FANOUT_MAX_INSTANCES must be int, got 'many'"),
     ({"FANOUT_BUCKET": "b", "FANOUT_SPOT": "maybe"}, "FANOUT_SPOT must be true or false"),
     ({"FANOUT_BUCKET": "b", "FANOUT_RETRY_MODE": "aggressive"}, "standard, adaptive or legacy"),
+    ({"FANOUT_BUCKET": "b", "FANOUT_HYPERPARAMETERS": "max_train_steps=400"}, "FANOUT_HYPERPARAMETERS must be a JSON object"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
