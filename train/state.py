@@ -68,7 +68,8 @@ def latest_state(root: Path) -> Path | None:
 
 def prune_states(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest states (renamed away first, so none is ever half there)."""
-    for _, path in complete_states(root)[:-keep]:
+    states = complete_states(root)
+    for _, path in states[:len(states) - keep] if keep > 0 else states:
         trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)

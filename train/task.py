@@ -93,6 +93,8 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     remove_leftovers(previews_root)
     step, loss = 0, None
     resumed_from = latest_state(state_root) if cfg.resume else None
+    if not cfg.resume:
+        prune_states(state_root, keep=0)  # a fresh run: an older run's states must never be resumed into it
     if resumed_from is not None:
         step, loss = restore(resumed_from, cfg, base, optimizer, lr_scheduler)
         print(f"task={task_id} resumed from {resumed_from} at step {step}", flush=True)

@@ -26,7 +26,7 @@ def cli_args(tiny_model, demo_data, out: Path, *extra: str) -> list[str]:
             "--learning-rate", "5e-3", "--lora-alpha", "8", "--train-text-encoder", "--random-flip",
             "--no-center-crop", "--snr-gamma", "5", "--noise-offset", "0.1", "--gradient-accumulation-steps", "2",
             "--train-batch-size", "2", "--optimizer", "adamw8bit", "--lr-scheduler", "cosine",
-            "--lr-warmup-steps", "2", "--no-export-check", "--export", "lora", "--log-every", "1", *extra]
+            "--lr-warmup-steps", "2", "--gradient-checkpointing", "--no-export-check", "--export", "lora", "--log-every", "1", *extra]
 
 
 @pytest.mark.slow
@@ -85,3 +85,20 @@ def test_stop_request_saves_state_and_resume_matches(base, demo_data, tmp_path):
                      checkpoint_dir=tmp_path / "b" / "ck")
     assert again.step == whole.step == FAST["max_train_steps"]
     assert max_abs_diff(lora_tensors(tmp_path / "a" / "model"), lora_tensors(tmp_path / "b" / "model")) <= 1e-6
+
+
+def test_a_fresh_run_never_resumes_into_an_older_runs_state(tmp_path):
+    import torch
+
+    from train.state import complete_states, prune_states, save_state
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for step in (2, 4, 6):
+        save_state(tmp_path, step, lora={"w": torch.ones(2)}, optimizer=opt, lr_scheduler=sched, meta={})
+    (tmp_path / ".tmp-step-000008-123").mkdir()          # what a kill mid-save leaves
+    assert [s for s, _ in complete_states(tmp_path)] == [2, 4, 6]
+    prune_states(tmp_path, keep=2)
+    assert [s for s, _ in complete_states(tmp_path)] == [4, 6]
+    prune_states(tmp_path, keep=0)
+    assert complete_states(tmp_path) == []
