@@ -10,6 +10,7 @@ ResourceLimitExceeded (no capacity: hand the tasks back with the reason).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -83,13 +84,14 @@ class S3Objects:
 def image_keys(objects: S3Objects, images_uri: str, folders: Iterable[str]) -> dict[str, list[str]]:
     """{folder: image keys relative to images_uri} for the tasks' folders ([] when empty)."""
     base_bucket, base = split_s3(images_uri.rstrip("/") + "/")
-    found: dict[str, list[str]] = {}
-    for folder in sorted(set(folders)):
-        if folder.startswith("s3://"):
-            continue            # the container fetches these itself
+    wanted = sorted(f for f in set(folders) if not f.startswith("s3://"))   # s3:// ones: the container fetches
+
+    def listing(folder: str) -> list[str]:
         keys = objects.keys(f"s3://{base_bucket}/{base}{folder.strip('/')}/")
-        found[folder] = [k[len(base):] for k in keys if not k.endswith("/")]
-    return found
+        return [k[len(base):] for k in keys if not k.endswith("/")]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:     # one LIST per folder; round trips dominate
+        return dict(zip(wanted, pool.map(listing, wanted)))
 
 
 class Launcher:

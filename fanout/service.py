@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from fanout.status import read_statuses
 from fanout.store import ModelStore, RequestStore
 from fanout.tasks import TASK_ID_PATTERN, TaskSpec, parse_tasks
 
+PARALLEL_WRITES = 8
 REQUEST_FIELDS = ("instance_prompt", "class_prompt", "class_data", "validation_prompts", "hyperparameters", "metadata")
 
 
@@ -106,15 +108,22 @@ def _launch_config(svc: Service, count: int) -> LaunchConfig:
                         kms_key=s.kms_key or None, volume_kms_key=s.kms_key or None, job_prefix=s.job_prefix)
 
 
+def _each(function, items: list) -> list:
+    """``function`` over items on a few threads: the conditional writes are independent, and
+    per-request round trips, not the 1/s launch limit, dominate a large backlog."""
+    if len(items) < 2:
+        return [function(i) for i in items]
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        return list(pool.map(function, items))
+
+
 def _claim(svc: Service, claimer: str) -> dict[str, dict]:
     """Claimed requests by task id (each won by one conditional write)."""
     s = svc.settings
     stale = svc.ago(s.claim_timeout_s)
-    claimed = {}
-    for item in svc.requests.claimable(stale, limit=s.max_tasks_per_job * s.max_jobs_per_run):
-        if item.get("task") and svc.requests.claim(item["request_key"], claimer, svc.clock(), stale):
-            claimed[json.loads(item["task"])["task_id"]] = item
-    return claimed
+    items = [i for i in svc.requests.claimable(stale, limit=s.max_tasks_per_job * s.max_jobs_per_run) if i.get("task")]
+    won = _each(lambda item: svc.requests.claim(item["request_key"], claimer, svc.clock(), stale), items)
+    return {json.loads(item["task"])["task_id"]: item for item, ok in zip(items, won) if ok}
 
 
 def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
@@ -150,7 +159,8 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
             result["released"] += len(keys)
             result["errors"].append(f"{type(exc).__name__}: {exc}")
             continue
-        marked = [k for k in keys if svc.requests.mark_launched(k, claimer, launched.job_name, svc.clock())]
+        marked = [k for k, ok in zip(keys, _each(lambda k: svc.requests.mark_launched(
+            k, claimer, launched.job_name, svc.clock()), keys)) if ok]
         result["jobs"].append(launched.job_name)
         result["launched"] += len(marked)
         if len(marked) < len(keys):      # our claim went stale and was taken over meanwhile
