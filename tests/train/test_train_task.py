@@ -151,3 +151,20 @@ def test_v_prediction_model_trains_and_round_trips(tiny_model_v, demo_data, tmp_
     pipe = fresh_pipeline(tiny_model_v)
     pipe.load_lora_weights(tmp_path / "model")
     assert np.isfinite(render(pipe)).all()
+
+
+def test_given_class_images_are_topped_up_with_generated_ones(base, tmp_path):
+    from PIL import Image
+
+    from train.config import TrainConfig
+    from train.prior import class_examples
+
+    given = tmp_path / "class"
+    given.mkdir()
+    Image.new("RGB", (40, 40), "blue").save(given / "mine.jpg")
+    cfg = TrainConfig(instance_data="unused", instance_prompt=PROMPT, class_prompt="a photo of a cup",
+                      class_data=str(given), num_class_images=2, resolution=32, class_inference_steps=1)
+    examples = class_examples(base, cfg, tmp_path / "cache", log=lambda *_: None)
+    assert [e.path.name for e in examples] == ["mine.jpg", "class-00000.png"]
+    assert all(e.caption == "a photo of a cup" for e in examples)
+    assert class_examples(base, cfg.replace(num_class_images=1), tmp_path / "cache")[0].path.name == "mine.jpg"
