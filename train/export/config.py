@@ -40,8 +40,8 @@ class ExportConfig:
         "render the validation prompts with each exported artifact and compare with the in-memory LoRA"))
     drift_steps: int = field(default=4, metadata=_help(
         "inference steps per drift render (few: the check compares, it does not need good images)"))
-    drift_resolution: int = field(default=256, metadata=_help(
-        "side in pixels of the drift renders (multiple of 8)"))
+    drift_resolution: int = field(default=0, metadata=_help(
+        "side in pixels of the drift renders (multiple of 8); 0 = the model's native size, at most 256"))
     drift_seeds: int = field(default=1, metadata=_help(
         "seeds per validation prompt for the drift renders (seed, seed+1, ...)"))
     drift_max_prompts: int = field(default=2, metadata=_help(
@@ -65,8 +65,8 @@ class ExportConfig:
         for name in ("drift_steps", "drift_seeds", "drift_max_prompts"):
             if getattr(self, name) < 1:
                 raise ExportConfigError(f"{name}={getattr(self, name)!r}: must be >= 1")
-        if self.drift_resolution < 8 or self.drift_resolution % 8:
-            raise ExportConfigError(f"drift_resolution={self.drift_resolution!r}: must be a multiple of 8")
+        if self.drift_resolution < 0 or self.drift_resolution % 8:
+            raise ExportConfigError(f"drift_resolution={self.drift_resolution!r}: must be 0 (auto) or a multiple of 8")
         if self.drift_threshold < 0:
             raise ExportConfigError(f"drift_threshold={self.drift_threshold!r}: must be >= 0")
 

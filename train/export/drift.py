@@ -26,9 +26,19 @@ class RenderSpec:
     resolution: int
 
 
-def render_spec(validation_prompts: Sequence[str], seed: int, cfg) -> RenderSpec:
+AUTO_MAX_RESOLUTION = 256
+
+
+def render_spec(validation_prompts: Sequence[str], seed: int, cfg, pipe) -> RenderSpec:
     prompts = tuple(validation_prompts)[: cfg.drift_max_prompts] or (DEFAULT_PROMPT,)
-    return RenderSpec(prompts, tuple(range(seed, seed + cfg.drift_seeds)), cfg.drift_steps, cfg.drift_resolution)
+    return RenderSpec(prompts, tuple(range(seed, seed + cfg.drift_seeds)), cfg.drift_steps,
+                      cfg.drift_resolution or native_resolution(pipe))
+
+
+def native_resolution(pipe) -> int:
+    """The size the model was built for (512 for SD 1.5), capped: drift renders only compare."""
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return min(int(pipe.unet.config.sample_size) * scale, AUTO_MAX_RESOLUTION)
 
 
 def render(pipe, spec: RenderSpec) -> list[np.ndarray]:

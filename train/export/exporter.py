@@ -73,7 +73,7 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
                device=pipe.unet.device, dtype=pipe.unet.dtype)
     parts = lora.lora_parts(pipe, train_text_encoder=train_text_encoder, rank=rank, lora_alpha=lora_alpha)
 
-    spec = drift.render_spec(validation_prompts, seed, cfg)
+    spec = drift.render_spec(validation_prompts, seed, cfg, pipe)
     reference, reference_seconds = None, 0.0
     if cfg.drift_check:
         t0 = time.perf_counter()
@@ -206,9 +206,11 @@ def _write_mme(job: _Job, parts) -> Path:
     if source == "lora":
         members = [job.written.get("lora") or _write_lora(job, parts)]
     else:
-        if source not in job.written:  # the packed format is exported too, so its drift is known
+        if source not in job.cfg.formats:  # the packed format is exported too, so its drift is known
             raise ExportError(f"mme_source={source!r} but {source} is not among the exported formats "
                               f"({', '.join(job.cfg.formats)}): add it to formats")
+        if source not in job.written:
+            raise ExportError(f"mme_source={source!r} was not written (see its entry in the manifest)")
         members = [job.written[source]]
     hint = load_hint(source, "." if source != "lora" else LORA_HINT_DIR, job.cfg)
     return mme.write_archive(members, job.model_dir / "mme" / f"{job.cfg.mme_name}.tar.gz",

@@ -50,10 +50,9 @@ def write_quantized_pipeline(source: Path, out_dir: Path, kind: str) -> Path:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(source, out_dir, ignore=lambda d, names: ["unet"] if Path(d) == source else [])
+    # bitsandbytes places the quantized weights on the current GPU itself (device_map=None).
     unet = UNet2DConditionModel.from_pretrained(
-        source, subfolder="unet", quantization_config=quantization_config(kind), dtype=load_dtype(kind),
-        device_map="cuda" if kind in ("nf4", "bnb8") else None,
-    )
+        source, subfolder="unet", quantization_config=quantization_config(kind), dtype=load_dtype(kind))
     # torchao's tensor subclasses only serialize with pickle; bitsandbytes weights go to safetensors.
     unet.save_pretrained(out_dir / "unet", safe_serialization=kind != "int8")
     del unet
