@@ -78,10 +78,10 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     classes = class_examples(base, cfg, class_cache_dir) if cfg.prior_preservation else []
 
     # --- model: a fresh LoRA, its init seeded so every run of this config starts the same ---
+    accelerator = make_accelerator(base, cfg)
     torch.manual_seed(cfg.seed)
     params = attach_lora(base, rank=cfg.rank, alpha=cfg.alpha, train_text_encoder=cfg.train_text_encoder,
                          gradient_checkpointing=cfg.gradient_checkpointing)
-    accelerator = make_accelerator(base, cfg)
     optimizer = make_optimizer(cfg, params)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, make_lr_scheduler(cfg, optimizer))
     trained = [base.unet] + ([base.text_encoder] if cfg.train_text_encoder else [])
