@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha")
     p.add_argument("--b-std", type=float, default=0.02, help="std of the random lora_B weights (0 = no effect)")
-    p.add_argument("--drift-resolution", type=int, default=512, help="side of the drift renders")
-    p.add_argument("--drift-steps", type=int, default=8, help="steps of the drift renders")
+    p.add_argument("--drift-resolution", type=int, default=0, help="side of the drift renders (0: native, at most 256)")
+    p.add_argument("--drift-steps", type=int, default=4, help="steps of the drift renders")
     p.add_argument("--cpu", action="store_true",
                    help="run anyway on CPU (fp32 base; nf4/bnb8 are then recorded as skipped)")
     a = p.parse_args(argv)
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     base = build_base(work / f"base-{a.arch}", a.arch)
     print(f"built {a.arch} base in {time.perf_counter() - t0:.1f} s: {base}")
     pipe = lora_pipeline(base, a.rank, a.alpha, a.b_std, device)
-    cfg = ExportConfig(formats=ALL_FORMATS, mme_source="merged-nf4", drift_resolution=a.drift_resolution,
+    mme_source = "merged-nf4" if device == "cuda" else "merged-int8"
+    cfg = ExportConfig(formats=ALL_FORMATS, mme_source=mme_source, drift_resolution=a.drift_resolution,
                        drift_steps=a.drift_steps)
     failed = None
     try:

@@ -27,15 +27,6 @@ FAST = dict(drift_steps=2, drift_resolution=64)
 ALL = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model is faster on one thread, and the CI box is shared: no oversubscription.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def load_pipe(path, **kwargs):
     from diffusers import StableDiffusionPipeline
 
@@ -140,6 +131,16 @@ def test_gpu_formats_are_skipped_with_their_reason_and_others_unaffected(exporte
         assert not (out / name).exists()
     assert [n for n, e in manifest["formats"].items() if e["status"] == "ok"] == \
         ["lora", "kohya", "merged-fp16", "merged-int8", "mme"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU nf4 runs")
+def test_mme_of_a_gpu_format_is_skipped_on_cpu_not_failed(trained, tiny_model, tmp_path):
+    pipe, _ = trained
+    manifest = export_model(pipe, ExportConfig(formats=("lora", "merged-nf4", "mme"), mme_source="merged-nf4",
+                                               drift_check=False), tmp_path, base_model_dir=tiny_model,
+                            train_text_encoder=True, rank=RANK, lora_alpha=ALPHA)
+    assert manifest["formats"]["mme"] == {"status": "skipped", "reason": "skipped: packs merged-nf4, which needs a GPU"}
+    assert manifest["formats"]["lora"]["status"] == "ok"
 
 
 def test_manifest_hashes_match_every_exported_file(exported):

@@ -27,6 +27,7 @@ from .config import GPU_FORMATS, ExportConfig
 from .errors import ExportError
 
 log = logging.getLogger("train.export")
+GPU_REASON = "skipped: needs a GPU (bitsandbytes quantization through diffusers)"
 LORA_HINT_DIR = "MODEL_DIR"
 MERGED_SOURCE = ".merged-src"  # temporary fp16 merge that quantized formats read when merged-fp16 is not kept
 
@@ -111,9 +112,11 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
 
 
 def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference) -> dict:
-    if name in GPU_FORMATS and not torch.cuda.is_available():
-        log.warning("export %s: skipped: needs a GPU (bitsandbytes 4/8-bit loading in diffusers)", name)
-        return {"status": "skipped", "reason": "skipped: needs a GPU (bitsandbytes quantization through diffusers)"}
+    needs_gpu = name in GPU_FORMATS or (name == "mme" and job.cfg.mme_source in GPU_FORMATS)
+    if needs_gpu and not torch.cuda.is_available():
+        reason = GPU_REASON if name in GPU_FORMATS else f"skipped: packs {job.cfg.mme_source}, which needs a GPU"
+        log.warning("export %s: %s", name, reason)
+        return {"status": "skipped", "reason": reason}
     t0 = time.perf_counter()
     try:
         path = WRITERS[name](job, parts)
