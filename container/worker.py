@@ -231,6 +231,8 @@ class Worker:
         before run_task ran (or crashed without one) gets it here."""
         outcome.outcome = "failed"
         outcome.error = error
+        # Nothing half-exported reaches model.tar.gz: a consumer sees a LoRA only for a completed task.
+        shutil.rmtree(self.env.model_dir / outcome.task_id, ignore_errors=True)
         status = read_status(checkpoint_dir) if status_written else None
         if not status or status.get("state") != "failed":
             status = write_failed_status(checkpoint_dir, error, extra=extra)
