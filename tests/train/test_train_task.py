@@ -168,3 +168,20 @@ def test_given_class_images_are_topped_up_with_generated_ones(base, tmp_path):
     assert [e.path.name for e in examples] == ["mine.jpg", "class-00000.png"]
     assert all(e.caption == "a photo of a cup" for e in examples)
     assert class_examples(base, cfg.replace(num_class_images=1), tmp_path / "cache")[0].path.name == "mine.jpg"
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_trains_and_exports_fp32_lora(tiny_model, demo_data, tmp_path):
+    # Its own process: accelerate fixes the mixed precision once per process.
+    from conftest import run_cli
+
+    out = tmp_path / "bf16"
+    done = run_cli("--pretrained-model", str(tiny_model), "--instance-data", str(demo_data / "instance"),
+                   "--instance-prompt", PROMPT, "--output-dir", str(out), "--mixed-precision", "bf16",
+                   "--resolution", "32", "--max-train-steps", "2", "--preview-every", "0",
+                   "--preview-inference-steps", "1", "--num-preview-images", "1", "--export", "lora",
+                   "--no-export-check", "--save-dtype", "fp32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = lora_tensors(out / "model")
+    assert saved and all(str(t.dtype) == "torch.float32" and t.isfinite().all() for t in saved.values())
+    assert json.loads((out / "checkpoints" / "status.json").read_text())["state"] == "completed"
