@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,15 @@ def test_config_accepts_sagemaker_strings_and_rejects_unknown_keys():
     assert cfg.formats == ("lora", "kohya") and cfg.drift_steps == 3 and cfg.drift_check is False
     with pytest.raises(ExportConfigError, match="valid keys: .*drift_steps"):
         ExportConfig.from_dict({"drift_stepz": 3}, source="task t1")
+
+
+def test_importing_the_export_package_does_not_load_torch():
+    # train/config.py validates export names through train.export at startup: `--help` and
+    # config errors must stay fast.
+    import subprocess
+    import sys
+
+    code = "import sys, train.export; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.split() == ["False", "False"]

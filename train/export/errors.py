@@ -1,16 +1,9 @@
-"""Export errors. They subclass the package's `TrainError`/`ConfigError` (train/errors.py), so
-the container records a failed export like any other task failure."""
+"""Export errors. They subclass the package's `TrainError`/`ConfigError`, so the container and
+the CLIs report a failed export like any other task failure."""
 
 from __future__ import annotations
 
-try:
-    from train.errors import ConfigError, TrainError
-except ImportError:  # train/errors.py not committed yet in this tree
-    class TrainError(Exception):
-        """Root of the train package's errors."""
-
-    class ConfigError(TrainError):
-        """A bad configuration value."""
+from train.errors import ConfigError, TrainError
 
 
 class ExportError(TrainError):
