@@ -172,8 +172,18 @@ def parse_tasks(text: str, source: str = "<tasks>") -> list[TaskSpec]:
     if not problems and not specs:
         problems.append(f"{source}: no tasks; expected JSON Lines (one task object per line) or a JSON array")
     if problems:
-        raise TaskListError(problems, source)
+        raise TaskListError(sorted(problems, key=_importance), source)
     return specs
+
+
+def _importance(problem: str) -> int:
+    """Most important first (stable within a rank, so line order otherwise): unreadable
+    lines, then duplicate ids, then missing fields, then the rest."""
+    for rank, words in enumerate((("not valid JSON", "expected a JSON", "no tasks"), ("duplicates line",),
+                                  ("is required",))):
+        if any(w in problem for w in words):
+            return rank
+    return 3
 
 
 def load_tasks(path) -> list[TaskSpec]:

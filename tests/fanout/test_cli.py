@@ -39,7 +39,8 @@ def test_validate_reports_every_problem_and_exits_2(tmp_path, capsys, task_file)
     code, out, err = run(capsys, "validate", bad)
     assert code == 2 and out == ""
     lines = err.splitlines()
-    assert lines[0].startswith(f"{bad}:1: task 'a/b' field 'task_id' must match")
+    assert lines[0] == f"{bad}:2: task 'c' field 'instance_data' is required (a non-empty string)"
+    assert any(line.startswith(f"{bad}:1: task 'a/b' field 'task_id' must match") for line in lines)
     assert any("field 'host' must be a non-negative integer" in line for line in lines)
     assert lines[-1] == f"{bad}: 4 problem(s)"
 

@@ -45,12 +45,13 @@ def test_every_problem_is_reported_with_file_line_task_and_field():
     ])
     found = problems(text)
     assert len(found) == 6
-    assert "tasks.jsonl:2: task 'bad/id' field 'task_id' must match" in found[0]
-    assert "tasks.jsonl:3: task 'h' field 'host' must be a non-negative integer" in found[1]
-    assert "field 'output_uri' must be an s3:// URI" in found[2]
-    assert "field 'validation_prompts' must be a list of strings" in found[3]
-    assert "field 'hyperparameters' must be a JSON object" in found[4]
-    assert "tasks.jsonl:7: task 'dog' field 'task_id' duplicates line 1" in found[5]
+    # most important first (duplicate ids), then in line order
+    assert "tasks.jsonl:7: task 'dog' field 'task_id' duplicates line 1" in found[0]
+    assert "tasks.jsonl:2: task 'bad/id' field 'task_id' must match" in found[1]
+    assert "tasks.jsonl:3: task 'h' field 'host' must be a non-negative integer" in found[2]
+    assert "field 'output_uri' must be an s3:// URI" in found[3]
+    assert "field 'validation_prompts' must be a list of strings" in found[4]
+    assert "field 'hyperparameters' must be a JSON object" in found[5]
 
 
 @pytest.mark.parametrize("task_id", ["..", ".", "a/b", "../etc", "-x", "", "x" * 129, "a b"])
@@ -60,10 +61,10 @@ def test_unsafe_or_malformed_task_ids_are_rejected(task_id):
 
 def test_missing_required_field_unknown_field_and_bad_json():
     found = problems(line(instance_prompt=...) + "\n" + line(task_id="b", instnace_data="x") + "\n{oops\n[1]")
-    assert "field 'instance_prompt' is required" in found[0]
-    assert "unknown field 'instnace_data'; valid fields: task_id, instance_data" in found[1]
-    assert "tasks.jsonl:3: not valid JSON" in found[2]
-    assert "tasks.jsonl:4: expected a JSON object" in found[3]
+    assert "tasks.jsonl:3: not valid JSON" in found[0]
+    assert "tasks.jsonl:4: expected a JSON object" in found[1]
+    assert "field 'instance_prompt' is required" in found[2]
+    assert "unknown field 'instnace_data'; valid fields: task_id, instance_data" in found[3]
 
 
 @pytest.mark.parametrize("value", [True, 1.5, "2"])
