@@ -55,13 +55,14 @@ def lora_pipeline(base: Path, rank: int, alpha: float, b_std: float, device: str
 
 
 def report(manifest: dict) -> str:
-    rows = [f"{'format':<12} {'status':<8} {'MB':>9} {'unet MB':>9} {'write s':>8} {'load s':>7} "
+    rows = [f"{'format':<12} {'status':<8} {'MB':>9} {'unet MB':>9} {'write s':>8} {'load s':>7} {'render s':>8} "
             f"{'mean|d|':>8} {'PSNR dB':>8}"]
     for name, e in manifest["formats"].items():
         d = e.get("drift") or {}
         unet = (e.get("component_bytes") or {}).get("unet")
         rows.append(f"{name:<12} {e['status']:<8} {e.get('bytes', 0) / 1e6:>9.1f} "
                     f"{(unet or 0) / 1e6:>9.1f} {e.get('seconds', 0):>8.2f} {e.get('load_seconds', 0):>7.2f} "
+                    f"{e.get('render_seconds', 0):>8.2f} "
                     f"{d.get('mean_abs_diff', float('nan')):>8.3f} {str(d.get('psnr_db', '-')):>8}"
                     + (f"  {e['reason']}" if e.get("reason") else "") + ("  FLAGGED" if e.get("flagged") else ""))
     return "\n".join(rows)

@@ -145,6 +145,7 @@ def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
         artifact = LOADERS[name](job)
         load_seconds = time.perf_counter() - t0
         images = drift.render(artifact, spec)
+        render_seconds = time.perf_counter() - t0 - load_seconds
     except Exception as e:
         log.error("export %s: written, but loading it back with diffusers failed: %s", name, e)
         return {"status": "failed", "reason": f"reload failed: {type(e).__name__}: {e}"}
@@ -158,7 +159,8 @@ def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
     if flagged:
         log.warning("export %s: drift mean_abs_diff=%.2f over the threshold %.2f (PSNR %s dB)", name,
                     result["mean_abs_diff"], job.cfg.drift_threshold, result["psnr_db"])
-    return {"load_seconds": round(load_seconds, 3), "drift": result, "flagged": flagged}
+    return {"load_seconds": round(load_seconds, 3), "render_seconds": round(render_seconds, 3), "drift": result,
+            "flagged": flagged}
 
 
 def load_hint(name: str, rel: str, cfg: ExportConfig) -> str:
