@@ -10,7 +10,7 @@ import pytest
 from fanout_fakes import SageMakerFaults, load_event
 
 from fanout import handlers
-from fanout.launcher import Launcher, RateLimiter
+from fanout.launcher import RateLimiter
 from fanout.service import Service, launch_pending, task_id_for
 from fanout.store import COMPLETED, FAILED, LAUNCHED, PENDING
 
@@ -220,4 +220,3 @@ def test_rate_limiter_spaces_calls():
     for _ in range(3):
         limiter.wait()
     assert slept == [1.0, 2.0]
-    assert isinstance(Launcher(None, None).limiter, RateLimiter)
