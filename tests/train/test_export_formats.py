@@ -221,3 +221,15 @@ def test_cli_rejects_a_bad_format_listing_the_valid_ones(tiny_model, tmp_path, c
     assert code == 2
     err = capsys.readouterr().err
     assert "'gguf'" in err and ", ".join(FORMATS) in err
+
+
+def test_cli_help_runs_as_a_module_and_lists_the_formats():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "train.export", "--help"], capture_output=True, text=True,
+                         cwd=root, timeout=60)
+    assert out.returncode == 0
+    assert "--lora" in out.stdout and "merged-int8" in out.stdout and "--drift-threshold" in out.stdout
