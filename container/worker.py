@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping, Sequence
 from container.env import SageMakerEnv
 from container.errors import ContainerError, TaskPathError
 from container.final import final_is_complete, keep_final, restore_final
-from container.records import HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
+from container.records import (STATUS_FILE, HostSummary, TaskOutcome, now_iso, read_status, write_failed_status,
+                               write_json)
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
@@ -148,7 +149,10 @@ class Worker:
         except Interrupted as exc:
             outcome.outcome = "interrupted"
             outcome.error = str(exc) or "stop requested; state saved"
-            outcome.step = int((read_status(checkpoint_dir) or {}).get("step", 0) or 0)
+            status = read_status(checkpoint_dir) or {}
+            outcome.step = int(status.get("step", 0) or 0)
+            # Say so in status.json too: "running" would read as alive to anyone polling it.
+            write_json(checkpoint_dir / STATUS_FILE, {**status, "state": "interrupted", "finished_at": now_iso()})
             return
         except TrainError as exc:
             self._fail(outcome, checkpoint_dir, str(exc), extra, status_written=True)
