@@ -119,12 +119,23 @@ class StopFlag:
         return self.requested
 
 
+def quiet_library_progress_bars() -> None:
+    """Our own bar and log lines are the progress; diffusers' and transformers' loading and
+    sampling bars would only clutter the log (and CloudWatch)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = config_from_args(argv)
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    quiet_library_progress_bars()
     from train.pipeline import load_base
     from train.task import run_task
 
