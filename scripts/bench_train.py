@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,8 +91,11 @@ def bench(a) -> dict:
         stamps.append(time.perf_counter())
         return False
 
-    run_task(base, cfg, model_dir=work / "out" / "model", checkpoint_dir=work / "out" / "ck",
-             stop_requested=record_step, task_id="bench")
+    try:
+        run_task(base, cfg, model_dir=work / "out" / "model", checkpoint_dir=work / "out" / "ck",
+                 stop_requested=record_step, task_id="bench")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)   # an sd15 build is ~4 GB
     timed = stamps[a.warmup - 1:] if a.warmup else stamps
     steps_per_s = (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
     result = {
