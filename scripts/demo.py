@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""`make demo`: the main job, emulated: six users' LoRAs trained by one 2-instance job, on CPU.
+
+    python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 6] [--resume]
+
+Builds the tiny random-weight pipeline and synthetic subject images for six users under
+WORKDIR/inputs (once), writes a six-task task list, and runs `python -m fanout local` on it:
+two `train` processes, each with its own /opt/ml tree, one base-model load per host, the
+tasks split by the planner. Then prints one row per task (host, state, steps, seconds, LoRA)
+and where the previews are. One task points at a folder that does not exist, to show that a
+bad task fails alone with its reason while the others train.
+
+Every run starts a fresh job unless --resume (which continues a killed one, like a spot restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = ("ana", "ben", "chloe", "dev", "eli")
+
+HYPERPARAMETERS = {
+    "resolution": 32,          # tiny model, tiny images: the machinery, not the art
+    "preview_every": 3,
+    "num_preview_images": 1,
+    "preview_inference_steps": 4,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "learning_rate": 1e-4,
+}
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_inputs(inputs: Path) -> tuple[Path, Path]:
+    """The base model and one image folder per user (built once, reused by later runs)."""
+    model, images = inputs / "model", inputs / "images"
+    if not (model / "model_index.json").is_file():
+        print("building the tiny base model ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(model)], check=True,
+                       stdout=subprocess.DEVNULL)
+    demo_data = _script("make_demo_data")
+    for i, user in enumerate(USERS):
+        if not (images / user).is_dir():
+            tmp = inputs / "tmp" / user
+            demo_data.make_demo_data(tmp, count=3, size=64, seed=i)
+            images.mkdir(parents=True, exist_ok=True)
+            (tmp / "instance").rename(images / user)
+    shutil.rmtree(inputs / "tmp", ignore_errors=True)
+    return model, images
+
+
+def task_list(steps: int) -> list[dict]:
+    tasks = [{"task_id": f"{user}-toy", "user_id": user, "instance_data": user,
+              "instance_prompt": f"a photo of sks toy, {user}'s", "metadata": {"order": n}}
+             for n, user in enumerate(USERS, 1)]
+    tasks[0]["validation_prompts"] = ["a photo of sks toy on a beach", "a sks toy in a forest"]
+    tasks[1]["hyperparameters"] = {"max_train_steps": steps * 2, "rank": 8}  # a longer task: the planner balances it
+    tasks.append({"task_id": "fay-toy", "user_id": "fay", "instance_data": "fay-never-uploaded",
+                  "instance_prompt": "a photo of sks toy"})
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo", help="where everything goes")
+    p.add_argument("--instances", type=int, default=2, help="emulated instances (default: 2)")
+    p.add_argument("--steps", type=int, default=6, help="training steps per task (default: 6)")
+    p.add_argument("--resume", action="store_true", help="continue the job in WORKDIR/job instead of a fresh one")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    work = a.workdir.resolve()
+    model, images = make_inputs(work / "inputs")
+    tasks_file = work / "tasks.jsonl"
+    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in task_list(a.steps)))
+    job = work / "job"
+    if job.exists() and not a.resume:
+        shutil.rmtree(job)
+    hp = {**HYPERPARAMETERS, "max_train_steps": a.steps}
+    cmd = [sys.executable, "-m", "fanout", "local", "--tasks", str(tasks_file), "--model", str(model),
+           "--images", str(images), "--instances", str(a.instances), "--workdir", str(job),
+           "--hyperparameters", json.dumps(hp), "--quiet"]
+    print(f"running a {a.instances}-instance job with {len(task_list(a.steps))} tasks "
+          f"(host logs: {job / 'logs'}) ...", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    print(f"\njob exit code {rc}; the demo took {time.monotonic() - t0:.0f} s")
+    grids = sorted((job / "s3" / "checkpoints").glob("*/previews/step-*/grid.png"))
+    if grids:
+        print(f"latest preview grid of each task, e.g. {grids[-1]}")
+    print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
+    print("fay-toy fails on purpose (its image folder was never uploaded); the others do not care.")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
