@@ -94,8 +94,8 @@ def check_paths(cfg: TrainConfig) -> None:
         raise ConfigError(f"--instance-data {data}: not a folder")
     if not image_files(data):
         raise ConfigError(f"--instance-data {data}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    if cfg.class_data and Path(cfg.class_data).exists() and not Path(cfg.class_data).is_dir():
-        raise ConfigError(f"--class-data {cfg.class_data}: not a folder")
+    if cfg.class_data and not Path(cfg.class_data).is_dir():
+        raise ConfigError(f"--class-data {cfg.class_data}: not a folder (leave it out to generate class images)")
 
 
 class StopFlag:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from train.config import TrainConfig
 from train.data import Example, derive_seed, image_files, load_images
+from train.errors import DataError
 from train.pipeline import BaseModel
 from train.state import replace_dir
 
@@ -32,7 +33,9 @@ def class_examples(base: BaseModel, cfg: TrainConfig, cache_root: Path, log=prin
     """``cfg.num_class_images`` class examples: from ``cfg.class_data``, the rest generated (cached)."""
     given: list[Example] = []
     folder = Path(cfg.class_data) if cfg.class_data else None
-    if folder is not None and folder.is_dir() and image_files(folder):
+    if folder is not None and not folder.is_dir():
+        raise DataError(f"class data: {folder} is not a folder (leave class_data out to generate class images)")
+    if folder is not None and image_files(folder):
         given = load_images(folder, prompt=cfg.class_prompt, resolution=cfg.resolution,
                             max_pixels=cfg.max_image_pixels, what="class", limit=cfg.num_class_images)
     missing = cfg.num_class_images - len(given)
