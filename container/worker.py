@@ -76,7 +76,12 @@ class Worker:
                 self._stop_before(share[n - 1:])
                 break
             log.info("task %d/%d: %s", n, len(share), task.task_id)
-            outcome = self._run_one(task)
+            try:
+                outcome = self._run_one(task)
+            except BaseModelError:
+                self.summary.state = "failed"  # no task on this host can run: a job-level error
+                self._write_summary()
+                raise
             self.summary.tasks.append(outcome)
             self._write_summary()
             log.info("task %s: %s%s", task.task_id, outcome.outcome, f" ({outcome.error})" if outcome.error else "")

@@ -219,3 +219,17 @@ def test_each_host_runs_its_planned_share(tmp_path, image_root, monkeypatch, hos
     assert _run(monkeypatch, base, fake) == 0
     plan = plan_tasks(parse_tasks("\n".join(json.dumps(t) for t in tasks)), 2, sdk_encode({"max_train_steps": 3}))
     assert fake.ran == list(plan.share(expected))
+
+
+def test_a_base_model_that_does_not_load_is_a_job_level_failure(tmp_path, image_root, monkeypatch):
+    base = _job(tmp_path, image_root, _tasks("a", "b"))
+    fake = FakeTrain()
+
+    def broken(model_dir):
+        raise OSError(f"{model_dir}/unet: no such file")
+
+    fake.load_base = broken
+    assert _run(monkeypatch, base, fake) == 1
+    failure = (base / "output" / "failure").read_text()
+    assert "base model" in failure and "unet" in failure
+    assert _summary(base)["state"] == "failed"
