@@ -169,6 +169,39 @@ def test_mme_archive_holds_a_loadable_pipeline_at_its_root(exported, tmp_path):
     assert serving["format"] == "merged-fp16"
     assert serving["base_model"]["weights_sha256"] == manifest["base_model"]["weights_sha256"]
     assert draw(load_pipe(tmp_path)).std() > 0
+    # The packed handler serves it as an endpoint would: model_fn(unpacked dir), predict_fn(request).
+    response = serve(tmp_path, {"inputs": PROMPT, "parameters": {"num_inference_steps": 2, "height": 64,
+                                                                 "width": 64, "seed": 3}})
+    assert len(response["images"]) == 1
+
+
+def serve(model_dir, request: dict) -> dict:
+    import base64
+    import importlib.util
+    import io
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("mme_inference", model_dir / "code" / "inference.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    model = handler.model_fn(str(model_dir))
+    model.set_progress_bar_config(disable=True)
+    response = handler.predict_fn(request, model)
+    for encoded in response["images"]:
+        assert Image.open(io.BytesIO(base64.b64decode(encoded))).size == (64, 64)
+    return response
+
+
+def test_mme_lora_archive_is_served_on_top_of_its_base(exported, tmp_path, tiny_model):
+    out, _ = exported
+    archive = write_archive([out / "pytorch_lora_weights.safetensors"], tmp_path / "lora.tar.gz", source="lora",
+                            base_model_dir=tiny_model)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    # serving.json names the base by path and weights hash; here that path is the tiny model.
+    assert len(serve(tmp_path / "unpacked", {"inputs": PROMPT, "parameters": {"num_inference_steps": 2,
+                                             "height": 64, "width": 64}})["images"]) == 1
 
 
 def test_mme_archive_is_reproducible(exported, tmp_path, tiny_model):
@@ -179,7 +212,8 @@ def test_mme_archive_is_reproducible(exported, tmp_path, tiny_model):
                       base_model_dir=tiny_model)
     assert a.read_bytes() == b.read_bytes()
     with tarfile.open(a) as tar:
-        assert sorted(tar.getnames()) == ["pytorch_lora_weights.safetensors", "serving.json"]
+        assert sorted(n for n in tar.getnames()) == ["code", "code/inference.py", "pytorch_lora_weights.safetensors",
+                                                     "serving.json"]
 
 
 def test_drift_over_the_threshold_is_flagged_and_logged(trained, tiny_model, tmp_path, caplog):

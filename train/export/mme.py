@@ -2,8 +2,9 @@
 
 An MME serves many models from one S3 prefix: each model is one `<name>.tar.gz` there, which
 the endpoint downloads and unpacks into its own folder on first request. So the archive holds
-the artifact's files at its root (no leading folder), plus `serving.json` that tells a
-serving handler what it unpacked and how to load it:
+the artifact's files at its root (no leading folder), `serving.json` that says what was
+unpacked and how to load it, and `code/inference.py` (`model_fn` / `predict_fn`, the
+HuggingFace inference toolkit's convention; source: mme_handler.py):
 
     lora:    pytorch_lora_weights.safetensors + serving.json (the base model identity: the
              endpoint keeps that base loaded and applies the LoRA per request)
@@ -25,6 +26,8 @@ from typing import Sequence
 from .manifest import base_model_identity
 
 SERVING_NAME = "serving.json"
+HANDLER_NAME = "code/inference.py"  # the HuggingFace inference toolkit's per-model handler path
+HANDLER_SOURCE = Path(__file__).with_name("mme_handler.py")
 
 
 def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_model_dir: Path,
@@ -32,7 +35,7 @@ def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_
     """Pack `members` (files, or one pipeline folder whose contents go to the root) into `out_path`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    entries: list[tuple[str, Path]] = []
+    entries: list[tuple[str, Path]] = [(HANDLER_NAME, HANDLER_SOURCE)]
     for member in members:
         if member.is_dir():
             entries += [(p.relative_to(member).as_posix(), p) for p in member.rglob("*") if p.is_file()]
