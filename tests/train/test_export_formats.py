@@ -126,8 +126,8 @@ def test_merged_fp16_draws_what_the_in_memory_lora_draws(exported):
 def test_gpu_formats_are_skipped_with_their_reason_and_others_unaffected(exported):
     out, manifest = exported
     for name in ("merged-nf4", "merged-bnb8"):
-        assert manifest["formats"][name] == {"status": "skipped",
-                                             "reason": "skipped: needs a GPU (bitsandbytes quantization through diffusers)"}
+        assert manifest["formats"][name] == {
+            "status": "skipped", "reason": "skipped: needs a GPU (bitsandbytes quantization through diffusers)"}
         assert not (out / name).exists()
     assert [n for n, e in manifest["formats"].items() if e["status"] == "ok"] == \
         ["lora", "kohya", "merged-fp16", "merged-int8", "mme"]
