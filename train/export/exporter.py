@@ -172,7 +172,7 @@ def load_hint(name: str, rel: str, cfg: ExportConfig) -> str:
     if name == "mme":
         return f"unpack into a folder, then as {cfg.mme_source}: " + load_hint(
             cfg.mme_source, "." if cfg.mme_source != "kohya" else f"{cfg.kohya_name}.safetensors", cfg)
-    dtype = {"merged-fp16": "", "merged-int8": ", dtype=torch.bfloat16"}.get(name, ", device_map='cuda'")
+    dtype = {"merged-fp16": "", "merged-int8": ", dtype=torch.bfloat16"}.get(name, ", dtype=torch.float16")
     return f"StableDiffusionPipeline.from_pretrained({rel!r}{dtype})"
 
 
