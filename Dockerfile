@@ -26,13 +26,15 @@ COPY container ./container
 # present for exactly this layer and removed in the same layer: it never reaches the image.
 # Torch is already in the base image and pinned to it: a dependency that wants another torch
 # fails the build instead of silently pulling a multi-GB wheel over the CUDA build.
+# Only the build packages the base image lacks are added, and only those are purged again.
 RUN set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends gcc g++ libc6-dev; \
+    build_deps=""; \
+    for p in gcc g++ libc6-dev; do dpkg -s "$p" >/dev/null 2>&1 || build_deps="$build_deps $p"; done; \
+    if [ -n "$build_deps" ]; then apt-get update; apt-get install -y --no-install-recommends $build_deps; fi; \
     python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-pin.txt; \
     python -m pip install --no-cache-dir -c /tmp/torch-pin.txt ".[train,container]"; \
     rm /tmp/torch-pin.txt; \
-    apt-get purge -y --auto-remove gcc g++ libc6-dev; \
+    if [ -n "$build_deps" ]; then apt-get purge -y --auto-remove $build_deps; fi; \
     rm -rf /var/lib/apt/lists/*; \
     python -c "import torch, diffusers, peft, sagemaker_training, container.entry"; \
     command -v train

@@ -143,6 +143,9 @@ class Worker:
             base = self._base_model()
         except Exception as exc:
             raise BaseModelError(f"base model in channel 'model' failed to load: {exc}") from exc
+        if self.stop_requested():  # the stop came while the model loaded: nothing to save yet
+            outcome.outcome, outcome.error = "interrupted", "stop requested before training started"
+            return
         model_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         try:

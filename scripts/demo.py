@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make demo`: the main job, emulated: six users' LoRAs trained by one 2-instance job, on CPU.
 
-    python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 6] [--resume]
+    python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 10] [--resume]
 
 Builds the tiny random-weight pipeline and synthetic subject images for six users under
 WORKDIR/inputs (once), writes a six-task task list, and runs `python -m fanout local` on it:
@@ -30,10 +30,10 @@ USERS = ("ana", "ben", "chloe", "dev", "eli")
 
 HYPERPARAMETERS = {
     "resolution": 32,          # tiny model, tiny images: the machinery, not the art
-    "preview_every": 3,
+    "preview_every": 5,
     "num_preview_images": 1,
     "preview_inference_steps": 4,
-    "checkpoint_every": 3,
+    "checkpoint_every": 5,
     "log_every": 1,
     "learning_rate": 1e-4,
 }
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo", help="where everything goes")
     p.add_argument("--instances", type=int, default=2, help="emulated instances (default: 2)")
-    p.add_argument("--steps", type=int, default=6, help="training steps per task (default: 6)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per task (default: 10)")
     p.add_argument("--resume", action="store_true", help="continue the job in WORKDIR/job instead of a fresh one")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -37,3 +37,4 @@ def test_no_weights_are_baked_in_and_the_hub_is_offline():
 def test_build_tools_live_only_as_long_as_the_install_step():
     run = next(r for r in _instructions("RUN") if "pip install" in r)
     assert "apt-get install" in run and "apt-get purge" in run  # same layer: the compiler never ships
+    assert "dpkg -s" in run  # and a compiler the base image already had is left alone
