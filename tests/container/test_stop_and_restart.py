@@ -92,9 +92,13 @@ def test_kill_9_of_the_whole_job_then_restart_retrains_nothing_completed_and_del
     hp = {**TINY_HP, "max_train_steps": 8, "checkpoint_every": 2, "export": "lora"}
     ids = ["t1", "t2", "t3", "t4"]
     users = ["alice", "bob", "carol", "dave"]
+    lines = [{"task_id": t, "instance_data": u, "instance_prompt": "a sks toy"} for t, u in zip(ids, users)]
+    # t2 is long and goes first on its host, so a short task on the other host is delivered
+    # while t2 is still mid-training, however fast the machine: the kill catches both kinds.
+    lines[1]["hyperparameters"] = {"max_train_steps": 30}
+    steps = {"t1": 8, "t2": 30, "t3": 8, "t4": 8}
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"task_id": t, "instance_data": u, "instance_prompt": "a sks toy"}) + "\n"
-                             for t, u in zip(ids, users)))
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
     work = tmp_path / "W"
     first = _fanout_local(work, tasks, tiny_model, image_root, hp)
     try:
@@ -122,4 +126,4 @@ def test_kill_9_of_the_whole_job_then_restart_retrains_nothing_completed_and_del
         assert f"task={task_id} resumed from" in logs
     for task_id in ids:
         assert (work / "s3/model" / task_id / "pytorch_lora_weights.safetensors").stat().st_size > 0
-        assert json.loads((work / "s3/checkpoints" / task_id / "status.json").read_text())["step"] == 8
+        assert json.loads((work / "s3/checkpoints" / task_id / "status.json").read_text())["step"] == steps[task_id]
