@@ -142,8 +142,10 @@ def _make_worker(env, settings, training_hp, job_cfg, stop):
     from container.worker import Worker
 
     def load(model_dir):
+        from train.cli import quiet_library_progress_bars
         from train.pipeline import load_base
 
+        quiet_library_progress_bars()  # the step lines are the progress; loading bars only clutter CloudWatch
         return load_base(model_dir, mixed_precision=job_cfg.mixed_precision)
 
     def run_task(*args, **kwargs):
