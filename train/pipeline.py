@@ -7,7 +7,6 @@ task's result never depends on what ran before it on the same ``BaseModel``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +37,11 @@ class BaseModel:
         return self.noise_scheduler.config.prediction_type
 
     def identity(self) -> str:
-        """A short hash of the model folder and its weight files (path, size, mtime)."""
-        h = hashlib.sha256(str(self.path.resolve()).encode())
-        for f in sorted(self.path.rglob("*")):
-            if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):
-                st = f.stat()
-                h.update(f"{f.relative_to(self.path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
+        """A short content hash of the weights (not of paths or mtimes: a restarted job that
+        downloads the same model again must find its cached class images)."""
+        from train.fingerprint import base_model_identity
+
+        return base_model_identity(self.path)["weights_sha256"][:16]
 
     def pipeline(self, scheduler: Any = None):
         """A StableDiffusionPipeline over the in-memory modules (nothing is reloaded)."""

@@ -11,28 +11,15 @@ Schema (version 1), documented for users in docs/exports.md:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from train.fingerprint import base_model_identity, sha256_file  # noqa: F401 (re-exported)
+
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
-_CHUNK = 1 << 22
-
-# Hashing a full-size base model reads gigabytes; the warm worker exports many tasks against
-# the same base, so the digest is kept per (path, size, mtime) of each weight file.
-_base_cache: dict[tuple, dict] = {}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_entries(root: Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> list[dict]:
@@ -45,24 +32,6 @@ def file_entries(root: Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> 
             continue
         entries.append({"path": rel, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return entries
-
-
-def base_model_identity(base_model_dir: Path) -> dict:
-    """Path plus one sha256 over the weight files (name and content), which names the weights
-    whatever folder they were copied to."""
-    base_model_dir = Path(base_model_dir).resolve()
-    weights = sorted(p for p in base_model_dir.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in weights)
-    if key not in _base_cache:
-        digest = hashlib.sha256()
-        files = []
-        for p in weights:
-            rel = p.relative_to(base_model_dir).as_posix()
-            file_digest = sha256_file(p)
-            digest.update(f"{rel}\0{file_digest}\n".encode())
-            files.append({"path": rel, "bytes": p.stat().st_size, "sha256": file_digest})
-        _base_cache[key] = {"weights_sha256": digest.hexdigest(), "files": files}
-    return {"path": str(base_model_dir), **_base_cache[key]}
 
 
 def make_readable(root: Path) -> None:
