@@ -176,20 +176,11 @@ def _describe(exc: Exception) -> tuple[str, list[str]]:
 
     if isinstance(exc, TaskListError):
         name = Path(exc.source).name
-        problems = sorted((p.replace(exc.source, name) for p in exc.problems), key=_problem_rank)
+        problems = [p.replace(exc.source, name) for p in exc.problems]  # fanout orders them
         return f"the task list {name} is malformed ({len(problems)} problem(s)); no task was trained:", problems
     if _expected(exc):
         return str(exc), []
     return f"internal error: {type(exc).__name__}: {exc}", []
-
-
-def _problem_rank(problem: str) -> int:
-    """Whole-file and syntax problems first, then duplicate ids, missing fields, the rest (stable)."""
-    for rank, words in enumerate((("cannot read", "no tasks", "not valid JSON", "expected a JSON"),
-                                  ("duplicates",), ("is required",))):
-        if any(w in problem for w in words):
-            return rank
-    return 3
 
 
 def _expected(exc: Exception) -> bool:
