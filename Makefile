@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-one test test-fast bench clean
+.PHONY: install demo demo-one test bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,13 @@ demo-one: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# Benchmarks print figures (never timed assertions in tests); docs/*.md hold measured ones.
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_train.py --arch tiny --resolution 64 --steps 30 --threads 1
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_worker.py --tasks 8 --steps 10
+	$(BIN)/python scripts/bench_plan.py
+	$(BIN)/python scripts/bench_launch.py
 
 clean:
 	rm -rf build .pytest_cache

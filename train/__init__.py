@@ -3,3 +3,12 @@
 Heavy imports (torch, diffusers) happen inside the functions that need them, so the CLI's
 ``--help`` and its config errors stay fast. See docs/train.md.
 """
+
+import logging as _logging
+
+# Import-time noise that says nothing to a user of this package, printed on every run before
+# the first useful line: torchao's CUDA-only kernels failing to load in a CPU torch build, the
+# matching diffusers notice, and a torch deprecation about torchao's enums. Real errors from
+# these libraries are still shown (only their WARNING level is raised to ERROR).
+for _name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
