@@ -28,6 +28,17 @@ def _plain(item: dict) -> dict[str, Any]:
     return {k: _de.deserialize(v) for k, v in item.items()}
 
 
+def _put_new(client, table: str, item: dict[str, Any], key_attribute: str) -> bool:
+    """PutItem only where no item has this key yet; False when one already had it."""
+    try:
+        client.put_item(TableName=table, Item=_item(item), ConditionExpression=f"attribute_not_exists({key_attribute})")
+        return True
+    except ClientError as exc:
+        if _lost_race(exc):
+            return False
+        raise
+
+
 def _lost_race(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
@@ -56,14 +67,7 @@ class RequestStore:
         reset a LAUNCHED or COMPLETED request to PENDING and train it twice."""
         item = {"request_key": f"{user_id}/{request_id}", "user_id": user_id, "request_id": request_id,
                 "status": status, "task": json.dumps(task, sort_keys=True), "retries": 0, "reason": reason, "created_at": now, "updated_at": now}
-        try:
-            self.client.put_item(TableName=self.table, Item=_item(item),
-                                 ConditionExpression="attribute_not_exists(request_key)")
-            return True
-        except ClientError as exc:
-            if _lost_race(exc):
-                return False
-            raise
+        return _put_new(self.client, self.table, item, "request_key")
 
     def get(self, key: str) -> dict[str, Any] | None:
         found = self.client.get_item(TableName=self.table, Key=_item({"request_key": key}), ConsistentRead=True)
@@ -156,14 +160,7 @@ class ModelStore:
         and the job's state change both register a model; the first record (and its created
         time) stays."""
         item = {"user_id": user_id, "model_id": model_id, "created_at": now, **fields}
-        try:
-            self.client.put_item(TableName=self.table, Item=_item(item),
-                                 ConditionExpression="attribute_not_exists(model_id)")
-            return True
-        except ClientError as exc:
-            if _lost_race(exc):
-                return False
-            raise
+        return _put_new(self.client, self.table, item, "model_id")
 
     def models_of(self, user_id: str) -> list[dict[str, Any]]:
         found = self.client.query(TableName=self.table, KeyConditionExpression="user_id = :u",

@@ -6,31 +6,23 @@ The tiny pipeline is built once per test session (a few seconds) with random wei
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def make_tiny_model():
     """The builder module, for tests that need a variant (v-prediction, another seed)."""
     pytest.importorskip("diffusers")
-    return _load_script("make_tiny_model")
+    return load_script("make_tiny_model")
 
 
 @pytest.fixture(scope="session")

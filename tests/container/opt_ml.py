@@ -7,11 +7,11 @@ SageMaker.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
+
+from scripts_loader import load_script  # noqa: F401 (re-exported for the tests here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,14 +27,6 @@ TINY_HP = {
 }
 
 
-def load_script(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def sagemaker_resource_config(host: str, hosts: list[str]) -> dict:
