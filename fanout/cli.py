@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from fanout.errors import FanoutError, TaskListError
+from fanout.hyperparameters import job_name_problems, task_name_problems
 from fanout.plan import plan_tasks, round_robin
 from fanout.tasks import load_tasks
 
@@ -38,6 +39,12 @@ def cmd_validate(args) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 2
+    problems = job_name_problems(_key_values(args.hp, "--hp"), "--hp") + task_name_problems(tasks, args.file)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         return 2
     if args.instances:
         plan_tasks(tasks, args.instances)        # explicit host fields checked against K
@@ -134,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a task list; every problem names line, task and field")
     p.add_argument("file")
     p.add_argument("--instances", type=int, default=0, help="also check explicit host fields against K")
+    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                   help="a job hyperparameter to check as submit would send it (repeatable)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("plan", help="show which host runs which task, and the expected makespan")
     p.add_argument("file")

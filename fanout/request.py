@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from fanout.errors import RequestError
+from fanout.hyperparameters import job_name_problems, task_name_problems
 from fanout.metrics import metric_definitions
 from fanout.plan import Plan, PlanConfig, plan_tasks
 from fanout.tasks import TaskSpec, dump_tasks
@@ -217,6 +218,9 @@ def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec]) -> None:
         raise RequestError("warm pools (--warm-pool-seconds) cannot be combined with managed spot (--spot)")
     if not tasks:
         raise RequestError("a job needs at least one task")
+    names = job_name_problems(config.hyperparameters) + task_name_problems(tasks)
+    if names:
+        raise RequestError("; ".join(names))
 
 
 def check_request(request: Mapping[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from fanout.errors import TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
+from fanout.hyperparameters import task_name_problems
 from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
 from fanout.plan import instances_for, split_backlog
 from fanout.request import LaunchConfig, prepare_job
@@ -78,7 +79,10 @@ def request_task(svc: Service, user_id: str, request_id: str, body: dict) -> dic
     task.update(task_id=task_id_for(user_id, request_id), instance_data=f"{user_id}/{request_id}/images",
                 user_id=user_id, output_uri=svc.uri("models", user_id, request_id) + "/",
                 metadata={**(body.get("metadata") or {}), "request_id": request_id})
-    parse_tasks(json.dumps(task), source=svc.uri("requests", user_id, request_id, "request.json"))
+    source = svc.uri("requests", user_id, request_id, "request.json")
+    problems = task_name_problems(parse_tasks(json.dumps(task), source=source), source)
+    if problems:
+        raise TaskListError(problems, source)
     return task
 
 

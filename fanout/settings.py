@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from fanout.errors import SettingsError
+from fanout.hyperparameters import job_name_problems
 
 ENV_PREFIX = "FANOUT_"
 
@@ -77,6 +78,9 @@ class Settings:
             values = None
         if not isinstance(values, dict):
             raise SettingsError(f"FANOUT_HYPERPARAMETERS must be a JSON object, got {self.hyperparameters!r}")
+        problems = job_name_problems(values, "FANOUT_HYPERPARAMETERS")
+        if problems:   # else every launch_pending run would claim, fail and hand the claims back
+            raise SettingsError(problems[0])
         return values
 
     def client(self, service: str, session=None):

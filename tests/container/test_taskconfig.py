@@ -105,3 +105,13 @@ def test_the_planner_defaults_agree_with_train_config():
                              "num_preview_images", "train_text_encoder"}
     for name in mirrored:
         assert getattr(PlanConfig(), name) == getattr(train_defaults, name), name
+
+
+def test_fanout_checks_hyperparameter_names_against_the_real_ones():
+    """fanout rejects typos at validate/submit time from its own copy of the names."""
+    from container.settings import CONTAINER_HYPERPARAMETER_NAMES
+    from fanout.hyperparameters import CONTAINER_NAMES, TRAINING_NAMES
+    from train.config import HYPERPARAMETER_NAMES
+
+    assert TRAINING_NAMES == HYPERPARAMETER_NAMES
+    assert CONTAINER_NAMES == CONTAINER_HYPERPARAMETER_NAMES

@@ -152,3 +152,23 @@ def test_python_dash_m_fanout_runs(task_file):
     proc = subprocess.run([sys.executable, "-m", "fanout", "plan", str(task_file), "-k", "2", "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0 and json.loads(proc.stdout)["makespan"] > 0
+
+
+def test_hyperparameter_typos_are_caught_before_anything_is_paid_for(tmp_path, capsys, task_file, monkeypatch):
+    rows = [{"task_id": "dog", "instance_data": "dog", "instance_prompt": "a photo of sks dog",
+             "hyperparameters": {"max_train_step": 800, "on_task_failure": "fail"}}]
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text(json.dumps(rows[0]) + "\n")
+    code, _, err = run(capsys, "validate", typo)
+    assert code == 2
+    first = err.splitlines()[0]
+    assert first.startswith(f"{typo}:1: task 'dog' field 'hyperparameters': unknown name(s) max_train_step, on_task_failure")
+    assert "on_task_failure is job-wide" in first and "max_train_steps" in first   # says what is valid
+
+    code, _, err = run(capsys, "validate", task_file, "--hp", "learning_rat=1e-4")
+    assert code == 2 and "--hp: unknown name(s) learning_rat; valid:" in err
+    assert run(capsys, "validate", task_file, "--hp", "on_task_failure=fail", "--hp", "sagemaker_region=x")[0] == 0
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # nothing may be contacted
+    code, out, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--hp", "max_train_step=600", "--dry-run")
+    assert code == 2 and out == "" and "unknown name(s) max_train_step" in err

@@ -72,6 +72,10 @@ def test_sqs_batch_reports_only_the_failed_item_and_bad_requests_are_recorded(sv
     assert handlers.on_upload(bad)["results"]["requests/u3/r9/request.json"] == "invalid"
     item = svc.requests.get("u3/r9")
     assert item["status"] == FAILED and "field 'hyperparameters' must be a JSON object" in item["reason"]
+    typo = upload_request(svc, "u3", "r10", hyperparameters={"max_train_step": 800})
+    assert handlers.on_upload(typo)["results"]["requests/u3/r10/request.json"] == "invalid"
+    item = svc.requests.get("u3/r10")
+    assert item["status"] == FAILED and "unknown name(s) max_train_step" in item["reason"]
 
 
 def test_launch_pending_launches_one_job_and_records_it(svc):

@@ -20,6 +20,7 @@ def test_settings_read_and_convert_fanout_variables():
     ({"FANOUT_BUCKET": "b", "FANOUT_SPOT": "maybe"}, "FANOUT_SPOT must be true or false"),
     ({"FANOUT_BUCKET": "b", "FANOUT_RETRY_MODE": "aggressive"}, "standard, adaptive or legacy"),
     ({"FANOUT_BUCKET": "b", "FANOUT_HYPERPARAMETERS": "max_train_steps=400"}, "FANOUT_HYPERPARAMETERS must be a JSON object"),
+    ({"FANOUT_BUCKET": "b", "FANOUT_HYPERPARAMETERS": "{\"max_train_step\": 400}"}, "FANOUT_HYPERPARAMETERS: unknown name(s) max_train_step"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
