@@ -14,6 +14,7 @@ TRAIN = [
     "peft>=0.21,<0.22",
     "accelerate>=1.15,<2",
     "bitsandbytes>=0.50,<0.51",
+    "prodigyopt>=1.1,<2",
     "safetensors>=0.4",
     "torchao>=0.14",
     "Pillow>=10",

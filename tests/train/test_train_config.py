@@ -44,7 +44,6 @@ def test_unknown_key_lists_the_valid_ones_and_names_the_source():
 @pytest.mark.parametrize("key,value,expected", [
     ("mixed_precision", "fp8", "--mixed-precision.*no, fp16, bf16"),
     ("optimizer", "sgd", "--optimizer.*adamw, adamw8bit, prodigy"),
-    ("optimizer", "prodigy", "--optimizer.*prodigyopt"),
     ("lr_scheduler", "step", "--lr-scheduler.*constant"),
     ("rank", "four", "--rank.*not a valid integer"),
     ("rank", "2.5", "--rank.*whole number"),

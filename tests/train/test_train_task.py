@@ -185,3 +185,18 @@ def test_bf16_mixed_precision_trains_and_exports_fp32_lora(tiny_model, demo_data
     saved = lora_tensors(out / "model")
     assert saved and all(str(t.dtype) == "torch.float32" and t.isfinite().all() for t in saved.values())
     assert json.loads((out / "checkpoints" / "status.json").read_text())["state"] == "completed"
+
+
+def test_prodigy_optimizer_trains_a_lora(base, demo_data, tmp_path):
+    """--optimizer prodigy (learning rate ~1.0, Prodigy adapts it) moves the LoRA off its zero init."""
+    import torch
+
+    from train.config import TrainConfig
+    from train.task import run_task
+
+    cfg = TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT, optimizer="prodigy",
+                      **{**FAST, "learning_rate": 1.0, "max_train_steps": 3}, export="lora")
+    result = run_task(base, cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck", task_id="prodigy")
+    assert result.state == "completed" and result.step == 3
+    lora_b = [v for k, v in lora_tensors(tmp_path / "model").items() if ".lora.up." in k]
+    assert lora_b and any(torch.count_nonzero(v) > 0 for v in lora_b), "the up-projections must have trained"
