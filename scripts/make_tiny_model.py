@@ -122,6 +122,10 @@ def _text_config(arch: str):
 
 def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Build, save and return ``out_dir``. Deterministic for a given (arch, prediction_type, seed)."""
+    try:
+        import train  # noqa: F401  (quiets third-party import-time noise; see train/__init__.py)
+    except ImportError:
+        pass
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer

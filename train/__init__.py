@@ -9,6 +9,8 @@ import logging as _logging
 # Import-time noise that says nothing to a user of this package, printed on every run before
 # the first useful line: torchao's CUDA-only kernels failing to load in a CPU torch build, the
 # matching diffusers notice, and a torch deprecation about torchao's enums. Real errors from
-# these libraries are still shown (only their WARNING level is raised to ERROR).
-for _name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree"):
+# these libraries are still shown (only their WARNING level is raised to ERROR). transformers'
+# import_utils only warns there that torchvision is absent (we use no image processor).
+for _name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree",
+              "transformers.utils.import_utils"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
