@@ -139,16 +139,19 @@ class Launcher:
                                 f"(tag {BATCH_TAG}={tags.get(BATCH_TAG)!r}); pass another --job-name")
         return LaunchResult(job.name, False, arn)
 
+    def job_exists(self, name: str) -> bool:
+        try:
+            self.sagemaker.describe_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+                return False
+            raise
+        return True
+
     def existing(self, job: PreparedJob) -> LaunchResult | None:
         """The job if it already exists (checked before uploading, so a name clash never
         overwrites another job's task list)."""
-        try:
-            self.sagemaker.describe_training_job(TrainingJobName=job.name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
-                return None
-            raise
-        return self._adopt(job)
+        return self._adopt(job) if self.job_exists(job.name) else None
 
     def launch(self, job: PreparedJob, images_uri: str, listed: dict[str, list[str]] | None = None) -> LaunchResult:
         """Upload inputs and create the job; an existing job of this batch is returned as is."""

@@ -140,22 +140,36 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
     return [t for t in tasks if listed.get(t.instance_data)], listed
 
 
+def _adopt_created(svc: Service, claimer: str, claimed: dict[str, dict]) -> int:
+    """Taken-over claims whose earlier launcher created their job but died before recording
+    it: recorded as LAUNCHED in that job (and left out of new batches). Returns how many."""
+    adopted = 0
+    for task_id, item in list(claimed.items()):
+        job_name = item.get("launching_job")
+        if job_name and svc.launcher.job_exists(job_name):
+            del claimed[task_id]
+            adopted += svc.requests.mark_launched(item["request_key"], claimer, job_name, svc.clock())
+    return adopted
+
+
 def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     """Claim pending requests, launch K-instance jobs of similar-cost tasks, mark them LAUNCHED.
 
     A job that cannot be created hands its claims back (PENDING, with the reason)."""
     claimer = claimer or uuid.uuid4().hex
     claimed = _claim(svc, claimer)
+    adopted = _adopt_created(svc, claimer, claimed)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
     tasks, listed = _with_images(svc, claimer, claimed, tasks)
     hp = svc.settings.job_hyperparameters
-    result: dict[str, Any] = {"jobs": [], "launched": 0, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
+    result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
     for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
         keys = [claimed[t.task_id]["request_key"] for t in batch]
         # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
         salt = json.dumps({k: int(claimed[t.task_id].get("retries", 0)) for k, t in zip(keys, batch)}, sort_keys=True)
         try:
             job = prepare_job(batch, _launch_config(svc, instances_for(len(batch), svc.settings.max_instances)), salt=salt)
+            _each(lambda k: svc.requests.note_launching(k, claimer, job.name, svc.clock()), keys)
             launched = svc.launcher.launch(job, svc.uri("requests") + "/", listed)
         except Exception as exc:   # edge of a batch: whatever failed, the claims go back with the reason
             for key in keys:

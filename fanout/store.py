@@ -106,10 +106,20 @@ class RequestStore:
                             "#s = :pending OR (#s = :claimed AND updated_at < :stale)",
                             {":claimed": CLAIMED, ":pending": PENDING, ":me": claimer, ":now": now, ":stale": stale_before})
 
+    def note_launching(self, key: str, claimer: str, job_name: str, now: str) -> bool:
+        """CLAIMED by us: remember the job we are about to create. Race: we may die (or time
+        out) after CreateTrainingJob succeeded and before mark_launched; whoever takes the
+        stale claim over finds this name, sees the job exists and records it instead of
+        training the request in a second, differently batched job."""
+        return self._update(key, "SET launching_job = :job, updated_at = :now", "#s = :claimed AND claimed_by = :me",
+                            {":job": job_name, ":now": now, ":claimed": CLAIMED, ":me": claimer})
+
     def mark_launched(self, key: str, claimer: str, job_name: str, now: str) -> bool:
         """CLAIMED by us -> LAUNCHED in ``job_name``. Race: our claim went stale and another
         launcher re-claimed the request; its record must not be overwritten by ours."""
-        return self._update(key, "SET #s = :launched, job_name = :job, updated_at = :now, launched_at = :now",
+        # launching_job goes: once recorded, a later retry of this request is a new launch
+        return self._update(key, "SET #s = :launched, job_name = :job, updated_at = :now, launched_at = :now "
+                            "REMOVE launching_job",
                             "#s = :claimed AND claimed_by = :me",
                             {":launched": LAUNCHED, ":job": job_name, ":now": now, ":claimed": CLAIMED, ":me": claimer})
 

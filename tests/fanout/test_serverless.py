@@ -224,3 +224,30 @@ def test_rate_limiter_spaces_calls():
     for _ in range(3):
         limiter.wait()
     assert slept == [1.0, 2.0]
+
+
+def test_a_launcher_that_dies_after_creating_its_job_does_not_get_its_requests_trained_twice(svc, monkeypatch):
+    for user in ("u1", "u2"):
+        handlers.on_upload(upload_request(svc, user, "r"))
+
+    def die(*args, **kwargs):            # the Lambda times out right after CreateTrainingJob
+        raise TimeoutError("Task timed out after 900.00 seconds")
+
+    with monkeypatch.context() as m:
+        m.setattr(svc.requests, "mark_launched", die)
+        with pytest.raises(TimeoutError):
+            launch_pending(svc)
+    [first_job] = all_jobs(svc)
+    assert statuses(svc) == {"u1/r": "CLAIMED", "u2/r": "CLAIMED"}
+
+    # Meanwhile another request arrives, so a fresh batch would differ (and get another name).
+    handlers.on_upload(upload_request(svc, "u3", "r"))
+    svc.settings = replace(svc.settings, claim_timeout_s=0)     # the dead launcher's claims are stale
+    out = launch_pending(svc)
+    assert out["launched"] == 3
+    assert statuses(svc) == {"u1/r": LAUNCHED, "u2/r": LAUNCHED, "u3/r": LAUNCHED}
+    assert svc.requests.get("u1/r")["job_name"] == svc.requests.get("u2/r")["job_name"] == first_job
+    jobs = all_jobs(svc)
+    assert len(jobs) == 2, "only the new request needed a new job"
+    trained = [t for j in jobs for t in job_tasks(svc, j)]
+    assert sorted(trained) == sorted({*trained}), "no request may be in two jobs"
