@@ -17,7 +17,6 @@ its own process (accelerate fixes the mixed precision per process).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -28,16 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+# scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
+import make_demo_data
+import make_tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = [[], ["--gradient-checkpointing"], ["--optimizer", "adamw8bit"],
           ["--gradient-checkpointing", "--optimizer", "adamw8bit"]]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse(argv):
@@ -68,8 +66,8 @@ def bench(a) -> dict:
         torch.set_num_threads(a.threads)
     resolution = a.resolution or (512 if a.arch == "sd15" else 64)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model = a.model or _script("make_tiny_model").build_pipeline(work / "model", arch=a.arch)
-    _script("make_demo_data").make_demo_data(work / "data", count=4, size=resolution)
+    model = a.model or make_tiny_model.build_pipeline(work / "model", arch=a.arch)
+    make_demo_data.make_demo_data(work / "data", count=4, size=resolution)
 
     from train.config import TrainConfig
     from train.pipeline import load_base

@@ -16,7 +16,6 @@ Every run starts a fresh job unless --resume (which continues a killed one, like
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
+import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = ("ana", "ben", "chloe", "dev", "eli")
@@ -39,11 +41,6 @@ HYPERPARAMETERS = {
 }
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_inputs(inputs: Path) -> tuple[Path, Path]:
@@ -53,7 +50,7 @@ def make_inputs(inputs: Path) -> tuple[Path, Path]:
         print("building the tiny base model ...", flush=True)
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(model)], check=True,
                        stdout=subprocess.DEVNULL)
-    demo_data = _script("make_demo_data")
+    demo_data = make_demo_data
     for i, user in enumerate(USERS):
         if not (images / user).is_dir():
             tmp = inputs / "tmp" / user

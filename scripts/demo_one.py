@@ -12,20 +12,18 @@ previews and the LoRA are. The images are random-weight renders: this shows the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
+# scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
+import make_demo_data
+import make_tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     work = a.workdir.resolve()
     model, data, out = work / "model", work / "data", work / "out"
     if not (model / "model_index.json").is_file():
-        _script("make_tiny_model").build_pipeline(model)
+        make_tiny_model.build_pipeline(model)
     if not (data / "instance").is_dir():
-        _script("make_demo_data").make_demo_data(data, count=6, size=96, captions=True)
+        make_demo_data.make_demo_data(data, count=6, size=96, captions=True)
 
     from train.cli import main as train_main
 

@@ -16,7 +16,6 @@ LoRA on a real base drifts less.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -30,10 +29,9 @@ ALL_FORMATS = "lora,kohya,merged-fp16,merged-int8,merged-nf4,merged-bnb8,mme"
 
 
 def build_base(out: Path, arch: str) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "scripts" / "make_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_pipeline(out, arch=arch)
+    import make_tiny_model   # a sibling: scripts/ is sys.path[0] when this script runs
+
+    return make_tiny_model.build_pipeline(out, arch=arch)
 
 
 def lora_pipeline(base: Path, rank: int, alpha: float, b_std: float, device: str):
