@@ -248,3 +248,77 @@ def test_eventbridge_upload_is_read_like_the_others(svc):
     upload_request(svc, "u1", "r1")
     out = handlers.on_upload(load_event("eventbridge_object_created.json", bucket=BUCKET, key=key("u1", "r1")))
     assert out["results"] == {key("u1", "r1"): "created"}
+
+
+# -- property: any batch, any subset malformed -> the good ones exactly once -----------------
+
+from itertools import count  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_BROKEN_RECORDS = (
+    {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET}}},
+    {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET}, "object": {"size": 1}}},
+    {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET}, "object": {"key": 7}}},
+    {"eventSource": "aws:s3", "s3": None},
+    "not a record",
+)
+_BROKEN_BODIES = ("null", "[]", "{not json", '{"Records": null}', '{"Records": [{"s3": {"object": {}}}]}')
+_examples = count()
+
+
+def _good_record(k: str) -> dict:
+    return {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": BUCKET}, "object": {"key": k, "sequencer": k}}}
+
+
+def _batch(items, delivery: str) -> dict:
+    """items: a key (well-formed) or an int (the n-th kind of breakage), in batch order."""
+    if delivery == "direct":
+        return {"Records": [_good_record(i) if isinstance(i, str) else _BROKEN_RECORDS[i] for i in items]}
+    return {"Records": [{"messageId": f"m{n}", "eventSource": "aws:sqs", "receiptHandle": "AQEB...",
+                         "body": json.dumps({"Records": [_good_record(i)]}) if isinstance(i, str) else _BROKEN_BODIES[i]}
+                        for n, i in enumerate(items)]}
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.one_of(st.none(), st.integers(0, len(_BROKEN_RECORDS) - 1)), min_size=1, max_size=6),
+       delivery=st.sampled_from(["direct", "sqs"]))
+def test_any_batch_with_any_malformed_subset_processes_the_good_records_exactly_once(svc, monkeypatch, shape,
+                                                                                      delivery):
+    prefix = f"p{next(_examples)}"
+    items = []
+    for n, broken in enumerate(shape):
+        if broken is None:
+            upload_request(svc, f"{prefix}-{n}", "r", images=0)
+            items.append(key(f"{prefix}-{n}", "r"))
+        else:
+            items.append(broken)
+    good = [i for i in items if isinstance(i, str)]
+    outcomes: dict[str, list[str]] = {k: [] for k in good}
+
+    def counted(service, bucket, k):                      # the real register_upload, counted
+        outcome = register_upload(service, bucket, k)
+        outcomes[k].append(outcome)
+        return outcome
+
+    from fanout.service import register_upload
+    monkeypatch.setattr(handlers, "register_upload", counted)
+    event = _batch(items, delivery)
+    for _ in range(3):           # Lambda's two async retries / SQS redelivery up to maxReceiveCount 3
+        try:
+            out = handlers.on_upload(event)
+        except EventError:
+            assert delivery == "direct" and len(good) < len(items)
+            continue                                      # Lambda retries the whole event
+        if delivery == "direct":
+            assert len(good) == len(items)
+            break
+        failed = {f["itemIdentifier"] for f in out["batchItemFailures"]}
+        assert failed == {f"m{n}" for n, i in enumerate(items) if not isinstance(i, str)}
+        event = {"Records": [r for r in event["Records"] if r["messageId"] in failed]}   # only these come back
+        if not failed:
+            break
+    assert {k: o.count("created") for k, o in outcomes.items()} == {k: 1 for k in good}
+    mine = {k: s for k, s in statuses(svc).items() if k.startswith(prefix + "-")}
+    assert mine == {f"{prefix}-{n}/r": PENDING for n, i in enumerate(items) if isinstance(i, str)}
