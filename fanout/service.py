@@ -324,9 +324,14 @@ def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str 
     if LORA_FILE not in listed:
         return f"{uri} does not list {LORA_FILE}"
     prefix = key[: -len("manifest.json")]
-    present = {o["Key"][len(prefix):]: o["Size"] for page in svc.objects.s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])}
-    missing = sorted(str(p) for p, size in listed.items() if present.get(p) is None or (size is not None and present[p] != size))
+    present = _sizes_under(svc, bucket, prefix)
+    missing = sorted(str(p) for p, size in listed.items() if p not in present or size not in (None, present[p]))
     if missing:
         return f"{uri} lists file(s) missing or of another size under s3://{bucket}/{prefix}: {', '.join(missing[:5])}"
     return None
+
+
+def _sizes_under(svc: Service, bucket: str, prefix: str) -> dict[str, int]:
+    """{path relative to prefix: size} of every object under it."""
+    pages = svc.objects.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):]: o["Size"] for page in pages for o in page.get("Contents", [])}

@@ -228,6 +228,12 @@ def test_an_oversize_request_is_refused_with_the_limit_and_stored_reasons_are_bo
     item = svc.requests.get("u1/big")
     assert item["status"] == FAILED and f"larger than {MAX_REQUEST_BYTES} bytes" in item["reason"]
     assert "400 KB" in item["reason"] and item["task"] == "{}"
+    # a valid request just under the limit is stored whole
+    fits = {"instance_prompt": "p", "validation_prompts": ["a photo of sks dog " * 10] * 330}
+    assert MAX_REQUEST_BYTES - 5000 < len(json.dumps(fits)) < MAX_REQUEST_BYTES
+    assert handlers.on_upload(put_request(svc, "u1", "fits", json.dumps(fits).encode()))["results"] == {
+        key("u1", "fits"): "created"}
+    assert len(json.loads(svc.requests.get("u1/fits")["task"])["validation_prompts"]) == 330
     # just under the limit, but every problem quotes a long value: the reason is cut, the record stored
     noisy = json.dumps({f"field{i}": "y" * 100 for i in range(500)}).encode()
     assert len(noisy) < MAX_REQUEST_BYTES
