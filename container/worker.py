@@ -3,7 +3,7 @@
 For each task of the share, in plan order:
 
     delivered before (restart)?  -> put its final artifacts back, no training
-    build its TrainConfig        -> a bad path or hyperparameter fails only this task
+    build its TrainConfig        -> a bad field, path or hyperparameter fails only this task
     load the base (first time)   -> once per host, reused by every task
     run_task                     -> fresh LoRA, train, previews, export, status.json, detach
     completed                    -> keep a copy in the checkpoint folder, upload to output_uri
