@@ -72,7 +72,7 @@ def _from_s3_record(record: Any, n: int, item_id: str | None) -> S3Object | BadR
     key, bucket = _str_at(record, "s3", "object", "key"), _str_at(record, "s3", "bucket", "name")
     item_id = item_id or _str_at(record, "s3", "object", "sequencer")
     if not key or not bucket:
-        return BadRecord(item_id or f"record-{n}", f"record {n}: not an S3 notification record "
+        return BadRecord(item_id or f"record-{n}", f"Records[{n}]: not an S3 notification record "
                                                    "(s3.bucket.name and s3.object.key must be strings)")
     key = unquote_plus(key)                      # S3 notifications URL-encode keys
     return S3Object(item_id or f"{n}:{key}", bucket, key, _change(record.get("eventName")))
