@@ -84,7 +84,7 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     from container.settings import ContainerConfig
     from container.taskconfig import split_hyperparameters
     from fanout.plan import plan_tasks
-    from fanout.tasks import load_tasks
+    from fanout.tasks import load_job_tasks
 
     env = read_env(base_dir)
     log.info("host %s (index %d of %d hosts)", env.current_host, env.host_index, len(env.hosts))
@@ -98,7 +98,8 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     bad_modes = [n for n, mode in env.input_modes.items() if mode == "Pipe"]
     if bad_modes:
         raise ContractError(f"channel(s) {bad_modes} use Pipe mode; this container reads folders: use File or FastFile")
-    tasks = load_tasks(find_tasks_file(env.channel("tasks")))
+    # A problem of one task's own fields fails that task alone (its status.json says why).
+    tasks, rejected = load_job_tasks(find_tasks_file(env.channel("tasks")))
     # 2. This host's share: every host computes the same plan from the same inputs.
     plan = plan_tasks(tasks, len(env.hosts), training_hp)
     by_id = {t.task_id: t for t in tasks}
@@ -106,7 +107,7 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     _log_share(env, plan, share, len(tasks))
     # 3. The warm worker.
     worker = _make_worker(env, settings, training_hp, job_cfg, stop)
-    summary = worker.run(share)
+    summary = worker.run(share, rejected=_task_reasons(rejected))
     log.info("summary (%s):\n%s", env.output_data_dir / "summary.json", _table(summary.tasks))
     if summary.state == "interrupted":
         done = sum(t.outcome in ("completed", "restored") for t in summary.tasks)
@@ -117,6 +118,18 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
         return EXIT_FAILED, (f"task {failed[-1].task_id!r} failed on {env.current_host} "
                              f"(on_task_failure=fail): {failed[-1].error}"), []
     return EXIT_OK, "", []
+
+
+def _task_reasons(rejected) -> dict[str, str]:
+    """{task_id: reason} for tasks whose own fields are malformed, naming the file, not its path."""
+    from container.records import failure_reason
+
+    def short(problem: str) -> str:
+        source, _, rest = problem.partition(":")
+        return f"{Path(source).name}:{rest}"
+
+    return {tid: failure_reason("malformed task in the task list:", [short(p) for p in problems])
+            for tid, problems in rejected.items()}
 
 
 def _job_config(training_hp):

@@ -21,5 +21,9 @@ class JobConfigError(ContainerError):
     """A job-level hyperparameter is unknown or has a bad value."""
 
 
+class TaskSpecError(ContainerError):
+    """A task's own fields in the task list are malformed (fails only that task)."""
+
+
 class TaskPathError(ContainerError):
     """A path from the task list is absolute or escapes its channel (fails only that task)."""

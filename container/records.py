@@ -73,22 +73,14 @@ def read_status(checkpoint_dir: Path) -> dict | None:
 def write_failed_status(checkpoint_dir: Path, error: str, *, extra: Mapping[str, Any]) -> dict:
     """Status of a task that failed before training started (bad path, bad hyperparameter).
 
-    Same fields as train.task writes, so status readers need one format only.
+    Written through train.state.StatusFile, the file's one writer, so the format and states
+    are train's and nothing here rewrites a status train wrote (docs/container.md).
     """
-    previous = read_status(checkpoint_dir) or {}
-    stamp = now_iso()
-    status = {
-        **extra,
-        "state": "failed",
-        "step": previous.get("step", 0),
-        "loss": previous.get("loss"),
-        "started_at": stamp,
-        "finished_at": stamp,
-        "attempts": int(previous.get("attempts", 0) or 0) + 1,
-        "error": error,
-    }
-    write_json(checkpoint_dir / STATUS_FILE, status)
-    return status
+    from train.state import StatusFile
+
+    status = StatusFile(checkpoint_dir / STATUS_FILE, extra=extra)
+    status.fail_unstarted(error)
+    return dict(status.data)
 
 
 # -- summary.json (output/data/<host>/summary.json) -------------------------------------------

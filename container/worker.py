@@ -3,7 +3,7 @@
 For each task of the share, in plan order:
 
     delivered before (restart)?  -> put its final artifacts back, no training
-    build its TrainConfig        -> a bad path or hyperparameter fails only this task
+    build its TrainConfig        -> a bad field, path or hyperparameter fails only this task
     load the base (first time)   -> once per host, reused by every task
     run_task                     -> fresh LoRA, train, previews, export, status.json, detach
     completed                    -> keep a copy in the checkpoint folder, upload to output_uri
@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from container.env import SageMakerEnv
-from container.errors import ContainerError, TaskPathError
+from container.errors import ContainerError, TaskPathError, TaskSpecError
 from container.final import final_is_complete, keep_final, restore_final
-from container.records import (STATUS_FILE, HostSummary, TaskOutcome, now_iso, read_status, write_failed_status,
-                               write_json)
+from container.records import HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
@@ -59,12 +58,14 @@ class Worker:
     mixed_precision: str = "no"  # the job's: the base model is loaded once, in this precision
     transfer: Any = None  # container.s3.TaskTransfer, made on first use
     summary: HostSummary | None = None
+    rejected: Mapping[str, str] = field(default_factory=dict)  # task_id -> why its own fields are bad
     _base: Any = field(default=None, repr=False)
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self, share: Sequence) -> HostSummary:
+    def run(self, share: Sequence, rejected: Mapping[str, str] | None = None) -> HostSummary:
         env = self.env
+        self.rejected = dict(rejected or {})
         self.summary = HostSummary(
             host=env.current_host, host_index=env.host_index, hosts=list(env.hosts),
             share=[t.task_id for t in share],
@@ -157,10 +158,9 @@ class Worker:
         except Interrupted as exc:
             outcome.outcome = "interrupted"
             outcome.error = str(exc) or "stop requested; state saved"
+            # run_task wrote "interrupted" in status.json itself (train owns that file)
             status = read_status(checkpoint_dir) or {}
             outcome.step = int(status.get("step", 0) or 0)
-            # Say so in status.json too: "running" would read as alive to anyone polling it.
-            write_json(checkpoint_dir / STATUS_FILE, {**status, "state": "interrupted", "finished_at": now_iso()})
             return
         except TrainError as exc:
             self._fail(outcome, checkpoint_dir, str(exc), extra, status_written=True)
@@ -184,6 +184,8 @@ class Worker:
             self._upload(task, model_dir, checkpoint_dir, outcome)
 
     def _task_config(self, task, model_dir: Path):
+        if task.task_id in self.rejected:
+            raise TaskSpecError(self.rejected[task.task_id])
         env = self.env
         model_channel = env.channel("model")
         if model_channel is None:

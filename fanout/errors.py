@@ -46,3 +46,7 @@ class ConflictError(FanoutError):
 
 class SettingsError(FanoutError):
     """A required FANOUT_* environment variable is missing or malformed."""
+
+
+class EventError(FanoutError):
+    """An event (or one of its records) a handler cannot act on: not the shape AWS delivers."""

@@ -3,7 +3,12 @@
 Settings come from FANOUT_* environment variables (docs/fanout.md). Each handler builds its
 Service once per container (module-level cache) so warm invocations reuse clients. Per-item
 failures are reported (`batchItemFailures`) instead of failing the whole batch, so SQS
-redelivers only what failed; every function below is idempotent under redelivery.
+redelivers only what failed (and, after the queue's maxReceiveCount, moves it to its DLQ).
+Direct S3 and EventBridge invocations are asynchronous and ignore that answer: there a handler
+raises after every item was tried, so Lambda retries the event and then hands it to the
+function's on-failure destination. A request that cannot be accepted is not a failure here:
+register_upload records it FAILED with the reason. Every function below is idempotent under
+redelivery, so items that already succeeded answer `duplicate` on a retry.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fanout.events import failures, job_state_change, s3_objects
+from fanout.errors import EventError
+from fanout.events import CREATED, REMOVED, BadRecord, delivered_by_sqs, failures, job_state_change, s3_objects
 from fanout.service import Service, launch_pending as _launch_pending, record_job_state, record_task_artifact, register_upload
 from fanout.settings import Settings
 
@@ -27,13 +33,25 @@ def service() -> Service:
 
 
 def _each_object(event: dict, action) -> dict[str, Any]:
-    results, failed = {}, []
+    results, failed, problems = {}, [], []
     for obj in s3_objects(event):
+        if isinstance(obj, BadRecord):     # reported, and the records after it still run
+            log.error("malformed record %s: %s", obj.item_id, obj.reason)
+            failed.append(obj.item_id)
+            problems.append(obj.reason)
+            continue
+        if obj.change != CREATED:          # a deleted request.json or manifest changes nothing
+            results[obj.key] = "deleted" if obj.change == REMOVED else "ignored"
+            continue
         try:
             results[obj.key] = action(service(), obj.bucket, obj.key)
-        except Exception:            # one bad item must not fail (and redeliver) the others
+        except Exception as exc:           # one bad item must not fail (and redeliver) the others
             log.exception("failed on s3://%s/%s", obj.bucket, obj.key)
             failed.append(obj.item_id)
+            problems.append(f"s3://{obj.bucket}/{obj.key}: {type(exc).__name__}: {exc}")
+    if failed and not delivered_by_sqs(event):
+        # asynchronous invocation: batchItemFailures would be dropped; a raise is retried
+        raise EventError(f"{len(failed)} record(s) failed, the others were processed: " + "; ".join(problems)[:2000])
     return {"results": results, **failures(failed)}
 
 

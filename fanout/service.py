@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,17 +21,24 @@ from typing import Any, Callable
 
 from fanout.errors import TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
-from fanout.hyperparameters import task_name_problems
+from fanout.hyperparameters import task_name_problems, task_value_problems
 from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
 from fanout.plan import instances_for, split_backlog
 from fanout.request import LaunchConfig, prepare_job
 from fanout.settings import Settings
 from fanout.status import read_statuses
-from fanout.store import ModelStore, RequestStore
+from fanout.store import COMPLETED, ModelStore, RequestStore
 from fanout.tasks import TASK_ID_PATTERN, TaskSpec, parse_tasks
 
+log = logging.getLogger("fanout")
 PARALLEL_WRITES = 8
 REQUEST_FIELDS = ("instance_prompt", "class_prompt", "class_data", "validation_prompts", "hyperparameters", "metadata")
+# A request is stored whole in its DynamoDB item (400 KB at most, key and bookkeeping
+# included); refusing larger files at the door keeps every item far below that limit.
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+LORA_FILE = "pytorch_lora_weights.safetensors"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def utc_now() -> str:
@@ -62,12 +70,16 @@ class Service:
 
 
 def task_id_for(user_id: str, request_id: str) -> str:
-    """A valid, unique task id for a request (readable when the ids allow it)."""
+    """A valid task id for a request, unique by construction.
+
+    `<user>.<request>` when both ids are plain (letters, digits, '_', '-': no '.'), so the
+    one '.' splits it back into the pair; otherwise a readable prefix with no '.' and the
+    sha256 of the pair, which can never equal a plain id (that has a '.')."""
     candidate = f"{user_id}.{request_id}"
-    if re.fullmatch(TASK_ID_PATTERN, candidate):
+    if _PLAIN_ID.fullmatch(user_id) and _PLAIN_ID.fullmatch(request_id) and re.fullmatch(TASK_ID_PATTERN, candidate):
         return candidate
-    safe = re.sub(r"[^A-Za-z0-9._-]", "-", candidate).lstrip("._-")[:100] or "req"
-    return f"{safe}-{hashlib.sha256(candidate.encode()).hexdigest()[:12]}"
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", candidate).lstrip("_-")[:60] or "req"
+    return f"{safe}-{hashlib.sha256(json.dumps([user_id, request_id]).encode()).hexdigest()}"
 
 
 def request_task(svc: Service, user_id: str, request_id: str, body: dict) -> dict:
@@ -76,14 +88,46 @@ def request_task(svc: Service, user_id: str, request_id: str, body: dict) -> dic
     if unknown:
         raise TaskListError([f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(REQUEST_FIELDS)}"])
     task = {k: body[k] for k in REQUEST_FIELDS if k in body}
+    metadata = body.get("metadata")
+    if metadata is None or isinstance(metadata, dict):
+        metadata = {**(metadata or {}), "request_id": request_id}
+    # (anything else stays as sent, so validation names the field instead of a TypeError here)
     task.update(task_id=task_id_for(user_id, request_id), instance_data=f"{user_id}/{request_id}/images",
-                user_id=user_id, output_uri=svc.uri("models", user_id, request_id) + "/",
-                metadata={**(body.get("metadata") or {}), "request_id": request_id})
+                user_id=user_id, output_uri=svc.uri("models", user_id, request_id) + "/", metadata=metadata)
     source = svc.uri("requests", user_id, request_id, "request.json")
-    problems = task_name_problems(parse_tasks(json.dumps(task), source=source), source)
+    tasks = parse_tasks(json.dumps(task), source=source)
+    problems = task_name_problems(tasks, source) or task_value_problems(tasks, source, svc.settings.job_hyperparameters)
     if problems:
         raise TaskListError(problems, source)
     return task
+
+
+def _read_request(svc: Service, bucket: str, key: str) -> dict:
+    """request.json as a JSON object; TaskListError (naming the key and what is valid) if not."""
+    source = f"s3://{bucket}/{key}"
+    raw = _read_bounded(svc, bucket, key, MAX_REQUEST_BYTES)
+    if raw is None:
+        raise TaskListError([f"request.json is larger than {MAX_REQUEST_BYTES} bytes, the most a request may be "
+                             "(it is stored in one DynamoDB item, 400 KB at most)"], source)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TaskListError(["request.json is not UTF-8 text"], source) from None
+    except ValueError as exc:
+        raise TaskListError([f"request.json is not valid JSON ({exc})"], source) from None
+    if not isinstance(body, dict):
+        raise TaskListError([f"request.json is not a JSON object (got {type(body).__name__}); expected "
+                             f"{{\"instance_prompt\": ...}} with optional {', '.join(REQUEST_FIELDS[1:])}"], source)
+    return body
+
+
+def _read_bounded(svc: Service, bucket: str, key: str, limit: int) -> bytes | None:
+    """The object's bytes, or None when it is larger than ``limit`` (then it is not read)."""
+    found = svc.objects.s3.get_object(Bucket=bucket, Key=key)
+    with found["Body"] as body:
+        if found.get("ContentLength", 0) > limit:
+            return None
+        return body.read(limit + 1)
 
 
 def register_upload(svc: Service, bucket: str, key: str) -> str:
@@ -93,9 +137,8 @@ def register_upload(svc: Service, bucket: str, key: str) -> str:
         return "ignored"                               # images and other objects
     user_id, request_id = match["user"], match["request"]
     try:
-        body = json.loads(svc.objects.get_text(f"s3://{bucket}/{key}"))
-        task = request_task(svc, user_id, request_id, body if isinstance(body, dict) else {"_": body})
-    except (ValueError, TaskListError) as exc:
+        task = request_task(svc, user_id, request_id, _read_request(svc, bucket, key))
+    except TaskListError as exc:
         # recorded, not raised: a retry cannot fix the file, the user can read why
         svc.requests.put_new(user_id, request_id, {}, svc.clock(), status="FAILED", reason=str(exc))
         return "invalid"
@@ -121,13 +164,32 @@ def _each(function, items: list) -> list:
         return list(pool.map(function, items))
 
 
-def _claim(svc: Service, claimer: str) -> dict[str, dict]:
-    """Claimed requests by task id (each won by one conditional write)."""
+def _claim(svc: Service, claimer: str) -> tuple[dict[str, dict], list[str]]:
+    """Claimed requests by task id (each won by one conditional write), and what collided."""
     s = svc.settings
     stale = svc.ago(s.claim_timeout_s)
     items = [i for i in svc.requests.claimable(stale, limit=s.max_tasks_per_job * s.max_jobs_per_run) if i.get("task")]
     won = _each(lambda item: svc.requests.claim(item["request_key"], claimer, svc.clock(), stale), items)
-    return {json.loads(item["task"])["task_id"]: item for item, ok in zip(items, won) if ok}
+    return _without_collisions(svc, claimer, [item for item, ok in zip(items, won) if ok])
+
+
+def _without_collisions(svc: Service, claimer: str, items: list[dict]) -> tuple[dict[str, dict], list[str]]:
+    """Two claimed requests with one task id cannot share a job (one would overwrite the
+    other's folders). task_id_for makes that impossible for new requests; should it happen
+    anyway (an older id scheme), the later one goes back to PENDING, saying why, and trains
+    in a later job: never dropped in silence."""
+    claimed: dict[str, dict] = {}
+    errors = []
+    for item in items:
+        task_id = json.loads(item["task"])["task_id"]
+        if task_id not in claimed:
+            claimed[task_id] = item
+            continue
+        reason = (f"task id {task_id!r} is also the task id of request {claimed[task_id]['request_key']} "
+                  "in this batch; left for a later job")
+        svc.requests.release(item["request_key"], claimer, reason, svc.clock())
+        errors.append(f"request {item['request_key']}: {reason}")
+    return claimed, errors
 
 
 def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
@@ -157,12 +219,13 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
 
     A job that cannot be created hands its claims back (PENDING, with the reason)."""
     claimer = claimer or uuid.uuid4().hex
-    claimed = _claim(svc, claimer)
+    claimed, collided = _claim(svc, claimer)
     adopted = _adopt_created(svc, claimer, claimed)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
     tasks, listed = _with_images(svc, claimer, claimed, tasks)
     hp = svc.settings.job_hyperparameters
-    result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": 0, "failed": len(claimed) - len(tasks), "errors": []}
+    result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": len(collided),
+                              "failed": len(claimed) - len(tasks), "errors": collided}
     for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
         keys = [claimed[t.task_id]["request_key"] for t in batch]
         # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
@@ -197,10 +260,13 @@ def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
     """A job ended: each of its requests COMPLETED (+ registered), retried or FAILED."""
     if not change.terminal:
         return {"job": change.job_name, "status": change.status, "ignored": True}
-    checkpoint = change.checkpoint_uri or svc.uri("jobs", change.job_name, "checkpoints")
-    statuses = read_statuses(svc.objects, checkpoint)
+    items = svc.requests.by_job(change.job_name)
+    if not items:      # not a job we launched: touch none of its buckets
+        return {"job": change.job_name, "status": change.status, "ignored": True, "reason": "no request of ours is in this job"}
+    # Our own layout, not the event's CheckpointConfig: we know where our jobs checkpoint.
+    statuses = read_statuses(svc.objects, svc.uri("jobs", change.job_name, "checkpoints"))
     counts = {"completed": 0, "PENDING": 0, "FAILED": 0, "unchanged": 0}
-    for item in svc.requests.by_job(change.job_name):
+    for item in items:
         task_id = json.loads(item["task"])["task_id"]
         status = statuses.get(task_id, {})
         now = svc.clock()
@@ -216,15 +282,56 @@ def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
 
 
 def record_task_artifact(svc: Service, bucket: str, key: str) -> str:
-    """A task's manifest.json landed under models/<user>/<request>/: COMPLETED and registered now."""
+    """A task's manifest.json landed under models/<user>/<request>/: COMPLETED and registered
+    now, when the manifest names the request's task and its files are there ('invalid' if not:
+    the request stays LAUNCHED and its job's end decides, from the task's status.json)."""
     match = ARTIFACT_KEY.match(key)
     if bucket != svc.settings.bucket or not match:
         return "ignored"
     item = svc.requests.get(f"{match['user']}/{match['request']}")
-    if item is None:
+    if item is None or not item.get("task"):
         return "unknown"
+    if item.get("status") != COMPLETED:
+        problem = _manifest_problem(svc, bucket, key, json.loads(item["task"])["task_id"])
+        if problem:
+            log.warning("request %s: %s", item["request_key"], problem)
+            svc.requests.note_launched(item["request_key"], f"artifact not accepted: {problem}", svc.clock())
+            return "invalid"
     now = svc.clock()
     done = svc.requests.complete(item["request_key"], now)
-    if done or item.get("status") == "COMPLETED":
+    if done or item.get("status") == COMPLETED:
         _register(svc, item, item.get("job_name"), now)
     return "completed" if done else "duplicate"
+
+
+def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str | None:
+    """Why the manifest at ``key`` does not vouch for a trained model of ``task_id`` (None: it does)."""
+    uri = f"s3://{bucket}/{key}"
+    try:
+        raw = _read_bounded(svc, bucket, key, MAX_MANIFEST_BYTES)
+    except svc.objects.s3.exceptions.NoSuchKey:
+        return f"{uri} no longer exists"
+    try:
+        manifest = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except ValueError:
+        return f"{uri} is not valid JSON"
+    if not isinstance(manifest, dict):
+        return f"{uri} is not a JSON manifest object" + (f" (larger than {MAX_MANIFEST_BYTES} bytes)" if raw is None else "")
+    if manifest.get("task_id") != task_id:
+        return f"{uri} is the manifest of task {manifest.get('task_id')!r}, not of {task_id!r}"
+    files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
+    listed = {f.get("path"): f.get("bytes") for f in files if isinstance(f, dict)}
+    if LORA_FILE not in listed:
+        return f"{uri} does not list {LORA_FILE}"
+    prefix = key[: -len("manifest.json")]
+    present = _sizes_under(svc, bucket, prefix)
+    missing = sorted(str(p) for p, size in listed.items() if p not in present or size not in (None, present[p]))
+    if missing:
+        return f"{uri} lists file(s) missing or of another size under s3://{bucket}/{prefix}: {', '.join(missing[:5])}"
+    return None
+
+
+def _sizes_under(svc: Service, bucket: str, prefix: str) -> dict[str, int]:
+    """{path relative to prefix: size} of every object under it."""
+    pages = svc.objects.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):]: o["Size"] for page in pages for o in page.get("Contents", [])}

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 PENDING, CLAIMED, LAUNCHED, COMPLETED, FAILED = "PENDING", "CLAIMED", "LAUNCHED", "COMPLETED", "FAILED"
 STATUS_INDEX, JOB_INDEX = "by-status", "by-job"
+MAX_REASON = 1000   # characters of a stored reason: items stay far below DynamoDB's 400 KB
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
 
@@ -66,7 +67,7 @@ class RequestStore:
         once (and retries failed invocations); without the condition a late duplicate would
         reset a LAUNCHED or COMPLETED request to PENDING and train it twice."""
         item = {"request_key": f"{user_id}/{request_id}", "user_id": user_id, "request_id": request_id,
-                "status": status, "task": json.dumps(task, sort_keys=True), "retries": 0, "reason": reason, "created_at": now, "updated_at": now}
+                "status": status, "task": json.dumps(task, sort_keys=True), "retries": 0, "reason": reason[:MAX_REASON] if reason else reason, "created_at": now, "updated_at": now}
         return _put_new(self.client, self.table, item, "request_key")
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -135,6 +136,13 @@ class RequestStore:
         return self._update(key, "SET #s = :failed, reason = :why, updated_at = :now",
                             "#s = :claimed AND claimed_by = :me",
                             {":failed": FAILED, ":why": reason[:1000], ":now": now, ":claimed": CLAIMED, ":me": claimer})
+
+    def note_launched(self, key: str, reason: str, now: str) -> bool:
+        """LAUNCHED: record why something about it was refused (an artifact whose manifest
+        does not vouch for it); the job's end still decides. Race: only while LAUNCHED, so a
+        late event cannot overwrite the reason of a request completed or failed meanwhile."""
+        return self._update(key, "SET reason = :why, updated_at = :now", "#s = :launched",
+                            {":why": reason[:MAX_REASON], ":now": now, ":launched": LAUNCHED})
 
     def complete(self, key: str, now: str, job_name: str | None = None) -> bool:
         """LAUNCHED -> COMPLETED. Race: the task's artifact event and its job's state-change

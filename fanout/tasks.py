@@ -148,32 +148,81 @@ class _BadJSON(str):
 
 def parse_tasks(text: str, source: str = "<tasks>") -> list[TaskSpec]:
     """Parse and validate a task list; raise TaskListError naming every problem."""
-    problems: list[str] = []
-    specs: list[TaskSpec] = []
+    parsed = _parse(text, source)
+    if parsed.every_problem:
+        raise TaskListError(sorted(parsed.every_problem, key=_importance), source)
+    return parsed.specs
+
+
+def parse_job_tasks(text: str, source: str = "<tasks>") -> tuple[list[TaskSpec], dict[str, list[str]]]:
+    """The container's reading: a problem that belongs to one task (any field but its id)
+    costs only that task, which comes back with placeholder values and its problems (by
+    task_id) so it can fail alone with its reason. TaskListError only for what no one task
+    owns: an unreadable file or line, a line that is not an object, a missing, unsafe or
+    duplicate task_id, no tasks at all."""
+    parsed = _parse(text, source)
+    if parsed.file_problems:
+        raise TaskListError(sorted(parsed.file_problems, key=_importance), source)
+    return parsed.specs, parsed.rejected
+
+
+@dataclass
+class _Parsed:
+    specs: list[TaskSpec] = field(default_factory=list)              # placeholders for rejected tasks
+    rejected: dict[str, list[str]] = field(default_factory=dict)     # task_id -> its own problems
+    file_problems: list[str] = field(default_factory=list)           # what no one task owns
+    every_problem: list[str] = field(default_factory=list)           # all of them, in line order
+
+
+def _parse(text: str, source: str) -> _Parsed:
+    out = _Parsed()
     first_line: dict[str, int] = {}
-    for line, obj in _records(text, source, problems):
+
+    def file_problem(problem: str) -> None:
+        out.file_problems.append(problem)
+        out.every_problem.append(problem)
+
+    for line, obj in _records(text, source, out.file_problems):
         if isinstance(obj, _BadJSON):
-            problems.append(str(obj))
+            file_problem(str(obj))
             continue
         if not isinstance(obj, dict):
-            problems.append(f"{source}:{line}: expected a JSON object with fields {', '.join(REQUIRED)}, got {type(obj).__name__}")
+            file_problem(f"{source}:{line}: expected a JSON object with fields {', '.join(REQUIRED)}, got {type(obj).__name__}")
             continue
         where = _where(source, line, obj.get("task_id"))
-        found = _field_problems(obj)
-        problems.extend(f"{where} {msg}" for msg in found)
+        found = [f"{where} {msg}" for msg in _field_problems(obj)]
+        own_id = [p for p in found if p.startswith(f"{where} field 'task_id'")]
+        out.every_problem.extend(found)
+        out.file_problems.extend(own_id)
         task_id = obj.get("task_id")
-        if isinstance(task_id, str):
+        if isinstance(task_id, str) and not own_id:
             if task_id in first_line:
-                problems.append(f"{where} field 'task_id' duplicates line {first_line[task_id]}; task ids must be unique")
-            else:
-                first_line[task_id] = line
-        if not found:
-            specs.append(_to_spec(obj, line))
-    if not problems and not specs:
-        problems.append(f"{source}: no tasks; expected JSON Lines (one task object per line) or a JSON array")
-    if problems:
-        raise TaskListError(sorted(problems, key=_importance), source)
-    return specs
+                file_problem(f"{where} field 'task_id' duplicates line {first_line[task_id]}; task ids must be unique")
+                continue
+            first_line[task_id] = line
+        if own_id:
+            continue
+        if found:
+            out.rejected[task_id] = found
+        out.specs.append(_placeholder(obj, line) if found else _to_spec(obj, line))
+    out.every_problem[:0] = [p for p in out.file_problems if p not in out.every_problem]   # whole-file ones
+    if not out.every_problem and not out.specs:
+        file_problem(f"{source}: no tasks; expected JSON Lines (one task object per line) or a JSON array")
+    return out
+
+
+def _placeholder(obj: Mapping[str, Any], line: int) -> TaskSpec:
+    """A task with bad fields, as far as planning and its status need it (it never trains)."""
+    def valid(name: str, kind: type) -> Any:
+        value = obj.get(name)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    host = valid("host", int)
+    return TaskSpec(task_id=obj["task_id"], instance_data=valid("instance_data", str) or "",
+                    instance_prompt=valid("instance_prompt", str) or "",
+                    hyperparameters=dict(valid("hyperparameters", dict) or {}),
+                    host=host if host is not None and host >= 0 else None, user_id=valid("user_id", str),
+                    metadata=dict(valid("metadata", dict) or {}), line=line)
 
 
 def _importance(problem: str) -> int:
@@ -194,6 +243,16 @@ def load_tasks(path) -> list[TaskSpec]:
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskListError([f"{path}: cannot read the task list ({exc})"], str(path)) from exc
     return parse_tasks(text, source=str(path))
+
+
+def load_job_tasks(path) -> tuple[list[TaskSpec], dict[str, list[str]]]:
+    """``parse_job_tasks`` of the file at ``path`` (the container's task list)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskListError([f"{path}: cannot read the task list ({exc})"], str(path)) from exc
+    return parse_job_tasks(text, source=str(path))
 
 
 def dump_tasks(tasks) -> str:

@@ -59,7 +59,19 @@ def load_images(folder: str | Path, *, prompt: str, resolution: int, max_pixels:
     if len(files) < min_images:
         raise DataError(f"{what} data: {folder} holds {len(files)} image(s); at least {min_images} are needed "
                         f"(--min-images)")
+    refuse_links_out(folder, files + [f.with_suffix(".txt") for f in files if f.with_suffix(".txt").is_file()], what)
     return [Example(f, open_image(f, resolution, max_pixels), caption_for(f, prompt)) for f in files]
+
+
+def refuse_links_out(folder: Path, files: list[Path], what: str = "instance") -> None:
+    """A file that is a symlink to somewhere outside ``folder`` would let one task read
+    another user's images or the host's files (a folder that leaves its channel is refused
+    where the container resolves it); refused, naming the file."""
+    base = folder.resolve()
+    for f in files:
+        if f.is_symlink() and base not in f.resolve().parents:
+            raise DataError(f"{what} data: {f} is a symlink to a file outside {folder}; "
+                            "put the file itself in the folder")
 
 
 def open_image(path: Path, resolution: int, max_pixels: int):

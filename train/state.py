@@ -136,8 +136,16 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+STATES = ("running", "completed", "failed", "interrupted")
+
+
 class StatusFile:
-    """checkpoint_dir/status.json: state, step, loss, timings, attempts, error (+ extra fields)."""
+    """checkpoint_dir/status.json: state, step, loss, timings, attempts, error (+ extra fields).
+
+    The one writer of the file: train.task writes it while a task runs, and the container
+    writes through it too (a task that failed before training started), so the format and
+    the states (STATES) live here only and no one rewrites what another half wrote.
+    """
 
     def __init__(self, path: Path, extra: Mapping[str, Any] | None = None):
         self.path = path
@@ -149,9 +157,10 @@ class StatusFile:
 
     def _read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            found = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return found if isinstance(found, dict) else {}
 
     def start(self, total_steps: int) -> None:
         self.data.update(attempts=self.data["attempts"] + 1, started_at=now_iso(), total_steps=total_steps)
@@ -162,7 +171,16 @@ class StatusFile:
         self.write()
 
     def finish(self, state: str, error: str | None = None) -> None:
+        if state not in STATES:
+            raise ValueError(f"status state {state!r} is not one of {', '.join(STATES)}")
         self.update(state=state, error=error, finished_at=now_iso())
+
+    def fail_unstarted(self, error: str) -> None:
+        """A task that failed before training could start (a bad path, value or field found
+        by the caller): one attempt that started and ended now."""
+        stamp = now_iso()
+        self.data.update(attempts=self.data["attempts"] + 1, started_at=stamp)
+        self.update(state="failed", error=error, finished_at=stamp)
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_d
                                 class_cache_dir=Path(class_cache_dir or checkpoint_dir / "class_images"),
                                 stop_requested=stop_requested, task_id=task_id, status=status)
     except Interrupted as exc:
-        status.update(error=f"interrupted: {exc}")   # still "running": the next attempt resumes
+        status.finish("interrupted", error=f"interrupted: {exc}")   # the next attempt resumes (running again)
         raise
     except Exception as exc:  # record every failure in status.json, then let the caller decide
         status.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -149,7 +149,7 @@ def test_unknown_job_hyperparameter_fails_before_any_model_loads(tmp_path, image
 def test_a_malformed_task_list_fails_the_job_before_training_listing_problems(tmp_path, image_root, monkeypatch):
     lines = [json.dumps(t) for t in _tasks("a", "b")]
     lines += ['{"task_id": "a", "instance_data": "x", "instance_prompt": "p"}', '{"task_id": "../evil"}', "{oops"]
-    lines += [json.dumps({"task_id": f"t{i}", "instance_data": "x"}) for i in range(40)]
+    lines += [json.dumps({"task_id": f"t {i}", "instance_data": "x"}) for i in range(40)]  # unsafe ids: job-level
     base = _job(tmp_path, image_root, "\n".join(lines) + "\n")
     fake = FakeTrain()
     assert _run(monkeypatch, base, fake) == 1

@@ -183,9 +183,23 @@ def test_retries_run_out_into_failed(svc):
     assert handlers.on_job_state_change(progress)["ignored"] is True
 
 
+def upload_artifacts(svc, user, request, manifest=None):
+    """What the container uploads to a task's output_uri: the LoRA, then manifest.json last."""
+    prefix = f"models/{user}/{request}/"
+    weights = b"safetensors bytes"
+    svc.objects.s3.put_object(Bucket="fanout-test", Key=prefix + "pytorch_lora_weights.safetensors", Body=weights)
+    if manifest is None:
+        manifest = {"task_id": task_id_for(user, request), "step": 400,
+                    "files": [{"path": "pytorch_lora_weights.safetensors", "bytes": len(weights), "sha256": "0" * 64}]}
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    svc.objects.s3.put_object(Bucket="fanout-test", Key=prefix + "manifest.json", Body=body)
+    return load_event("s3_task_artifact.json", bucket="fanout-test", user=user, request=request)
+
+
 def test_task_artifact_completes_before_the_job_ends_once(svc):
     handlers.on_upload(upload_request(svc, "u5", "r5"))
     job = handlers.launch_pending({})["jobs"][0]
+    upload_artifacts(svc, "u5", "r5")
     event = load_event("s3_task_artifact.json", bucket="fanout-test", user="u5", request="r5")
     assert handlers.on_task_artifact(event)["results"] == {"models/u5/r5/manifest.json": "completed"}
     assert handlers.on_task_artifact(event)["results"] == {"models/u5/r5/manifest.json": "duplicate"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fanout.errors import SettingsError
+from fanout.errors import EventError, SettingsError
 from fanout.events import job_state_change, s3_objects
 from fanout.settings import Settings
 
@@ -37,5 +37,5 @@ def test_s3_objects_from_eventbridge_and_encoded_keys():
 
 
 def test_a_non_sagemaker_event_is_refused_clearly():
-    with pytest.raises(ValueError, match="TrainingJobName missing"):
+    with pytest.raises(EventError, match="TrainingJobName is missing"):
         job_state_change({"detail-type": "Scheduled Event", "detail": {}})

@@ -100,3 +100,21 @@ def test_bad_image_fails_the_task_with_status_and_leaves_the_base_clean(base, tm
     status = json.loads((tmp_path / "ck" / "status.json").read_text())
     assert status["state"] == "failed" and "bad.png" in status["error"]
     assert not hasattr(base.unet, "peft_config")
+
+
+def test_a_file_symlink_leading_out_of_the_folder_is_refused_naming_the_file(tmp_path):
+    data, elsewhere = tmp_path / "images", tmp_path / "another-user"
+    data.mkdir()
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(data / "ok.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(elsewhere / "face.png")
+    (data / "inside.png").symlink_to(data / "ok.png")          # stays in the folder: fine
+    assert len(load(data)) == 2
+    (data / "stolen.png").symlink_to(elsewhere / "face.png")
+    with pytest.raises(DataError, match=r"stolen.png is a symlink to a file outside"):
+        load(data)
+    (data / "stolen.png").unlink()
+    (elsewhere / "secret.txt").write_text("the host's secret")
+    (data / "ok.txt").symlink_to(elsewhere / "secret.txt")     # a caption is read too
+    with pytest.raises(DataError, match=r"ok.txt is a symlink to a file outside"):
+        load(data)

@@ -78,7 +78,8 @@ def test_stop_request_saves_state_and_resume_matches(base, demo_data, tmp_path):
         run_task(base, cfg, model_dir=tmp_path / "b" / "model", checkpoint_dir=tmp_path / "b" / "ck",
                  stop_requested=stop_after_two)
     assert (tmp_path / "b" / "ck" / "state" / "step-000002" / "meta.json").is_file()
-    assert json.loads((tmp_path / "b" / "ck" / "status.json").read_text())["state"] == "running"
+    stopped = json.loads((tmp_path / "b" / "ck" / "status.json").read_text())
+    assert stopped["state"] == "interrupted" and "step 2" in stopped["error"] and stopped["finished_at"]
     assert not hasattr(base.unet, "peft_config"), "the adapter must be removed after an interrupted task"
 
     again = run_task(base, cfg.replace(resume=True), model_dir=tmp_path / "b" / "model",
