@@ -65,12 +65,12 @@ def candidates(space: SearchSpace) -> list[Policy]:
 def search(workload: Workload = Workload(), times: TrainTimes = TrainTimes(), aws: Aws = Aws(), seed: int = 0,
            space: SearchSpace = SearchSpace(), baseline: Policy = ONE_PER_REQUEST) -> dict[str, Any]:
     """The cheapest policy (cost per LoRA, nothing failed) whose p95 time-to-model is no worse
-    than ``baseline``'s; every candidate's summary comes back too."""
+    than ``baseline``'s (the baseline itself when none is); every candidate's summary too."""
     base = summary(simulate(workload, times, aws, baseline, seed))
     limit = base["time_to_model"]["p95"]
     tried = [summary(simulate(workload, times, aws, p, seed)) for p in candidates(space)
              if p.max_instances <= aws.instance_quota]
-    fit = [s for s in tried if s["failed"] == 0 and s["time_to_model"]["p95"] is not None
+    fit = [s for s in [base] + tried if s["failed"] == 0 and s["time_to_model"]["p95"] is not None
            and s["time_to_model"]["p95"] <= limit]
     best = min(fit, key=lambda s: (s["cost_per_lora"], s["time_to_model"]["p95"]), default=None)
     fastest = min(fit, key=lambda s: (s["time_to_model"]["p95"], s["cost_per_lora"]), default=None)
