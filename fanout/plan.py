@@ -224,8 +224,3 @@ def launch_batches(tasks: Sequence[TaskSpec], max_tasks_per_job: int, max_instan
     return [(batch, instances_for(len(batch), max_instances))
             for batch in split_backlog(tasks, max_tasks_per_job, job_hyperparameters, config)]
 
-
-def hold_for_batch(pending: int, oldest_wait_s: float, min_batch: int, max_wait_s: float) -> bool:
-    """Wait for more requests before launching? Only while fewer than ``min_batch`` are
-    pending and the oldest has waited less than ``max_wait_s`` (min_batch 1: never wait)."""
-    return 0 < pending < min_batch and oldest_wait_s < max_wait_s

@@ -8,8 +8,9 @@ times pop in scheduling order, so a seed fixes the whole run.
 
 Only AWS and time are simulated. What the launcher decides is the project's own code, called
 through the `fanout.plan` module at run time: `claim_limit` (how many it claims),
-`hold_for_batch`, `launch_batches` (split_backlog + instances_for: which jobs, which K) and
-`plan_tasks` (which host trains which task, as the container computes it).
+`launch_batches` (split_backlog + instances_for: which jobs, which K) and `plan_tasks` (which
+host trains which task, as the container computes it). `hold_for_batch` is the one what-if
+knob launch_pending does not have (it launches whatever is pending when it runs).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from fanout.simulate.inputs import Aws, Policy, SimulationError, TrainTimes, Wor
 from fanout.tasks import TaskSpec
 
 
-@dataclass
+def hold_for_batch(pending: int, oldest_wait_s: float, min_batch: int, max_wait_s: float) -> bool:
+    """Wait for more requests before launching? Only while fewer than ``min_batch`` are
+    pending and the oldest has waited less than ``max_wait_s`` (min_batch 1: never wait)."""
+    return 0 < pending < min_batch and oldest_wait_s < max_wait_s
+
+
+@dataclass(eq=False)
 class Request:
     task: TaskSpec
     arrival: float
@@ -40,7 +47,7 @@ class Request:
     endings: int = 0          # completed or failed: must end exactly once
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     k: int
     spot: bool
@@ -53,7 +60,7 @@ class Job:
     failed: list[Request] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)     # identity: two pools/jobs alike are still two
 class Pool:
     k: int
     since: float
@@ -61,7 +68,7 @@ class Pool:
     taken: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Invocation:
     batches: list[tuple[list[Request], int]]
     index: int = 0
@@ -139,8 +146,8 @@ class Simulation:
     def _launch_pending(self) -> None:
         """One launch_pending run: claim the oldest PENDING, cut them into jobs, create them."""
         p = self.policy
-        if not self.pending or plan.hold_for_batch(len(self.pending), self.now - self.pending[0].queued,
-                                                    p.min_batch, p.max_wait_s):
+        if not self.pending or hold_for_batch(len(self.pending), self.now - self.pending[0].queued,
+                                               p.min_batch, p.max_wait_s):
             return
         claimed = [self.pending.popleft() for _ in range(min(len(self.pending),
                                                              plan.claim_limit(p.max_tasks_per_job, p.max_jobs_per_run)))]

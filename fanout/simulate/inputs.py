@@ -114,7 +114,7 @@ class Policy:
     name: str = _f("packing", "label in tables and plots")
     schedule_period_s: float = _f(60.0, "seconds between scheduled launch_pending runs (EventBridge rate(1 minute))")
     on_arrival: bool = _f(False, "also run launch_pending on every arrival (the table's stream)")
-    min_batch: int = _f(1, "hold launches while fewer requests are pending (1: never hold)")
+    min_batch: int = _f(1, "what-if (launch_pending has no hold; 1 is its behaviour): hold launches while fewer are pending")
     max_wait_s: float = _f(0.0, "... unless the oldest has waited this long")
     max_tasks_per_job: int = _f(64, "Settings.max_tasks_per_job")
     max_instances: int = _f(8, "Settings.max_instances (most K per job)")

@@ -95,7 +95,7 @@ def plot(runs: Sequence[Run], folder: str) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "ttm_cdf.png", dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5.0))
     for run in runs:
         times = [t / 3600.0 for t, _, _ in run.instances]
         line, = ax.step(times, [n for _, n, _ in run.instances], where="post", label=f"{run.policy.name}: held")
@@ -105,7 +105,7 @@ def plot(runs: Sequence[Run], folder: str) -> list[str]:
     ax.set(xlabel="hours since the first request", ylabel="instances (provisioning, training or warm)",
            title="Instances in use over time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.36))
     fig.tight_layout()
     fig.savefig(out / "instances.png", dpi=110)
     plt.close(fig)

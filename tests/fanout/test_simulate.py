@@ -13,6 +13,7 @@ import pytest
 
 import fanout.plan
 from fanout.cli import main
+from fanout.simulate.engine import hold_for_batch
 from fanout.simulate import (ONE_PER_REQUEST, PACKING, Aws, Policy, SearchSpace, SimulationError, TrainTimes,
                              Workload, arrivals, search, simulate, summary)
 
@@ -102,8 +103,8 @@ def test_holding_for_a_batch_trades_waiting_for_fewer_jobs():
     held = summary(simulate(steady, aws=ROOMY, policy=replace(PACKING, min_batch=20, max_wait_s=900)))
     assert held["jobs_created"] < eager["jobs_created"]
     assert held["time_to_model"]["p50"] > eager["time_to_model"]["p50"]
-    assert fanout.plan.hold_for_batch(3, 10, 4, 60) and not fanout.plan.hold_for_batch(3, 60, 4, 60)
-    assert not fanout.plan.hold_for_batch(4, 0, 4, 60) and not fanout.plan.hold_for_batch(0, 0, 4, 60)
+    assert hold_for_batch(3, 10, 4, 60) and not hold_for_batch(3, 60, 4, 60)
+    assert not hold_for_batch(4, 0, 4, 60) and not hold_for_batch(0, 0, 4, 60)
 
 
 def test_search_finds_the_cheapest_policy_no_slower_than_one_job_per_request():
