@@ -53,6 +53,7 @@ class Job:
     spot: bool
     created: float
     hosts: list[list[list[Any]]]   # per host: [request, remaining seconds] in run order
+    size: int = 0                  # tasks in the job
     ready: float = 0.0             # billing starts (TrainingStartTime)
     first_task: float = 0.0
     billed_s: float = 0.0          # instance-seconds
@@ -97,6 +98,8 @@ class Simulation:
     def __init__(self, workload: Workload, times: TrainTimes, aws: Aws, policy: Policy, seed: int = 0,
                  job_hyperparameters: Mapping[str, Any] | None = None):
         policy.check(aws)
+        aws.check()
+        times.check()
         self.times, self.aws, self.policy, self.hp = times, aws, policy, dict(job_hyperparameters or {})
         self.rng = random.Random(f"{seed}:{policy.name}")
         family = workload.family
@@ -199,7 +202,7 @@ class Simulation:
         assignment = plan.plan_tasks([r.task for r in requests], k, self.hp)
         by_id = {r.task.task_id: r for r in requests}
         job = Job(k, self.policy.spot, self.now, [[[by_id[t], by_id[t].seconds] for t in assignment.share(i)]
-                                                  for i in range(k)])
+                                                  for i in range(k)], size=len(requests))
         self.run_.jobs.append(job)
         if pool is None:
             self.in_use += k

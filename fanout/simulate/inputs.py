@@ -58,6 +58,18 @@ class TrainTimes:
     preview_every: int = _f(100, "steps between previews (TrainConfig.preview_every)")
     num_preview_images: int = _f(2, "images per preview (TrainConfig.num_preview_images)")
 
+    def check(self, source: str = "TrainTimes") -> None:
+        for family, table in self.step_s.items():
+            try:
+                ok = isinstance(table, Mapping) and table and all(int(r) > 0 and float(v) > 0 for r, v in table.items())
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise SimulationError(f"{source}: step_s[{family!r}] must map resolutions to seconds per step, "
+                                      f"e.g. {{\"512\": 0.3}}, got {table!r}")
+        if min(self.preview_image_s, self.task_fixed_s) < 0 or self.checkpoint_every < 0:
+            raise SimulationError(f"{source}: preview_image_s, task_fixed_s and checkpoint_every must be >= 0")
+
     def step_seconds(self, family: str, resolution: int) -> float:
         table = self.step_s.get(family)
         if not table:
@@ -106,6 +118,17 @@ class Aws:
     max_retries: int = _f(2, "times a failed request is re-queued (Settings.max_retries)")
     horizon_s: float = _f(30 * 86400.0, "requests not done by then count as failed (guards a policy that never launches)")
 
+    def check(self) -> None:
+        problems = [name for name, ok in (("instance_quota >= 1", self.instance_quota >= 1),
+                                          ("api_tps > 0", self.api_tps > 0), ("api_burst >= 1", self.api_burst >= 1),
+                                          ("max_attempts >= 1", self.max_attempts >= 1),
+                                          ("0 <= spot_discount < 1", 0 <= self.spot_discount < 1),
+                                          ("0 <= task_failure_rate < 1", 0 <= self.task_failure_rate < 1),
+                                          ("price_per_hour >= 0", self.price_per_hour >= 0),
+                                          ("interruptions_per_hour >= 0", self.interruptions_per_hour >= 0)) if not ok]
+        if problems:
+            raise SimulationError(f"Aws: must have {', '.join(problems)}")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -131,6 +154,9 @@ class Policy:
             raise SimulationError(f"policy {self.name!r}: spot and warm pools cannot be combined (SageMaker refuses it)")
         if not self.on_arrival and self.schedule_period_s <= 0:
             raise SimulationError(f"policy {self.name!r}: schedule_period_s must be > 0 unless on_arrival is set")
+        if self.launch_rate <= 0 or self.max_tasks_per_job < 1 or self.max_instances < 1 or self.max_jobs_per_run < 1:
+            raise SimulationError(f"policy {self.name!r}: launch_rate must be > 0 and max_tasks_per_job, "
+                                  "max_instances, max_jobs_per_run at least 1")
         if not 0 <= self.warm_pool_s <= 3600:
             raise SimulationError(f"policy {self.name!r}: warm_pool_s must be 0..3600 (SageMaker's limit)")
 
@@ -145,8 +171,13 @@ def overridden(obj, pairs: Sequence[str], what: str):
             raise SimulationError(f"{what} {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(kinds))}")
         kind = kinds[key]
         try:
-            values[key] = (raw.strip().lower() in ("1", "true", "yes", "on")) if kind is bool else \
-                json.loads(raw) if kind is dict else kind(raw)
+            if kind is bool:
+                flag = raw.strip().lower()
+                if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(raw)
+                values[key] = flag in ("1", "true", "yes", "on")
+            else:
+                values[key] = kind(raw)
         except ValueError:
             raise SimulationError(f"{what} {key}: {raw!r} is not a valid {kind.__name__}") from None
     return replace(obj, **values)
@@ -161,7 +192,9 @@ def load_train_times(path: str) -> TrainTimes:
     known = {f.name for f in fields(TrainTimes)}
     if not isinstance(data, dict) or set(data) - known:
         raise SimulationError(f"{path}: must be a JSON object with keys among {', '.join(sorted(known))}")
-    return TrainTimes(**data)
+    times = TrainTimes(**data)
+    times.check(path)
+    return times
 
 
 def _task(index: int, steps: int, resolution: int, prior: bool = False, text_encoder: bool = False) -> TaskSpec:
@@ -200,8 +233,8 @@ def _trace(path: str) -> list[tuple[float, TaskSpec]]:
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 try:
                     out.append((float(row["time_s"]), _task(len(out), int(row.get("max_train_steps") or 400),
-                                int(row.get("resolution") or 512), row.get("prior", "").strip() in ("1", "true"),
-                                row.get("text_encoder", "").strip() in ("1", "true"))))
+                                int(row.get("resolution") or 512), (row.get("prior") or "").strip() in ("1", "true"),
+                                (row.get("text_encoder") or "").strip() in ("1", "true"))))
                 except (KeyError, TypeError, ValueError) as exc:
                     raise SimulationError(f"{path}:{line}: needs time_s (seconds) and optional integer "
                                           f"max_train_steps, resolution; prior/text_encoder 0 or 1 ({exc!r})") from None

@@ -14,6 +14,7 @@ import pytest
 import fanout.plan
 from fanout.cli import main
 from fanout.simulate.engine import hold_for_batch
+from fanout.simulate.inputs import load_train_times
 from fanout.simulate import (ONE_PER_REQUEST, PACKING, Aws, Policy, SearchSpace, SimulationError, TrainTimes,
                              Workload, arrivals, search, simulate, summary)
 
@@ -126,7 +127,12 @@ def test_bad_inputs_name_the_file_line_or_field(tmp_path):
         simulate(SMALL, aws=Aws(instance_quota=4), policy=PACKING)
     with pytest.raises(SimulationError, match="no training time for family 'sd3'"):
         simulate(replace(SMALL, family="sd3"))
+    times = tmp_path / "times.json"
+    times.write_text('{"step_s": {"sd15": {"fast": 0.2}}}')
+    with pytest.raises(SimulationError, match=r"times\.json: step_s\['sd15'\] must map resolutions"):
+        simulate(SMALL, load_train_times(str(times)))
     assert main(["simulate", "--users", "10", "--aws", "quota=5"]) == 2
+    assert main(["simulate", "--users", "10", "--aws", "spot_discount=1.5"]) == 2
 
 
 def test_cli_writes_json_and_plots_and_imports_matplotlib_only_for_plots(tmp_path):
@@ -146,3 +152,33 @@ def test_cli_writes_json_and_plots_and_imports_matplotlib_only_for_plots(tmp_pat
         assert 0 < r["train_share"] <= 1 and r["instance_hours"] > 0
     for name in ("ttm_cdf.png", "instances.png"):
         assert (tmp_path / "p" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_launch_pending_and_the_simulation_cut_a_backlog_into_the_same_jobs(settings, tmp_path):
+    """Ten long and six short requests, launch_pending on moto vs the simulator's first run
+    (K <= 4, <= 8 tasks per job): the same jobs, with the same instance counts."""
+    from fanout_fakes import load_event
+
+    from fanout.service import Service, launch_pending, register_upload
+
+    steps = [1600] * 10 + [200] * 6
+    svc = Service.from_settings(settings)
+    s3 = svc.objects.s3
+    for i, n in enumerate(steps):
+        s3.put_object(Bucket=settings.bucket, Key=f"requests/user{i}/req/images/0.jpg", Body=b"jpg")
+        key = f"requests/user{i}/req/request.json"
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(
+            {"instance_prompt": "a photo of sks dog", "hyperparameters": {"max_train_steps": n}}).encode())
+        assert register_upload(svc, settings.bucket, key) == "created"
+    out = launch_pending(svc)
+    sm = svc.launcher.sagemaker
+    real = sorted((len(svc.requests.by_job(j)), sm.describe_training_job(TrainingJobName=j)["ResourceConfig"]["InstanceCount"])
+                  for j in out["jobs"])
+    trace = tmp_path / "backlog.csv"
+    trace.write_text("time_s,max_train_steps\n" + "".join(f"0,{n}\n" for n in steps))
+    policy = Policy(max_instances=settings.max_instances, max_tasks_per_job=settings.max_tasks_per_job,
+                    max_jobs_per_run=settings.max_jobs_per_run, launch_rate=100.0)
+    run = simulate(Workload(arrival="trace", trace=str(trace)), aws=replace(ROOMY, api_tps=100.0), policy=policy)
+    assert run.throttles == 0 and {j.created for j in run.jobs} == {0.0, 0.01, 0.02}     # one launcher run
+    simulated = sorted((j.size, j.k) for j in run.jobs)
+    assert real == simulated == [(2, 2), (6, 4), (8, 4)]
