@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from fanout.simulate.inputs import Aws, SimulationError, TrainTimes, Workload, load_train_times, overridden
-from fanout.simulate.policies import compare, search, settings_for, standard_policies
+from fanout.simulate.policies import PACKING, compare, search, settings_for, standard_policies
 from fanout.simulate.report import plot, summary, table
 
 
@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
                         help="a Workload field, e.g. steps_min=200 family=sdxl resolution=1024 (repeatable)")
     parser.add_argument("--aws", action="append", default=[], metavar="KEY=VALUE",
                         help="an Aws field, e.g. instance_quota=500 price_per_hour=1.2 (repeatable)")
+    parser.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                        help="add a policy to the table: packing with these Policy fields, e.g. name=held "
+                             "min_batch=32 max_wait_s=600 max_instances=4 schedule_period_s=300 (repeatable)")
     parser.add_argument("--warm-pool-seconds", type=float, default=600.0, help="keep-alive of the warm-pool policy")
     parser.add_argument("--json", metavar="FILE", help="write every policy's figures (and the search) as JSON")
     parser.add_argument("--plots", metavar="DIR", help="write ttm_cdf.png and instances.png (needs matplotlib)")
@@ -46,7 +49,10 @@ def inputs(args) -> tuple[Workload, TrainTimes, Aws]:
 def run(args) -> int:
     workload, times, aws = inputs(args)
     started = time.perf_counter()
-    runs = compare(standard_policies(args.warm_pool_seconds), workload, times, aws, args.seed)
+    policies = standard_policies(args.warm_pool_seconds)
+    if args.policy:
+        policies.append(overridden(replace(PACKING, name="custom"), args.policy, "--policy"))
+    runs = compare(policies, workload, times, aws, args.seed)
     elapsed = time.perf_counter() - started
     rows = [summary(r) for r in runs]
     print(f"{len(runs[0].requests)} requests ({workload.arrival}, {workload.family} at {workload.resolution} px), "

@@ -177,7 +177,7 @@ def overridden(obj, pairs: Sequence[str], what: str):
                     raise ValueError(raw)
                 values[key] = flag in ("1", "true", "yes", "on")
             else:
-                values[key] = kind(raw)
+                values[key] = raw if kind is str else kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
         except ValueError:
             raise SimulationError(f"{what} {key}: {raw!r} is not a valid {kind.__name__}") from None
     return replace(obj, **values)

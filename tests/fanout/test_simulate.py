@@ -133,6 +133,7 @@ def test_bad_inputs_name_the_file_line_or_field(tmp_path):
         simulate(SMALL, load_train_times(str(times)))
     assert main(["simulate", "--users", "10", "--aws", "quota=5"]) == 2
     assert main(["simulate", "--users", "10", "--aws", "spot_discount=1.5"]) == 2
+    assert main(["simulate", "--users", "10", "--policy", "spot=maybe"]) == 2
 
 
 def test_cli_writes_json_and_plots_and_imports_matplotlib_only_for_plots(tmp_path):
@@ -157,8 +158,6 @@ def test_cli_writes_json_and_plots_and_imports_matplotlib_only_for_plots(tmp_pat
 def test_launch_pending_and_the_simulation_cut_a_backlog_into_the_same_jobs(settings, tmp_path):
     """Ten long and six short requests, launch_pending on moto vs the simulator's first run
     (K <= 4, <= 8 tasks per job): the same jobs, with the same instance counts."""
-    from fanout_fakes import load_event
-
     from fanout.service import Service, launch_pending, register_upload
 
     steps = [1600] * 10 + [200] * 6
