@@ -212,7 +212,7 @@ def instances_for(task_count: int, max_instances: int) -> int:
 
 def claim_limit(max_tasks_per_job: int, max_jobs_per_run: int) -> int:
     """Most requests one launch_pending run claims: as many as the jobs it may create can hold."""
-    return max(1, max_tasks_per_job) * max(1, max_jobs_per_run)
+    return max_tasks_per_job * max_jobs_per_run
 
 
 def launch_batches(tasks: Sequence[TaskSpec], max_tasks_per_job: int, max_instances: int,
@@ -223,4 +223,3 @@ def launch_batches(tasks: Sequence[TaskSpec], max_tasks_per_job: int, max_instan
     Pure, so that `fanout simulate` drives the same decision the Lambda makes."""
     return [(batch, instances_for(len(batch), max_instances))
             for batch in split_backlog(tasks, max_tasks_per_job, job_hyperparameters, config)]
-
