@@ -32,6 +32,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_worker.py --tasks 8 --steps 10
 	$(BIN)/python scripts/bench_plan.py
 	$(BIN)/python scripts/bench_launch.py
+	$(BIN)/python -m fanout simulate --plots build/simulate
 
 clean:
 	rm -rf build .pytest_cache

@@ -26,6 +26,7 @@ DEV = [
     "pytest-timeout>=2.3",
     "hypothesis>=6.100",
     "moto[server]>=5.2,<6",
+    "matplotlib>=3.8,<4",          # `fanout simulate --plots` only; fanout never imports it otherwise
 ]
 
 setup(

@@ -1,4 +1,4 @@
-"""`fanout validate | plan | submit | status | bootstrap | local` (python -m fanout ...).
+"""`fanout validate | plan | submit | status | bootstrap | local | simulate` (python -m fanout ...).
 
 Each subcommand turns its arguments into the library's config objects and calls one
 function; FanoutError becomes one line on stderr and exit status 2.
@@ -128,6 +128,19 @@ def _add_local(sub) -> None:
         pass                      # main() reports it when `local` is actually asked for
 
 
+def cmd_simulate(args) -> int:
+    from fanout.simulate.cli import run
+    return run(args)
+
+
+def _add_simulate(sub) -> None:
+    from fanout.simulate.cli import add_arguments
+
+    parser = sub.add_parser("simulate", help="what a spike of users costs and waits under each launch policy")
+    add_arguments(parser)
+    parser.set_defaults(func=cmd_simulate)
+
+
 def _aws_args(parser) -> None:
     parser.add_argument("--region", default="", help="AWS region (default: boto3's chain)")
     parser.add_argument("--endpoint-url", default="", help="AWS endpoint override (e.g. a moto server)")
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="create the FANOUT_BUCKET bucket and both tables if absent")
     p.set_defaults(func=cmd_bootstrap)
     _add_local(sub)
+    _add_simulate(sub)
     return parser
 
 

@@ -208,3 +208,18 @@ def split_backlog(tasks: Sequence[TaskSpec], max_tasks_per_job: int,
 def instances_for(task_count: int, max_instances: int) -> int:
     """Hosts for a backlog: one per task up to the cap (an idle host still bills)."""
     return max(1, min(max_instances, task_count))
+
+
+def claim_limit(max_tasks_per_job: int, max_jobs_per_run: int) -> int:
+    """Most requests one launch_pending run claims: as many as the jobs it may create can hold."""
+    return max_tasks_per_job * max_jobs_per_run
+
+
+def launch_batches(tasks: Sequence[TaskSpec], max_tasks_per_job: int, max_instances: int,
+                   job_hyperparameters: Mapping[str, Any] | None = None,
+                   config: PlanConfig = PlanConfig()) -> list[tuple[tuple[TaskSpec, ...], int]]:
+    """launch_pending's decision for the tasks it claimed: jobs of similar cost, each with its K.
+
+    Pure, so that `fanout simulate` drives the same decision the Lambda makes."""
+    return [(batch, instances_for(len(batch), max_instances))
+            for batch in split_backlog(tasks, max_tasks_per_job, job_hyperparameters, config)]

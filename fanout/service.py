@@ -23,7 +23,7 @@ from fanout.errors import TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
 from fanout.hyperparameters import task_name_problems, task_value_problems
 from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
-from fanout.plan import instances_for, split_backlog
+from fanout.plan import claim_limit, launch_batches
 from fanout.request import LaunchConfig, prepare_job
 from fanout.settings import Settings
 from fanout.status import read_statuses
@@ -168,7 +168,7 @@ def _claim(svc: Service, claimer: str) -> tuple[dict[str, dict], list[str]]:
     """Claimed requests by task id (each won by one conditional write), and what collided."""
     s = svc.settings
     stale = svc.ago(s.claim_timeout_s)
-    items = [i for i in svc.requests.claimable(stale, limit=s.max_tasks_per_job * s.max_jobs_per_run) if i.get("task")]
+    items = [i for i in svc.requests.claimable(stale, limit=claim_limit(s.max_tasks_per_job, s.max_jobs_per_run)) if i.get("task")]
     won = _each(lambda item: svc.requests.claim(item["request_key"], claimer, svc.clock(), stale), items)
     return _without_collisions(svc, claimer, [item for item, ok in zip(items, won) if ok])
 
@@ -226,12 +226,12 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     hp = svc.settings.job_hyperparameters
     result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": len(collided),
                               "failed": len(claimed) - len(tasks), "errors": collided}
-    for batch in split_backlog(tasks, svc.settings.max_tasks_per_job, hp):
+    for batch, count in launch_batches(tasks, svc.settings.max_tasks_per_job, svc.settings.max_instances, hp):
         keys = [claimed[t.task_id]["request_key"] for t in batch]
         # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
         salt = json.dumps({k: int(claimed[t.task_id].get("retries", 0)) for k, t in zip(keys, batch)}, sort_keys=True)
         try:
-            job = prepare_job(batch, _launch_config(svc, instances_for(len(batch), svc.settings.max_instances)), salt=salt)
+            job = prepare_job(batch, _launch_config(svc, count), salt=salt)
             _each(lambda k: svc.requests.note_launching(k, claimer, job.name, svc.clock()), keys)
             launched = svc.launcher.launch(job, svc.uri("requests") + "/", listed)
         except Exception as exc:   # edge of a batch: whatever failed, the claims go back with the reason

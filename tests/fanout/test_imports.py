@@ -7,8 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["fanout", "fanout.cli", "fanout.handlers", "fanout.service", "fanout.tasks", "fanout.plan",
            "fanout.request", "fanout.launcher", "fanout.store", "fanout.bootstrap", "fanout.status",
-           "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit"]
-HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container"]
+           "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit",
+           "fanout.simulate", "fanout.simulate.cli"]
+HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib"]
 
 
 def test_importing_fanout_leaves_the_training_stack_out():
