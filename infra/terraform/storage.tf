@@ -37,6 +37,7 @@ data "aws_iam_policy_document" "bucket" {
 }
 
 resource "aws_s3_bucket_policy" "data" {
+  count      = var.require_tls ? 1 : 0
   bucket     = aws_s3_bucket.data.id
   policy     = data.aws_iam_policy_document.bucket.json
   depends_on = [aws_s3_bucket_public_access_block.data]

@@ -22,6 +22,12 @@ variable "force_destroy_bucket" {
   default     = false
 }
 
+variable "require_tls" {
+  description = "Bucket policy denying every request that is not over TLS (the offline test turns it off: moto serves plain HTTP)."
+  type        = bool
+  default     = true
+}
+
 variable "image_uri" {
   description = "ECR URI of the training image (empty: <the created repository>:<image_tag>)."
   type        = string

@@ -70,6 +70,7 @@ module "fanout" {
   name_prefix          = "fanout-test"
   bucket_name          = "fanout-test-stack"
   force_destroy_bucket = true
+  require_tls          = false # moto serves plain HTTP on 127.0.0.1; it enforces the policy, so it would deny every call
   base_model_uri       = "s3://fanout-test-stack/base/sd15/"
   instance_type        = "ml.g5.xlarge"
   max_instances        = 4
