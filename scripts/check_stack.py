@@ -3,11 +3,12 @@
     python scripts/check_stack.py --prefix NAME_PREFIX [--zip build/lambda/fanout.zip] \
         [--region R] [--endpoint-url URL]
 
-Read-only (GetFunctionConfiguration, GetPolicy, GetBucketNotificationConfiguration,
+Read-only (GetFunctionConfiguration, GetFunctionEventInvokeConfig, GetPolicy, GetBucketNotificationConfiguration,
 DescribeTable, ListRuleNamesByTarget, DescribeRule, GetRole): safe against a real account.
 The offline test runs it against the stack Terraform applied to moto. Checked:
 - each function exists with its handler string, and (with --zip) that zip is the deployed code
   (CodeSha256) and the handler resolves in it;
+- failed asynchronous invocations of each function go to an on-failure destination;
 - the FANOUT_* variables of each function are exactly Settings names, the same on every
   function, and parse with Settings.from_env;
 - FANOUT_BUCKET sends ObjectCreated notifications to on_upload / on_task_artifact whose
@@ -160,6 +161,14 @@ def _policy_allows(lam, function: str, principal: str, source_arn: str) -> bool:
     return False
 
 
+def _failure_destination(lam, function: str) -> str | None:
+    try:
+        config = lam.get_function_event_invoke_config(FunctionName=function)
+    except lam.exceptions.ResourceNotFoundException:
+        return None
+    return config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+
+
 def check_functions(report: Report, lam, names: dict[str, str], zip_path: Path | None) -> dict[str, dict]:
     configs = {}
     for handler, name in names.items():
@@ -174,6 +183,8 @@ def check_functions(report: Report, lam, names: dict[str, str], zip_path: Path |
                          f"deployed CodeSha256 {conf['CodeSha256']} is not the zip's {code_sha256(zip_path)}")
             problem = handler_problem(zip_path, conf["Handler"])
             report.check(problem is None, f"{name} handler resolves in the zip", problem or "")
+        report.check(_failure_destination(lam, name), f"failed asynchronous invocations of {name} are kept",
+                     "no on-failure destination (they would be dropped after Lambda's retries)")
         env = conf.get("Environment", {}).get("Variables", {})
         unknown = sorted(k for k in env if k not in SETTING_NAMES)
         report.check(not unknown, f"{name} FANOUT_* variables are Settings names",

@@ -9,7 +9,20 @@ resource "aws_cloudwatch_log_group" "handler" {
   tags              = var.tags
 }
 
+# S3 and EventBridge invoke asynchronously: an invocation that still fails after Lambda's two
+# retries (a job's end whose status files could not be read, say) is sent here with its error
+# for replay, instead of being dropped with its requests left LAUNCHED. Per-item failures
+# never get here: the handlers record them.
+resource "aws_sqs_queue" "dead_letters" {
+  name                      = "${var.name_prefix}-dead-letters"
+  message_retention_seconds = 1209600
+  kms_master_key_id         = var.kms_key_arn != "" ? var.kms_key_arn : null
+  tags                      = var.tags
+}
+
 resource "aws_lambda_function" "handler" {
+  #checkov:skip=CKV_AWS_116:failed asynchronous invocations go to the SQS queue through an on-failure destination (aws_lambda_function_event_invoke_config below), which also records the error
+  #checkov:skip=CKV_AWS_272:code signing needs an AWS Signer profile and signed zips; the zip is built from the repository and pinned by source_code_hash
   for_each         = local.handlers
   function_name    = local.function_names[each.key]
   handler          = each.value
@@ -28,6 +41,10 @@ resource "aws_lambda_function" "handler" {
     variables = local.environment
   }
 
+  tracing_config {
+    mode = var.tracing ? "Active" : "PassThrough"
+  }
+
   dynamic "vpc_config" {
     for_each = local.vpc ? [1] : []
     content {
@@ -43,6 +60,17 @@ resource "aws_lambda_function" "handler" {
     precondition {
       condition     = (length(var.subnet_ids) == 0) == (length(var.security_group_ids) == 0)
       error_message = "Set subnet_ids and security_group_ids together (SageMaker's VpcConfig needs both), or neither."
+    }
+  }
+}
+
+resource "aws_lambda_function_event_invoke_config" "handler" {
+  for_each               = local.handlers
+  function_name          = aws_lambda_function.handler[each.key].function_name
+  maximum_retry_attempts = 2
+  destination_config {
+    on_failure {
+      destination = aws_sqs_queue.dead_letters.arn
     }
   }
 }

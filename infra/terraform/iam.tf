@@ -35,6 +35,21 @@ data "aws_iam_policy_document" "handler" {
     resources = ["${aws_cloudwatch_log_group.handler[each.key].arn}:*"]
   }
 
+  statement {
+    sid       = "DeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dead_letters.arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.tracing ? [1] : []
+    content {
+      sid       = "Tracing" # takes no resource ARN
+      actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+      resources = ["*"]
+    }
+  }
+
   dynamic "statement" {
     for_each = local.vpc ? [1] : []
     content {

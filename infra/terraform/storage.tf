@@ -2,6 +2,11 @@
 # creates: fanout/bootstrap.py).
 
 resource "aws_s3_bucket" "data" {
+  #checkov:skip=CKV_AWS_145:S3 encrypts every object (SSE-S3) by default; SSE-KMS as bucket default needs aws_s3_bucket_server_side_encryption_configuration, which provider 3.39 lacks (docs/infra.md shows the resource to add on 4.x+)
+  #checkov:skip=CKV_AWS_21:SageMaker rewrites checkpoints continuously under jobs/; versioning would keep every old checkpoint (storage grows without bound)
+  #checkov:skip=CKV2_AWS_61:a lifecycle rule needs aws_s3_bucket_lifecycle_configuration (provider 4.x+) or the inline block 4.x deprecated; docs/infra.md shows one to add
+  #checkov:skip=CKV_AWS_144:cross-region replication doubles storage; models can be retrained from requests/, checkpoints are transient
+  #checkov:skip=CKV_AWS_18:server access logs need a second bucket; use CloudTrail S3 data events where an audit trail is required
   bucket        = local.bucket
   force_destroy = var.force_destroy_bucket
   tags          = var.tags
@@ -65,6 +70,7 @@ resource "aws_s3_bucket_notification" "data" {
 }
 
 resource "aws_dynamodb_table" "requests" {
+  #checkov:skip=CKV_AWS_119:encrypted with DynamoDB's AWS owned key unless kms_key_arn is set (then that customer managed key)
   name         = local.requests_table
   billing_mode = "PAY_PER_REQUEST"
   hash_key     = "request_key"
@@ -99,6 +105,7 @@ resource "aws_dynamodb_table" "requests" {
 }
 
 resource "aws_dynamodb_table" "models" {
+  #checkov:skip=CKV_AWS_119:encrypted with DynamoDB's AWS owned key unless kms_key_arn is set (then that customer managed key)
   name         = local.models_table
   billing_mode = "PAY_PER_REQUEST"
   hash_key     = "user_id"

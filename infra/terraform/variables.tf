@@ -165,9 +165,15 @@ variable "launch_timeout_s" {
 }
 
 variable "log_retention_days" {
-  description = "Retention of the functions' log groups."
+  description = "Retention of the functions' log groups (days)."
   type        = number
-  default     = 30
+  default     = 365
+}
+
+variable "tracing" {
+  description = "X-Ray active tracing on the functions (within the free tier at the default schedule)."
+  type        = bool
+  default     = true
 }
 
 variable "tags" {

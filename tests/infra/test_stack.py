@@ -78,7 +78,8 @@ def test_plan_creates_the_whole_stack(stack):
     assert count("aws_dynamodb_table") == 2 and count("aws_s3_bucket_notification") == 1
     assert count("aws_cloudwatch_event_rule") == 2 and count("aws_cloudwatch_event_target") == 2
     assert count("aws_lambda_permission") == 4 and count("aws_cloudwatch_log_group") == 4
-    assert count("aws_ecr_repository") == 1
+    assert count("aws_ecr_repository") == 1 and count("aws_sqs_queue") == 1
+    assert count("aws_lambda_function_event_invoke_config") == 4
     assert stack["out"]["image_uri"].endswith(".dkr.ecr.us-east-1.amazonaws.com/fanout-test-trainer:1")
 
 

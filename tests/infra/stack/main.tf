@@ -46,6 +46,7 @@ provider "aws" {
     lambda           = var.endpoint
     s3               = var.endpoint
     sagemaker        = var.endpoint
+    sqs              = var.endpoint
     sts              = var.endpoint
   }
 }
