@@ -8,10 +8,12 @@ data "aws_region" "current" {}
 locals {
   account   = data.aws_caller_identity.current.account_id
   partition = data.aws_partition.current.partition
-  region    = data.aws_region.current.id # `.name` is deprecated in provider 6.x, `.id` is in every version
-  bucket    = var.bucket_name != "" ? var.bucket_name : "${var.name_prefix}-${local.account}-${local.region}"
-  kms       = var.kms_key_arn != "" ? [var.kms_key_arn] : []
-  vpc       = length(var.subnet_ids) > 0
+  # no attribute of aws_region is undeprecated from 3.39 to 6.x (`region` arrived in 5.100 and
+  # 6.x deprecates `name` and `id`): `id` works everywhere, 6.x warns about it
+  region = data.aws_region.current.id
+  bucket = var.bucket_name != "" ? var.bucket_name : "${var.name_prefix}-${local.account}-${local.region}"
+  kms    = var.kms_key_arn != "" ? [var.kms_key_arn] : []
+  vpc    = length(var.subnet_ids) > 0
 
   image_uri = var.image_uri != "" ? var.image_uri : "${aws_ecr_repository.trainer[0].repository_url}:${var.image_tag}"
   # ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG -> the repository the jobs may pull from
