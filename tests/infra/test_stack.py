@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def stack(terraform, moto_url, lambda_zip, tmp_path_factory):
     tf("apply", "-input=false", "plan.bin")
     outputs = json.loads(tf("output", "-json").stdout)["stack"]["value"]
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-    state = {"tf": tf, "init": init.stdout, "plan": plan, "out": outputs, "work": work, "destroyed": False,
+    state = {"tf": tf, "init": init.stdout, "plan": plan, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
              "client": lambda service: make_client(service, "us-east-1", moto_url, session=session)}
     yield state
     if not state["destroyed"]:
@@ -92,6 +93,16 @@ def test_stack_check_reads_back_what_the_handlers_expect(stack, lambda_zip):
     report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip)
     assert report.failures == []
     assert len(report.lines) >= 40
+    cli = _check_cli(stack, lambda_zip)
+    assert cli.returncode == 0 and cli.stdout.splitlines()[-1] == f"{len(report.lines)} checks ok, 0 failed"
+
+
+def _check_cli(stack, lambda_zip) -> subprocess.CompletedProcess:
+    """scripts/check_stack.py as an operator runs it (credentials from the environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "check_stack.py"), "--prefix", PREFIX, "--zip", str(lambda_zip),
+                           "--region", "us-east-1", "--endpoint-url", stack["endpoint"]], capture_output=True, text=True, env=env)
 
 
 def _status(client, user: str, request: str) -> str:
@@ -152,6 +163,8 @@ def test_stack_check_and_plan_catch_a_drifted_stack(stack, lambda_zip):
     assert any(f.startswith("on_upload filters pass the keys it accepts") for f in failures)
     assert any(f.startswith("every function has the same FANOUT_* settings") for f in failures)
     assert len(failures) == 4      # + "on_upload filters keep other keys away" (images now reach it)
+    cli = _check_cli(stack, lambda_zip)
+    assert cli.returncode == 1 and "FAIL fanout-test-on-upload FANOUT_* variables are Settings names" in cli.stdout
     stack["tf"]("plan", "-input=false", "-detailed-exitcode", "-refresh=true", ok=(2,))   # and Terraform sees the drift
 
 
