@@ -6,7 +6,8 @@ string it reads there in a fresh interpreter whose environment is only the funct
 variables plus the credentials and endpoint a Lambda would have. Events are routed the way AWS
 routes them, from what is deployed: an upload goes to the functions of the bucket's
 notification configurations whose filters pass the key; an EventBridge event to the targets of
-the rules whose pattern matches it; a schedule to its rule's targets.
+the rules whose pattern matches it; a schedule to its rule's targets. Every AWS call a handler
+makes is recorded (a boto3 hook in the interpreter) for the least-privilege check.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ check_stack = load_script("check_stack")
 BOOT = """
 import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
+import boto3
+calls = open(sys.argv[3], "a")
+def record(params, model, **kwargs):   # every AWS call the handler makes, for the IAM check
+    calls.write(json.dumps({"service": model.service_model.service_name, "operation": model.name,
+                            "params": params}, default=str) + "\\n")
+    calls.flush()
+boto3.setup_default_session()
+boto3.DEFAULT_SESSION.events.register("before-parameter-build", record)
 module, _, name = sys.argv[2].rpartition(".")
 handler = getattr(importlib.import_module(module), name)
 assert sys.modules["fanout"].__file__.startswith(sys.argv[1]), "fanout must come from the task root"
@@ -44,6 +53,13 @@ class DeployedStack:
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(self.task_root)
         self.invocations: list[tuple[str, dict]] = []
+        self.calls_dir = workdir / "calls"
+        self.calls_dir.mkdir(parents=True, exist_ok=True)
+
+    def calls(self, function_name: str) -> list[dict]:
+        """Every AWS call the function made so far ({service, operation, params})."""
+        path = self.calls_dir / f"{function_name}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def _runtime_env(self, conf: dict) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
@@ -59,7 +75,8 @@ class DeployedStack:
         conf = self.client("lambda").get_function_configuration(FunctionName=function)
         if conf["CodeSha256"] != check_stack.code_sha256(self.zip_path):
             raise AssertionError(f"{function} does not run {self.zip_path} (CodeSha256 {conf['CodeSha256']})")
-        run = subprocess.run([sys.executable, "-I", "-c", BOOT, str(self.task_root), conf["Handler"]],
+        calls = self.calls_dir / f"{conf['FunctionName']}.jsonl"
+        run = subprocess.run([sys.executable, "-I", "-c", BOOT, str(self.task_root), conf["Handler"], str(calls)],
                              input=json.dumps(event), capture_output=True, text=True, env=self._runtime_env(conf),
                              timeout=conf["Timeout"])
         if run.returncode != 0:

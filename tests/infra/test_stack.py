@@ -11,8 +11,10 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote
 
 import boto3
+import iam_coverage
 import pytest
 from lambda_runner import DeployedStack
 from scripts_loader import load_script
@@ -144,6 +146,33 @@ def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, 
     assert _status(client, "bob", "r1") == "COMPLETED"
     models = client("dynamodb").scan(TableName=f"{PREFIX}-models")["Items"]
     assert sorted((m["user_id"]["S"], m["job_name"]["S"]) for m in models) == [("alice", job), ("bob", job)]
+    stack["deployed"] = deployed
+
+
+# Granted but made by the Lambda service or runtime, not by the handler code the runner records
+RUNTIME_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage", "xray:PutTraceSegments",
+                   "xray:PutTelemetryRecords", "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+                   "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+# Granted for a path the run above does not take: a job name already taken (Launcher._adopt)
+ADOPT_ACTIONS = {"sagemaker:ListTags"}
+
+
+def test_each_role_grants_what_its_function_called_and_nothing_else(stack):
+    deployed, iam, lam = stack["deployed"], stack["client"]("iam"), stack["client"]("lambda")
+    for handler, name in check_stack.function_names(PREFIX).items():
+        role = lam.get_function_configuration(FunctionName=name)["Role"].rsplit("/", 1)[-1]
+        policy = iam.get_role_policy(RoleName=role, PolicyName="fanout-handler")["PolicyDocument"]
+        policy = json.loads(unquote(policy)) if isinstance(policy, str) else policy
+        needs = {n for call in deployed.calls(name) for n in iam_coverage.needed(call, "us-east-1", "123456789012")}
+        assert needs, f"{name} made no AWS call"
+        assert [n for n in sorted(needs) if not iam_coverage.allows(policy, *n)] == [], f"{name}'s role lacks these"
+        unused = iam_coverage.granted_actions(policy) - {a for a, _ in needs} - RUNTIME_ACTIONS - ADOPT_ACTIONS
+        assert unused == set(), f"{name}'s role grants actions its code never used"
+        if handler != "launch_pending":
+            assert not iam_coverage.allows(policy, "sagemaker:CreateTrainingJob", f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{PREFIX}-x")
+            assert not iam_coverage.allows(policy, "iam:PassRole", stack["out"]["sagemaker_role"])
+        if handler != "on_upload":        # only on_upload reads request.json
+            assert not iam_coverage.allows(policy, "s3:GetObject", f"arn:aws:s3:::{BUCKET}/requests/u/r/request.json")
 
 
 def test_stack_check_and_plan_catch_a_drifted_stack(stack, lambda_zip):
