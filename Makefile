@@ -36,3 +36,16 @@ bench: install
 
 clean:
 	rm -rf build .pytest_cache
+
+# --- infra (docs/infra.md): the Lambda zip, the Terraform/checkov tool venvs (build/tools/, never
+# .venv), and the offline Terraform tests (also part of `make test`; ~80 s)
+.PHONY: lambda-zip infra-tools infra-test
+
+lambda-zip:
+	$(PY) scripts/build_lambda_zip.py --out build/lambda/fanout.zip
+
+infra-tools:
+	$(PY) scripts/infra_tools.py all
+
+infra-test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/infra

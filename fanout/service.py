@@ -152,7 +152,8 @@ def _launch_config(svc: Service, count: int) -> LaunchConfig:
                         instance_type=s.instance_type, instance_count=count, volume_size_gb=s.volume_size_gb,
                         hyperparameters=s.job_hyperparameters, max_runtime_s=s.max_runtime_s,
                         spot=s.spot, max_wait_s=s.max_wait_s, warm_pool_s=s.warm_pool_s,
-                        kms_key=s.kms_key or None, volume_kms_key=s.kms_key or None, job_prefix=s.job_prefix)
+                        kms_key=s.kms_key or None, volume_kms_key=s.kms_key or None, job_prefix=s.job_prefix,
+                        subnets=s.vpc[0], security_groups=s.vpc[1])
 
 
 def _each(function, items: list) -> list:

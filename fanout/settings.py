@@ -47,6 +47,8 @@ class Settings:
     max_attempts: int = _s(8, "botocore retries after the first try of an AWS call (throttling included)")
     hyperparameters: str = _s("", "job hyperparameters as JSON object, e.g. {\"max_train_steps\": 400}")
     kms_key: str = _s("", "KMS key for job output and volumes (empty: AWS managed)")
+    subnets: str = _s("", "comma-separated VPC subnet ids for the training jobs (with FANOUT_SECURITY_GROUPS)")
+    security_groups: str = _s("", "comma-separated VPC security group ids for the training jobs (with FANOUT_SUBNETS)")
     region: str = _s("", "AWS region (empty: boto3's default chain)")
     endpoint_url: str = _s("", "AWS endpoint override (tests: a moto server)")
 
@@ -66,6 +68,7 @@ class Settings:
             names = ", ".join(ENV_PREFIX + n.upper() for n in missing)
             raise SettingsError(f"missing setting(s) {names}; see docs/fanout.md for every FANOUT_* variable")
         settings.job_hyperparameters   # a malformed FANOUT_HYPERPARAMETERS fails here, before any claim
+        settings.vpc     # subnets without security groups (or the reverse) fail here, before any claim
         if settings.retry_mode not in ("standard", "adaptive", "legacy"):
             raise SettingsError(f"FANOUT_RETRY_MODE must be standard, adaptive or legacy, got {settings.retry_mode!r}")
         return settings
@@ -82,6 +85,16 @@ class Settings:
         if problems:   # else every launch_pending run would claim, fail and hand the claims back
             raise SettingsError(problems[0])
         return values
+
+    @property
+    def vpc(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(subnets, security groups) for the jobs' VpcConfig; both empty: no VPC."""
+        subnets = tuple(x.strip() for x in self.subnets.split(",") if x.strip())
+        groups = tuple(x.strip() for x in self.security_groups.split(",") if x.strip())
+        if bool(subnets) != bool(groups):
+            raise SettingsError("FANOUT_SUBNETS and FANOUT_SECURITY_GROUPS go together (SageMaker's VpcConfig "
+                                f"needs both), got subnets {self.subnets!r} and security groups {self.security_groups!r}")
+        return subnets, groups
 
     def client(self, service: str, session=None):
         """A boto3 client with botocore's retry mode (throttling is retried with backoff)."""

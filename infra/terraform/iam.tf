@@ -1,0 +1,312 @@
+# Least privilege: each function gets the actions and resources its code path uses
+# (fanout/service.py, store.py, launcher.py, status.py), and the SageMaker role only what a job
+# reads and writes. Statements every function shares come first.
+
+locals {
+  bucket_arn   = aws_s3_bucket.data.arn
+  requests_arn = aws_dynamodb_table.requests.arn
+  models_arn   = aws_dynamodb_table.models.arn
+  job_arns     = "arn:${local.partition}:sagemaker:${local.region}:${local.account}:training-job/${local.job_prefix}-*"
+}
+
+data "aws_iam_policy_document" "lambda_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "handler" {
+  for_each           = local.handlers
+  name               = "${local.function_names[each.key]}-lambda"
+  assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "handler" {
+  for_each = local.handlers
+
+  statement {
+    sid       = "OwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.handler[each.key].arn}:*"]
+  }
+
+  statement {
+    sid       = "DeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dead_letters.arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.tracing ? [1] : []
+    content {
+      sid       = "Tracing" # takes no resource ARN
+      actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+      resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.vpc ? [1] : []
+    content {
+      sid = "VpcNetworkInterfaces" # what AWSLambdaVPCAccessExecutionRole grants; these take no resource ARNs
+      actions = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+      "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.kms
+    content {
+      sid       = "Key"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+
+  # on_upload: read request.json, put the new request
+  dynamic "statement" {
+    for_each = each.key == "on_upload" ? [1] : []
+    content {
+      sid       = "ReadRequests"
+      actions   = ["s3:GetObject"]
+      resources = ["${local.bucket_arn}/requests/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "on_upload" ? [1] : []
+    content {
+      sid       = "NewRequest"
+      actions   = ["dynamodb:PutItem"]
+      resources = [local.requests_arn]
+    }
+  }
+
+  # launch_pending: claim through the status index, list images, write job inputs, create jobs
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "Claim"
+      actions   = ["dynamodb:Query", "dynamodb:UpdateItem"]
+      resources = [local.requests_arn, "${local.requests_arn}/index/${local.status_index}"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "ListImages"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["requests/*"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "JobInputs"
+      actions   = ["s3:PutObject"]
+      resources = ["${local.bucket_arn}/jobs/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "CreateJobs"
+      actions   = ["sagemaker:CreateTrainingJob"]
+      resources = [local.job_arns]
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "sagemaker:InstanceTypes"
+        values   = [var.instance_type]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "OwnJobs"
+      actions   = ["sagemaker:DescribeTrainingJob", "sagemaker:ListTags", "sagemaker:AddTags"]
+      resources = [local.job_arns]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "launch_pending" ? [1] : []
+    content {
+      sid       = "PassJobRole"
+      actions   = ["iam:PassRole"]
+      resources = [aws_iam_role.sagemaker.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PassedToService"
+        values   = ["sagemaker.amazonaws.com"]
+      }
+    }
+  }
+
+  # on_job_state_change: the job's requests by the job index, each task's status.json
+  dynamic "statement" {
+    for_each = each.key == "on_job_state_change" ? [1] : []
+    content {
+      sid       = "JobRequests"
+      actions   = ["dynamodb:Query", "dynamodb:UpdateItem"]
+      resources = [local.requests_arn, "${local.requests_arn}/index/${local.job_index}"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "on_job_state_change" ? [1] : []
+    content {
+      sid       = "ListCheckpoints"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["jobs/*"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "on_job_state_change" ? [1] : []
+    content {
+      sid       = "ReadStatus"
+      actions   = ["s3:GetObject"]
+      resources = ["${local.bucket_arn}/jobs/*/checkpoints/*"]
+    }
+  }
+
+  # on_task_artifact: read and complete one request
+  dynamic "statement" {
+    for_each = each.key == "on_task_artifact" ? [1] : []
+    content {
+      sid       = "CompleteRequest"
+      actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+      resources = [local.requests_arn]
+    }
+  }
+
+  # both completion paths register the model
+  dynamic "statement" {
+    for_each = contains(["on_job_state_change", "on_task_artifact"], each.key) ? [1] : []
+    content {
+      sid       = "RegisterModel"
+      actions   = ["dynamodb:PutItem"]
+      resources = [local.models_arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "handler" {
+  for_each = local.handlers
+  name     = "fanout-handler"
+  role     = aws_iam_role.handler[each.key].id
+  policy   = data.aws_iam_policy_document.handler[each.key].json
+}
+
+# The role the training jobs assume (FANOUT_ROLE_ARN).
+data "aws_iam_policy_document" "sagemaker_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["sagemaker.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "sagemaker" {
+  name               = "${var.name_prefix}-training-job"
+  assume_role_policy = data.aws_iam_policy_document.sagemaker_trust.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "sagemaker" {
+  statement {
+    sid     = "ReadInputs" # images (via the manifest), task lists, checkpoints after a restart
+    actions = ["s3:GetObject"]
+    resources = ["${local.bucket_arn}/requests/*", "${local.bucket_arn}/jobs/*",
+    "arn:${local.partition}:s3:::${local.model_bucket}/${local.model_prefix}/*"]
+  }
+  statement {
+    sid       = "ListInputs"
+    actions   = ["s3:ListBucket"]
+    resources = [local.bucket_arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["requests/*", "jobs/*"]
+    }
+  }
+  statement {
+    sid       = "ListBaseModel"
+    actions   = ["s3:ListBucket"]
+    resources = ["arn:${local.partition}:s3:::${local.model_bucket}"]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.model_prefix}/*", local.model_prefix]
+    }
+  }
+  statement {
+    sid       = "WriteOutputs" # checkpoints and model.tar.gz under jobs/, per-task artifacts under models/
+    actions   = ["s3:PutObject"]
+    resources = ["${local.bucket_arn}/jobs/*", "${local.bucket_arn}/models/*"]
+  }
+  statement {
+    sid       = "PullImage"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = [local.image_repo_arn]
+  }
+  statement {
+    sid       = "EcrLogin" # takes no resource ARN
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "JobLogs"
+    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["arn:${local.partition}:logs:${local.region}:${local.account}:log-group:/aws/sagemaker/TrainingJobs*"]
+  }
+  statement {
+    sid       = "JobMetrics" # takes no resource ARN; limited to SageMaker's namespace
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = ["/aws/sagemaker/TrainingJobs"]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.kms
+    content {
+      sid       = "Key" # output, volumes (CreateGrant) and SSE-KMS objects
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:CreateGrant"]
+      resources = [statement.value]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.vpc ? [1] : []
+    content {
+      sid = "VpcNetworkInterfaces" # SageMaker's documented VpcConfig actions; these take no resource ARNs
+      actions = ["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
+        "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs",
+      "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"]
+      resources = ["*"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "sagemaker" {
+  name   = "fanout-training-job"
+  role   = aws_iam_role.sagemaker.id
+  policy = data.aws_iam_policy_document.sagemaker.json
+}

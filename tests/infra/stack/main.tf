@@ -1,0 +1,99 @@
+# The root module the offline test applies to a moto server on 127.0.0.1: the provider's
+# endpoints all point there, with the skip_* flags for what moto cannot answer. It runs
+# hashicorp/aws 3.39.0 (the newest provider that installs here without network; see
+# scripts/infra_tools.py), hence python3.8 as the runtime label.
+
+terraform {
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "3.39.0"
+    }
+  }
+}
+
+variable "endpoint" {
+  description = "The moto server, http://127.0.0.1:PORT"
+  type        = string
+  validation {
+    condition     = can(regex("^http://127\\.0\\.0\\.1:[0-9]+$", var.endpoint))
+    error_message = "The offline test talks to a moto server on 127.0.0.1 only."
+  }
+}
+
+variable "lambda_zip" {
+  type = string
+}
+
+provider "aws" {
+  region                      = "us-east-1"
+  access_key                  = "testing"
+  secret_key                  = "testing"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+  skip_requesting_account_id  = true
+  skip_get_ec2_platforms      = true
+  s3_force_path_style         = true
+  endpoints {
+    cloudwatchevents = var.endpoint
+    cloudwatchlogs   = var.endpoint
+    dynamodb         = var.endpoint
+    ec2              = var.endpoint
+    ecr              = var.endpoint
+    iam              = var.endpoint
+    kms              = var.endpoint
+    lambda           = var.endpoint
+    s3               = var.endpoint
+    sagemaker        = var.endpoint
+    sqs              = var.endpoint
+    sts              = var.endpoint
+  }
+}
+
+# A network for the VPC inputs (the Lambdas and, through FANOUT_SUBNETS, the training jobs).
+resource "aws_vpc" "test" {
+  cidr_block = "10.42.0.0/16"
+}
+
+resource "aws_subnet" "test" {
+  vpc_id     = aws_vpc.test.id
+  cidr_block = "10.42.1.0/24"
+}
+
+resource "aws_security_group" "test" {
+  name   = "fanout-test"
+  vpc_id = aws_vpc.test.id
+}
+
+module "fanout" {
+  source               = "../module"
+  name_prefix          = "fanout-test"
+  bucket_name          = "fanout-test-stack"
+  force_destroy_bucket = true
+  require_tls          = false # moto serves plain HTTP on 127.0.0.1; it enforces the policy, so it would deny every call
+  base_model_uri       = "s3://fanout-test-stack/base/sd15/"
+  instance_type        = "ml.g5.xlarge"
+  max_instances        = 4
+  hyperparameters      = { max_train_steps = 400 }
+  subnet_ids           = [aws_subnet.test.id]
+  security_group_ids   = [aws_security_group.test.id]
+  lambda_zip           = var.lambda_zip
+  lambda_runtime       = "python3.8"
+  tags                 = { project = "fanout-test" }
+}
+
+output "stack" {
+  value = {
+    bucket         = module.fanout.bucket
+    requests_table = module.fanout.requests_table
+    models_table   = module.fanout.models_table
+    function_names = module.fanout.function_names
+    function_arns  = module.fanout.function_arns
+    sagemaker_role = module.fanout.sagemaker_role_arn
+    image_uri      = module.fanout.image_uri
+    environment    = module.fanout.environment
+    subnet_id      = aws_subnet.test.id
+    security_group = aws_security_group.test.id
+  }
+}

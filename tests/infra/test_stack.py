@@ -1,0 +1,208 @@
+"""The Terraform module, offline: init from the local provider mirror -> validate -> plan ->
+apply to a moto server on 127.0.0.1 -> a second plan with no changes -> the stack check -> a
+request through the deployed stack -> destroy. About 80 s on 2 cores (most of it apply)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote
+
+import boto3
+import iam_coverage
+import pytest
+from lambda_runner import DeployedStack
+from scripts_loader import load_script
+
+from fanout.settings import make_client
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+check_stack = load_script("check_stack")
+PREFIX, BUCKET = "fanout-test", "fanout-test-stack"
+
+
+class Terraform:
+    """`terraform -chdir=<root>` with nothing but 127.0.0.1 reachable: every other address goes
+    to a proxy port where nothing listens, so a stray call fails instead of leaving the machine."""
+
+    def __init__(self, tools, root: Path, endpoint: str, lambda_zip: Path):
+        self.tools, self.root = tools, root
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_"))}
+        self.env = tools.env(base)
+        self.env.update(TF_VAR_endpoint=endpoint, TF_VAR_lambda_zip=str(lambda_zip), AWS_ACCESS_KEY_ID="testing",
+                        AWS_SECRET_ACCESS_KEY="testing", HTTPS_PROXY="http://127.0.0.1:9",
+                        HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
+
+    def __call__(self, *args: str, ok=(0,)) -> subprocess.CompletedProcess:
+        run = subprocess.run([str(self.tools.command), f"-chdir={self.root}", *args, "-no-color"],
+                             capture_output=True, text=True, env=self.env, timeout=600)
+        assert run.returncode in ok, f"terraform {args[0]} exited {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        return run
+
+
+@pytest.fixture(scope="module")
+def stack(terraform, moto_url, lambda_zip, tmp_path_factory):
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
+    work = tmp_path_factory.mktemp("tf")
+    shutil.copytree(ROOT / "infra" / "terraform", work / "module", ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    shutil.copytree(ROOT / "tests" / "infra" / "stack", work / "stack", ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
+    tf = Terraform(terraform, work / "stack", moto_url, lambda_zip)
+    init = tf("init", "-lockfile=readonly", "-input=false")
+    tf("validate")
+    tf("plan", "-input=false", "-out=plan.bin", "-detailed-exitcode", ok=(2,))
+    plan = json.loads(tf("show", "-json", "plan.bin").stdout)
+    tf("apply", "-input=false", "plan.bin")
+    outputs = json.loads(tf("output", "-json").stdout)["stack"]["value"]
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    state = {"tf": tf, "init": init.stdout, "plan": plan, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
+             "client": lambda service: make_client(service, "us-east-1", moto_url, session=session)}
+    yield state
+    if not state["destroyed"]:
+        tf("destroy", "-auto-approve", "-input=false")
+
+
+def test_init_takes_the_provider_from_the_local_mirror_at_the_locked_hash(stack):
+    assert "Installing hashicorp/aws v3.39.0" in stack["init"]
+    lock = (stack["work"] / "stack" / ".terraform.lock.hcl").read_text()
+    assert lock == (ROOT / "tests" / "infra" / "stack" / ".terraform.lock.hcl").read_text()    # -lockfile=readonly held
+    assert f"zh:{load_script('infra_tools').PROVIDER_SHA256}" in lock
+
+
+def test_plan_creates_the_whole_stack(stack):
+    created = [r["address"] for r in stack["plan"]["resource_changes"] if r["change"]["actions"] == ["create"]]
+    count = lambda kind: sum(f".{kind}." in a for a in created)   # noqa: E731
+    assert count("aws_lambda_function") == 4 and count("aws_iam_role") == 5 and count("aws_iam_role_policy") == 5
+    assert count("aws_dynamodb_table") == 2 and count("aws_s3_bucket_notification") == 1
+    assert count("aws_cloudwatch_event_rule") == 2 and count("aws_cloudwatch_event_target") == 2
+    assert count("aws_lambda_permission") == 4 and count("aws_cloudwatch_log_group") == 4
+    assert count("aws_ecr_repository") == 1 and count("aws_sqs_queue") == 1
+    assert count("aws_lambda_function_event_invoke_config") == 4
+    assert stack["out"]["image_uri"].endswith(".dkr.ecr.us-east-1.amazonaws.com/fanout-test-trainer:1")
+
+
+def test_second_plan_shows_no_changes(stack):
+    run = stack["tf"]("plan", "-input=false", "-detailed-exitcode")
+    assert "No changes." in run.stdout
+
+
+def test_stack_check_reads_back_what_the_handlers_expect(stack, lambda_zip):
+    report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip)
+    assert report.failures == []
+    assert len(report.lines) >= 40
+    cli = _check_cli(stack, lambda_zip)
+    assert cli.returncode == 0 and cli.stdout.splitlines()[-1] == f"{len(report.lines)} checks ok, 0 failed"
+
+
+def _check_cli(stack, lambda_zip) -> subprocess.CompletedProcess:
+    """scripts/check_stack.py as an operator runs it (credentials from the environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "check_stack.py"), "--prefix", PREFIX, "--zip", str(lambda_zip),
+                           "--region", "us-east-1", "--endpoint-url", stack["endpoint"]], capture_output=True, text=True, env=env)
+
+
+def _status(client, user: str, request: str) -> str:
+    item = client("dynamodb").get_item(TableName=f"{PREFIX}-requests", Key={"request_key": {"S": f"{user}/{request}"}})
+    return item["Item"]["status"]["S"]
+
+
+def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, tmp_path):
+    client, out = stack["client"], stack["out"]
+    deployed = DeployedStack(client, lambda_zip, moto_url, tmp_path)
+    arn = out["function_arns"]
+    for user in ("alice", "bob"):
+        assert deployed.upload(BUCKET, f"requests/{user}/r1/images/0.jpg", b"jpg") == []     # filtered out by S3
+        [(fn, result)] = deployed.upload(BUCKET, f"requests/{user}/r1/request.json",
+                                         json.dumps({"instance_prompt": f"a photo of sks {user}"}).encode())
+        assert fn == arn["on_upload"] and result["results"] == {f"requests/{user}/r1/request.json": "created"}
+        assert _status(client, user, "r1") == "PENDING"
+
+    [(fn, launched)] = deployed.schedule(f"{PREFIX}-launch-pending")
+    assert fn == arn["launch_pending"] and launched["launched"] == 2 and launched["errors"] == []
+    [job] = launched["jobs"]
+    assert job.startswith(f"{PREFIX}-") and _status(client, "alice", "r1") == _status(client, "bob", "r1") == "LAUNCHED"
+    desc = client("sagemaker").describe_training_job(TrainingJobName=job)
+    assert desc["VpcConfig"] == {"Subnets": [out["subnet_id"]], "SecurityGroupIds": [out["security_group"]]}
+    assert desc["RoleArn"] == out["sagemaker_role"] and desc["AlgorithmSpecification"]["TrainingImage"] == out["image_uri"]
+    assert desc["ResourceConfig"]["InstanceCount"] == 2 and desc["HyperParameters"]["max_train_steps"] == "400"
+
+    # alice's artifacts land first: COMPLETED and registered before the job ends
+    [(fn, done)] = deployed.upload(BUCKET, "models/alice/r1/manifest.json", b"{}")
+    assert fn == arn["on_task_artifact"] and done["results"] == {"models/alice/r1/manifest.json": "completed"}
+    assert _status(client, "alice", "r1") == "COMPLETED"
+
+    # bob's status.json says completed; the job's end reaches on_job_state_change through the rule
+    body = json.dumps({"state": "completed", "step": 400}).encode()
+    assert deployed.upload(BUCKET, f"jobs/{job}/checkpoints/bob.r1/status.json", body) == []
+    assert deployed.put_event(check_stack.job_event("other-job-1234", "Completed", BUCKET)) == []   # not ours
+    [(fn, ended)] = deployed.put_event(check_stack.job_event(job, "Completed", BUCKET))
+    assert fn == arn["on_job_state_change"] and ended["completed"] == 1
+    assert _status(client, "bob", "r1") == "COMPLETED"
+    models = client("dynamodb").scan(TableName=f"{PREFIX}-models")["Items"]
+    assert sorted((m["user_id"]["S"], m["job_name"]["S"]) for m in models) == [("alice", job), ("bob", job)]
+    stack["deployed"] = deployed
+
+
+# Granted but made by the Lambda service or runtime, not by the handler code the runner records
+RUNTIME_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage", "xray:PutTraceSegments",
+                   "xray:PutTelemetryRecords", "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+                   "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+# Granted for a path the run above does not take: a job name already taken (Launcher._adopt)
+ADOPT_ACTIONS = {"sagemaker:ListTags"}
+
+
+def test_each_role_grants_what_its_function_called_and_nothing_else(stack):
+    deployed, iam, lam = stack["deployed"], stack["client"]("iam"), stack["client"]("lambda")
+    for handler, name in check_stack.function_names(PREFIX).items():
+        role = lam.get_function_configuration(FunctionName=name)["Role"].rsplit("/", 1)[-1]
+        policy = iam.get_role_policy(RoleName=role, PolicyName="fanout-handler")["PolicyDocument"]
+        policy = json.loads(unquote(policy)) if isinstance(policy, str) else policy
+        needs = {n for call in deployed.calls(name) for n in iam_coverage.needed(call, "us-east-1", "123456789012")}
+        assert needs, f"{name} made no AWS call"
+        assert [n for n in sorted(needs) if not iam_coverage.allows(policy, *n)] == [], f"{name}'s role lacks these"
+        unused = iam_coverage.granted_actions(policy) - {a for a, _ in needs} - RUNTIME_ACTIONS - ADOPT_ACTIONS
+        assert unused == set(), f"{name}'s role grants actions its code never used"
+        if handler != "launch_pending":
+            assert not iam_coverage.allows(policy, "sagemaker:CreateTrainingJob", f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{PREFIX}-x")
+            assert not iam_coverage.allows(policy, "iam:PassRole", stack["out"]["sagemaker_role"])
+        if handler != "on_upload":        # only on_upload reads request.json
+            assert not iam_coverage.allows(policy, "s3:GetObject", f"arn:aws:s3:::{BUCKET}/requests/u/r/request.json")
+
+
+def test_stack_check_and_plan_catch_a_drifted_stack(stack, lambda_zip):
+    client = stack["client"]
+    lam = client("lambda")
+    name = f"{PREFIX}-on-upload"
+    env = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+    lam.update_function_configuration(FunctionName=name, Environment={"Variables": {**env, "FANOUT_BUKET": BUCKET}})
+    s3 = client("s3")
+    notes = s3.get_bucket_notification_configuration(Bucket=BUCKET)["LambdaFunctionConfigurations"]
+    notes[0]["Filter"]["Key"]["FilterRules"] = [{"Name": "prefix", "Value": "requests/"}, {"Name": "suffix", "Value": ".jpg"}]
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+        "LambdaFunctionConfigurations": [{k: v for k, v in n.items() if k != "Id"} for n in notes]})
+
+    failures = check_stack.check_stack(client, check_stack.function_names(PREFIX), lambda_zip).failures
+    assert any(f.startswith(f"{name} FANOUT_* variables are Settings names: FANOUT_BUKET unknown") for f in failures)
+    assert any(f.startswith("on_upload filters pass the keys it accepts") for f in failures)
+    assert any(f.startswith("every function has the same FANOUT_* settings") for f in failures)
+    assert len(failures) == 4      # + "on_upload filters keep other keys away" (images now reach it)
+    cli = _check_cli(stack, lambda_zip)
+    assert cli.returncode == 1 and "FAIL fanout-test-on-upload FANOUT_* variables are Settings names" in cli.stdout
+    stack["tf"]("plan", "-input=false", "-detailed-exitcode", "-refresh=true", ok=(2,))   # and Terraform sees the drift
+
+
+def test_destroy_leaves_nothing(stack):
+    stack["tf"]("destroy", "-auto-approve", "-input=false")
+    stack["destroyed"] = True
+    client = stack["client"]
+    assert client("lambda").list_functions()["Functions"] == []
+    assert client("dynamodb").list_tables()["TableNames"] == []
+    assert client("s3").list_buckets()["Buckets"] == []
+    assert [r["RoleName"] for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith(PREFIX)] == []
+    assert client("events").list_rules()["Rules"] == []
