@@ -50,7 +50,9 @@ SETTING_NAMES = frozenset(name for name, _, _ in describe())
 S3_ROUTES = (
     ("on_upload", REQUEST_KEY, ["requests/u1/r1/request.json", "requests/user@example.com/2026-12 #1/request.json"],
      ["requests/u1/r1/images/0.jpg", "models/u1/r1/manifest.json"]),
-    ("on_task_artifact", ARTIFACT_KEY, ["models/u1/r1/manifest.json", "models/u1/r1/lora/manifest.json"],
+    # A nested manifest (models/u1/r1/lora/manifest.json) passes S3's prefix/suffix filters, which
+    # cannot express depth; the handler itself ignores it, so it is in neither list.
+    ("on_task_artifact", ARTIFACT_KEY, ["models/u1/r1/manifest.json"],
      ["models/u1/r1/pytorch_lora_weights.safetensors", "requests/u1/r1/request.json"]),
 )
 

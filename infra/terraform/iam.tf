@@ -193,6 +193,30 @@ data "aws_iam_policy_document" "handler" {
     }
   }
 
+  # on_task_artifact reads the task's manifest.json and lists its folder to check that every
+  # file the manifest names is there with its size before it registers a model
+  dynamic "statement" {
+    for_each = each.key == "on_task_artifact" ? [1] : []
+    content {
+      sid       = "ReadManifest"
+      actions   = ["s3:GetObject"]
+      resources = ["${local.bucket_arn}/models/*/manifest.json"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "on_task_artifact" ? [1] : []
+    content {
+      sid       = "ListArtifacts"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["models/*"]
+      }
+    }
+  }
+
   # both completion paths register the model
   dynamic "statement" {
     for_each = contains(["on_job_state_change", "on_task_artifact"], each.key) ? [1] : []

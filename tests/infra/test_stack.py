@@ -19,6 +19,7 @@ import pytest
 from lambda_runner import DeployedStack
 from scripts_loader import load_script
 
+from fanout.service import task_id_for
 from fanout.settings import make_client
 
 pytestmark = pytest.mark.slow
@@ -133,7 +134,12 @@ def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, 
     assert desc["ResourceConfig"]["InstanceCount"] == 2 and desc["HyperParameters"]["max_train_steps"] == "400"
 
     # alice's artifacts land first: COMPLETED and registered before the job ends
-    [(fn, done)] = deployed.upload(BUCKET, "models/alice/r1/manifest.json", b"{}")
+    # what the container uploads to output_uri: the LoRA (no notification for it), manifest.json last
+    weights = b"safetensors bytes"
+    assert deployed.upload(BUCKET, "models/alice/r1/pytorch_lora_weights.safetensors", weights) == []
+    manifest = {"task_id": task_id_for("alice", "r1"), "step": 400,
+                "files": [{"path": "pytorch_lora_weights.safetensors", "bytes": len(weights)}]}
+    [(fn, done)] = deployed.upload(BUCKET, "models/alice/r1/manifest.json", json.dumps(manifest).encode())
     assert fn == arn["on_task_artifact"] and done["results"] == {"models/alice/r1/manifest.json": "completed"}
     assert _status(client, "alice", "r1") == "COMPLETED"
 
