@@ -17,32 +17,34 @@ LOCK_ARGS ?=
 install: $(STAMP)
 
 # --no-deps: the lock is the whole environment; `pip check` then proves it is complete.
+# -qq: errors only. -q still prints a warning for every package this machine's extra file://
+# indexes lack, and setuptools' notice about editable installs, neither of them a problem.
 $(STAMP): setup.py Makefile requirements/dev.lock requirements/torch.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c requirements/dev.lock pip
-	$(BIN)/python -m pip install -q -r requirements/torch.txt
-	$(BIN)/python -m pip install -q --no-deps -r requirements/dev.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -qq -c requirements/dev.lock pip
+	$(BIN)/python -m pip install -qq -r requirements/torch.txt
+	$(BIN)/python -m pip install -qq --no-deps -r requirements/dev.lock
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 # pip-compile runs pip itself, so it uses this machine's pip index settings. It reads only
 # setup.py and PyPI metadata (no model hub); with the lock's pins kept it takes well under a
-# minute. image.lock and lambda.lock are constrained to dev.lock: the image and the Lambda zip
+# minute. dev.lock holds every extra; image.lock and lambda.lock are constrained to dev.lock: the image and the Lambda zip
 # get exactly the versions the test suite ran with.
 COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile -q --strip-extras \
 	--no-emit-index-url --no-emit-find-links --annotation-style line --unsafe-package torch \
 	-c requirements/torch.txt $(LOCK_ARGS)
 
 lock: $(LOCK_TOOLS)/.installed
-	$(COMPILE) --extra train --extra container --extra dev -o requirements/dev.lock setup.py
+	$(COMPILE) --all-extras -o requirements/dev.lock setup.py
 	$(COMPILE) --extra train --extra container -c requirements/dev.lock -o requirements/image.lock setup.py
 	$(COMPILE) -c requirements/dev.lock -o requirements/lambda.lock setup.py
 	rm -rf lora_fanout.egg-info
 
 $(LOCK_TOOLS)/.installed: Makefile
 	test -x $(LOCK_TOOLS)/bin/python || $(PY) -m venv $(LOCK_TOOLS)
-	$(LOCK_TOOLS)/bin/python -m pip install -q pip-tools==$(PIP_TOOLS_VERSION)
+	$(LOCK_TOOLS)/bin/python -m pip install -qq pip-tools==$(PIP_TOOLS_VERSION)
 	touch $@
 
 demo: install

@@ -27,6 +27,7 @@ TRAIN = [
     "Pillow>=10",
     "tqdm>=4.66",
 ]
+BASE = ["boto3>=1.34"]  # all a launcher Lambda installs
 CONTAINER = ["sagemaker-training>=5.1.4,<6"]
 DEV = [
     "pytest>=8",
@@ -41,7 +42,7 @@ setup(
     description="SageMaker DreamBooth/LoRA training container and K-instance job fan-out toolkit",
     python_requires=">=3.10",
     packages=find_packages(include=["train", "train.*", "container", "container.*", "fanout", "fanout.*"]),
-    install_requires=["boto3>=1.34"],
+    install_requires=BASE,
     extras_require={"train": TRAIN, "container": CONTAINER, "dev": DEV},
     entry_points={
         "console_scripts": [
