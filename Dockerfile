@@ -36,8 +36,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
              "change requirements/torch.txt, run 'make lock' and 'make test'." >&2; \
         exit 1; \
     fi; \
-    include=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
     pyver=$(python -c "import sys; print('%d.%d' % sys.version_info[:2])"); \
+    lockpy=$(sed -n 's/.*pip-compile with Python \([0-9.]*\).*/\1/p' requirements/image.lock); \
+    if [ "$pyver" != "$lockpy" ]; then \
+        echo "BASE_IMAGE has Python $pyver, but requirements/image.lock is resolved for Python $lockpy:" \
+             "run 'make lock' with that Python (make lock PY=python$pyver)." >&2; \
+        exit 1; \
+    fi; \
+    include=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
     need=""; \
     command -v gcc >/dev/null 2>&1 || need="gcc libc6-dev"; \
     [ -f "$include/Python.h" ] || need="$need libpython$pyver-dev"; \
