@@ -25,7 +25,8 @@ COPY train ./train
 COPY container ./container
 # sagemaker-training is an sdist with a small C extension (gethostname): it needs a C compiler
 # and Python.h. Only what the base lacks is installed; g++ is not needed. The pip cache is a
-# build cache (never in a layer), so a rebuild downloads only what changed in the lock.
+# build cache, never in a layer: a rebuild reuses the wheels built from sdists (and downloads,
+# where the index allows HTTP caching).
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
     want=$(sed -n 's/^torch==//p' requirements/torch.txt); \
