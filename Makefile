@@ -5,7 +5,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LOCKS := requirements/dev.lock requirements/image.lock requirements/lambda.lock
 LOCK_TOOLS := build/lock-tools
 PIP_TOOLS_VERSION ?= 7.6.2
 # `make lock LOCK_ARGS=--upgrade` (everything) or `LOCK_ARGS="-P transformers"` (one package):
@@ -29,9 +28,9 @@ $(STAMP): setup.py Makefile requirements/dev.lock requirements/torch.txt
 	touch $(STAMP)
 
 # pip-compile runs pip itself, so it uses this machine's pip index settings. It reads only
-# setup.py and PyPI metadata (no model hub); with the lock's pins kept it takes well under a
-# minute. dev.lock holds every extra; image.lock and lambda.lock are constrained to dev.lock: the image and the Lambda zip
-# get exactly the versions the test suite ran with.
+# setup.py and package metadata from the index (no model hub); with the lock's pins kept it
+# takes about a minute. dev.lock holds every extra; image.lock and lambda.lock are constrained
+# to dev.lock, so the image and the Lambda zip get exactly the versions the suite ran with.
 COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile -q --strip-extras \
 	--no-emit-index-url --no-emit-find-links --annotation-style line --unsafe-package torch \
 	-c requirements/torch.txt $(LOCK_ARGS)
