@@ -30,7 +30,7 @@ COPY container ./container
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
     want=$(sed -n 's/^torch==//p' requirements/torch.txt); \
-    have=$(python -c "import torch; print(torch.__version__.split('+')[0])"); \
+    have=$(python -c "import torch; print(torch.__version__.split('+')[0])" || echo none); \
     if [ "$have" != "$want" ]; then \
         echo "BASE_IMAGE has torch $have, but requirements/image.lock is resolved for torch $want" \
              "(requirements/torch.txt; torchao is held to it): use a base with torch $want, or" \
