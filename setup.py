@@ -4,13 +4,20 @@ Bare ``pip install .`` stays light (boto3 only) because launcher Lambdas install
 training stack comes with the ``train`` extra, test tools with ``dev``. Torch is not listed in
 ``train`` on purpose: the CUDA base image provides it, and the dev setup installs the pinned
 CPU wheel first (see the Makefile).
+
+These are compatible ranges for people who install the package into their own stack. The
+project's own commands (``make install``, the Dockerfile, Lambda zips) install the exact
+versions in ``requirements/*.lock``, which ``make lock`` resolves from the lists below and
+``tests/test_locks.py`` holds to them.
 """
 
 from setuptools import find_packages, setup
 
 TRAIN = [
     "diffusers>=0.42,<0.43",
-    "transformers>=5.23,<6",
+    # 5.24 refuses peft < 0.22 at run time (load_lora_weights with a text encoder), and no
+    # peft 0.22 exists yet: the metadata does not say so, so the range must.
+    "transformers>=5.23,<5.24",
     "peft>=0.21,<0.22",
     "accelerate>=1.15,<2",
     "bitsandbytes>=0.50,<0.51",
@@ -20,6 +27,7 @@ TRAIN = [
     "Pillow>=10",
     "tqdm>=4.66",
 ]
+BASE = ["boto3>=1.34"]  # all a launcher Lambda installs
 CONTAINER = ["sagemaker-training>=5.1.4,<6"]
 DEV = [
     "pytest>=8",
@@ -35,7 +43,7 @@ setup(
     description="SageMaker DreamBooth/LoRA training container and K-instance job fan-out toolkit",
     python_requires=">=3.10",
     packages=find_packages(include=["train", "train.*", "container", "container.*", "fanout", "fanout.*"]),
-    install_requires=["boto3>=1.34"],
+    install_requires=BASE,
     extras_require={"train": TRAIN, "container": CONTAINER, "dev": DEV},
     entry_points={
         "console_scripts": [

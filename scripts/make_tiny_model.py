@@ -129,6 +129,9 @@ def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = 
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar says nothing
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
