@@ -95,7 +95,7 @@ def write_onnx(pipe, base_model_dir: Path, out_dir: Path) -> Path:
             ["sample", "timestep", "encoder_hidden_states"], ["out_sample"])
     _export(_VaeDecoder(vae), (torch.zeros(2, vae.config.latent_channels, dims["h"], dims["w"]),),
             out_dir / "vae_decoder.onnx", {"latent_sample": {0: batch, 2: h, 3: w}},
-            ["latent_sample"], ["sample"])
+            ["latent_sample"], ["sample"], nbytes=_bytes(vae.decoder) + _bytes(vae.post_quant_conv))
     return out_dir
 
 
@@ -111,8 +111,13 @@ def _example_dims(unet, text_encoder) -> dict:
             "tokens": text_encoder.config.max_position_embeddings, "hidden": text_encoder.config.hidden_size}
 
 
-def _export(module, args, path: Path, dynamic_shapes, input_names, output_names) -> None:
-    nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
+def _bytes(module) -> int:
+    return 0 if module is None else sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _export(module, args, path: Path, dynamic_shapes, input_names, output_names, nbytes: int | None = None) -> None:
+    """`nbytes`: the weights the graph holds (default: all of `module`'s)."""
+    nbytes = _bytes(module) if nbytes is None else nbytes
     with torch.inference_mode(False), torch.no_grad():
         program = torch.onnx.export(module.eval(), args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                     input_names=input_names, output_names=output_names, opset_version=OPSET,
