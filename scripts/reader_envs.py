@@ -39,9 +39,17 @@ TORCH = "torch==2.13.0"
 RECIPES: dict[str, dict[str, list[str]]] = {
     "triton": {
         "packages": [TORCH, "numpy==1.26.4", "diffusers==0.42.1", "transformers==5.23.0", "peft==0.21.2",
-                     "accelerate==1.15.0", "safetensors>=0.4", "Pillow>=10"],
+                     "accelerate==1.15.0", "safetensors>=0.4", "Pillow>=10", "torchao==0.18.0"],
         "no_deps": ["nvidia-pytriton==0.7.0"],  # only its tritonserver binary is used, not its client API
         "side": [],
+    },
+    # For the GPU check: numpy<2 and the server over THIS interpreter's packages (a CUDA torch
+    # on a GPU machine), linked in with a .pth file that comes after the env's own numpy.
+    "triton-host": {
+        "packages": ["numpy==1.26.4"],
+        "no_deps": ["nvidia-pytriton==0.7.0"],
+        "side": [],
+        "host_site": True,
     },
     "old-stack": {
         "packages": [TORCH, "diffusers==0.32.2", "transformers==4.54.1", "peft==0.17.1", "accelerate==1.15.0",
@@ -63,6 +71,8 @@ def cache_root() -> Path:
 
 def env_dir(name: str) -> Path:
     recipe = {**RECIPES[name], "python": sys.version.split()[0]}
+    if recipe.get("host_site"):
+        recipe["host"] = sys.prefix
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root() / "envs" / f"{name}-{digest}"
 
@@ -99,15 +109,19 @@ def _build(name: str, target: Path, quiet: bool) -> None:
     recipe = RECIPES[name]
     _run([sys.executable, "-m", "venv", str(target)], "create the venv")
     pip = [str(python_of(target)), "-m", "pip", "install", "--no-input"] + (["-q"] if quiet else [])
-    # torch first and alone: an unpinned resolve could pull a multi-GB CUDA build.
-    _run([*pip, TORCH], f"install {TORCH}")
+    if TORCH in recipe["packages"]:  # torch first and alone: an unpinned resolve could pull a CUDA build
+        _run([*pip, TORCH], f"install {TORCH}")
     _run([*pip, *recipe["packages"]], "install " + " ".join(recipe["packages"]))
     if recipe["no_deps"]:
         _run([*pip, "--no-deps", *recipe["no_deps"]], "install " + " ".join(recipe["no_deps"]))
     for spec in recipe["side"]:
         side = target / spec.replace("==", "-")
         _run([*pip, "--no-deps", "--target", str(side), spec], f"install {spec} into {side.name}/")
-    if name == "triton":
+    if recipe.get("host_site"):
+        own = subprocess.run([str(python_of(target)), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        Path(own, "zz_host_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    if name.startswith("triton"):
         _prepare_triton(target)
 
 

@@ -87,7 +87,11 @@ def save_diffusers_lora(parts: LoraParts, model_dir: Path, save_dtype: str) -> P
         unet_lora_adapter_metadata=_metadata(parts.unet_config, parts.unet_scales),
         text_encoder_lora_adapter_metadata=_metadata(parts.text_encoder_config, parts.text_encoder_scales) if te else None,
     )
-    return Path(model_dir) / LORA_WEIGHT_NAME
+    path = Path(model_dir) / LORA_WEIGHT_NAME
+    trained = {name: {"lora_alpha": getattr(parts, f"{name}_config")["lora_alpha"], "scales": scales}
+               for name in ("unet", "text_encoder") if (scales := getattr(parts, f"{name}_scales"))}
+    portable.record_trained(path, trained)  # so `python -m train.export --lora` can report the trained alpha
+    return path
 
 
 def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str) -> dict[str, torch.Tensor]:

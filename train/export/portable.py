@@ -90,3 +90,43 @@ def write_legacy_text_encoder(component_dir: Path, class_name: str) -> None:
         data = json.loads(index.read_text())
         data["weight_map"] = legacy_text_encoder_keys(data["weight_map"], class_name)
         index.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --- the trained scale, kept in the file so a re-export from it reports what was trained ------
+TRAINED_KEY = "lora_fanout_trained"  # safetensors header entry: {component: {"lora_alpha", "scales"}}
+
+
+def record_trained(path: Path, trained: dict[str, dict]) -> None:
+    """Add `{component: {"lora_alpha": a, "scales": {module: scale}}}` to the file's header."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(path), metadata={**metadata, TRAINED_KEY: json.dumps(trained, sort_keys=True)})
+
+
+def restore_trained(pipe, path: Path, adapter: str) -> bool:
+    """Undo the folding on a pipeline that loaded `path`: lora_B back to its trained values and
+    peft's scale and lora_alpha to the trained ones, so the adapter is the one that was trained.
+    Returns False (and changes nothing) for a file without the record."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get(TRAINED_KEY)
+    if not raw:
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    for component, trained in json.loads(raw).items():
+        module = getattr(pipe, component)
+        with torch.no_grad():
+            for name, layer in module.named_modules():
+                if isinstance(layer, LoraLayer) and adapter in layer.lora_A and name in trained["scales"]:
+                    scale = trained["scales"][name]
+                    layer.lora_B[adapter].weight.div_(scale)
+                    layer.scaling[adapter] = scale
+                    layer.lora_alpha[adapter] = trained["lora_alpha"]
+        module.peft_config[adapter].lora_alpha = trained["lora_alpha"]
+    return True
