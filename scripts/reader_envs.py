@@ -7,9 +7,11 @@
 - `triton`: the serving env a Triton Python-backend model runs in (EXECUTION_ENV_PATH): the
   current torch/diffusers stack with numpy<2 (the Python backend of tritonserver 2.51 crashes
   on string inputs with numpy 2), plus the `nvidia-pytriton` wheel for its bundled
-  `tritonserver` binary and Python-backend stubs. The 3.11 stub is copied into the backend
-  folder and this interpreter's libpython linked into the env's lib/, so the stub finds the
-  same Python the env was made with.
+  `tritonserver` binary and Python-backend stubs. The stub of this interpreter's Python version
+  is copied into the backend folder and its libpython linked into the env's lib/, so the stub
+  finds the same Python the env was made with.
+- `triton-host`: the same server and numpy<2 over this interpreter's own packages (for the GPU
+  check: a CUDA torch there).
 - `old-stack`: what many serving images pin: diffusers 0.32 + transformers 4.54 + peft 0.17,
   with diffusers 0.35 beside it in `diffusers-0.35/` (put first on PYTHONPATH to read with it).
   torch is the project's CPU wheel (2.13.0): PyPI has no older CPU-only torch (its 2.5 wheel
@@ -58,7 +60,7 @@ RECIPES: dict[str, dict[str, list[str]]] = {
         "side": ["diffusers==0.35.2"],
     },
 }
-STUB_PYTHON = "3.11"
+STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # the wheel has stubs for 3.8-3.13
 
 
 class EnvBuildError(RuntimeError):
@@ -128,8 +130,9 @@ def _build(name: str, target: Path, quiet: bool) -> None:
 def _prepare_triton(target: Path) -> None:
     server = tritonserver_dir(target)
     stub = server / "python_backend_stubs" / STUB_PYTHON / "triton_python_backend_stub"
-    if sys.version_info[:2] != tuple(int(x) for x in STUB_PYTHON.split(".")):
-        raise EnvBuildError(f"the triton env needs Python {STUB_PYTHON} (its stub's); this is {sys.version.split()[0]}")
+    if not stub.is_file():
+        raise EnvBuildError(f"could not install nvidia-pytriton==0.7.0 for Python {STUB_PYTHON}: "
+                            "it has Python-backend stubs for 3.8-3.13 only")
     shutil.copy2(stub, server / "backends" / "python" / stub.name)
     # The Python backend puts EXECUTION_ENV_PATH/lib on the stub's library path: the libpython
     # found there must be this interpreter's, not a system Python 3.11 of another patch level.

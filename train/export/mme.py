@@ -56,17 +56,20 @@ def serving_info(source: str, load: str, base_model_dir: Path, files: list[str])
     }
 
 
-def pack_tree(root: Path, out_path: Path) -> Path:
+def pack_tree(root: Path, out_path: Path, *, compresslevel: int = 9) -> Path:
     """Pack every file under `root` (paths relative to it) reproducibly into `out_path`."""
     root, out_path = Path(root), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _pack([(p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()], out_path)
+    _pack([(p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()], out_path,
+          compresslevel=compresslevel)
     return out_path
 
 
-def _pack(entries: list[tuple[str, Path]], out_path: Path, extra: tuple[str, bytes] | None = None) -> None:
+def _pack(entries: list[tuple[str, Path]], out_path: Path, extra: tuple[str, bytes] | None = None,
+          compresslevel: int = 9) -> None:
     tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+    with open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=compresslevel) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in _parent_dirs(n for n, _ in entries):
             tar.addfile(_info(name, dir=True))
