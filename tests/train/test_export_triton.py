@@ -19,10 +19,8 @@ pytest.importorskip("diffusers")
 
 from scripts_loader import load_script  # noqa: E402
 from test_export_formats import attach_lora, load_pipe  # noqa: E402
-from train.export import ExportConfig, export_model  # noqa: E402
-from train.export.triton import unpack  # noqa: E402
-
-pytestmark = pytest.mark.slow
+from train.export import ExportConfig, ExportConfigError, ExportError, export_model  # noqa: E402
+from train.export.triton import config_pbtxt, unpack  # noqa: E402
 PROMPT = "a photo of sks dog"
 CALL = dict(seed=3, steps=2, size=(64, 64))
 
@@ -70,6 +68,24 @@ def users(tiny_model, triton_env, tmp_path_factory):
     return out
 
 
+def test_bad_triton_options_fail_early_with_the_valid_values(trained_pipe, tiny_model, tmp_path):
+    with pytest.raises(ExportConfigError, match="triton_source='kohya': valid values are lora, merged-fp16"):
+        ExportConfig(formats="triton", triton_source="kohya")
+    with pytest.raises(ExportError, match="triton_env"):
+        config_pbtxt("lora", 'env"with-quote')
+    with pytest.raises(ExportError, match="triton: .*merged-int8 is not among the exported formats"):
+        export_model(trained_pipe, ExportConfig(formats="lora,triton", triton_source="merged-int8", drift_check=False),
+                     tmp_path, base_model_dir=tiny_model, train_text_encoder=True, rank=4, lora_alpha=8)
+    manifest = __import__("json").loads((tmp_path / "manifest.json").read_text())
+    assert manifest["formats"]["lora"]["status"] == "ok" and manifest["formats"]["triton"]["status"] == "failed"
+
+
+@pytest.fixture(scope="module")
+def trained_pipe(tiny_model):
+    return attach_lora(load_pipe(tiny_model))
+
+
+@pytest.mark.slow
 def test_archive_is_one_model_folder_with_config_model_and_artifact(users):
     archive, manifest, _ = users["user-a"]
     with tarfile.open(archive) as tar:
@@ -89,6 +105,7 @@ def test_archive_is_one_model_folder_with_config_model_and_artifact(users):
     assert footprint["weights_bytes"] > 8e6 and footprint["rss_bytes"] > footprint["runtime_rss_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_two_users_load_infer_unload_reload_on_a_real_tritonserver(users, triton_env, tmp_path):
     server_mod = load_script("triton_server")
     repository = tmp_path / "repository"
