@@ -26,6 +26,10 @@ TRAIN = [
     "torchao>=0.14",
     "Pillow>=10",
     "tqdm>=4.66",
+    # the `onnx` export format: torch's dynamo exporter needs onnxscript; onnxruntime checks it
+    "onnx>=1.18,<2",
+    "onnxscript>=0.5,<0.8",
+    "onnxruntime>=1.20,<2",
 ]
 BASE = ["boto3>=1.34"]  # all a launcher Lambda installs
 CONTAINER = ["sagemaker-training>=5.1.4,<6"]

@@ -7,8 +7,11 @@ times and drift.
 Builds a pipeline with random weights (scripts/make_tiny_model.py; `--arch sd15` gives the real
 SD 1.5 shapes, so sizes and load times are the real model's), attaches a LoRA with non-zero
 weights, runs `train.export.export_model` with all formats on the GPU, and prints one row per
-format from the manifest. Without a GPU it says so and exits 0: nf4/bnb8 cannot run on CPU
-(diffusers refuses bitsandbytes loading with "No GPU found").
+format from the manifest. Then (`--triton`, default on) it serves `triton` archives (lora,
+merged-fp16, merged-nf4) from a real tritonserver over this interpreter's packages (CUDA torch,
+fp16) and prints load seconds, host and GPU memory per loaded user model, and whether each
+image equals the in-process pipeline's. Without a GPU it says so and exits 0: nf4/bnb8 cannot
+run on CPU (diffusers refuses bitsandbytes loading with "No GPU found").
 Random weights make drift numbers pessimistic: an untrained net amplifies rounding; a trained
 LoRA on a real base drifts less.
 """
@@ -52,6 +55,54 @@ def lora_pipeline(base: Path, rank: int, alpha: float, b_std: float, device: str
     return pipe
 
 
+def triton_check(work: Path, arch: str, device: str, sources: str) -> dict:
+    """Each archive on tritonserver: load seconds, host and GPU memory per loaded model, and
+    whether its image equals the in-process pipeline's (same loader, same seed)."""
+    import reader_envs
+    from bench_triton import export_archives, measure
+
+    # The server runs over this interpreter's packages (CUDA torch here) with numpy<2 in front.
+    env = reader_envs.ensure_env("triton-host")
+    names = [s for s in (sources or ("lora,merged-fp16,merged-nf4" if device == "cuda" else "lora,merged-fp16"))
+             .split(",") if s]
+    _, archives, entries = export_archives(work / "triton", arch, names, env, device=device)
+    served = measure(archives, env, work / "triton", size=256 if arch == "sd15" else 64, steps=4, keep_images=True)
+    for name, result in served.items():
+        same = _in_process_matches(archives[name], result.pop("png"), size=256 if arch == "sd15" else 64, steps=4)
+        result.update(same_as_in_process=same, footprint=entries[name].get("footprint"))
+        print(f"triton {name}: load {result['load_seconds']} s, RSS {result['rss_bytes'] / 1e6:.0f} MB, "
+              f"GPU {result.get('gpu_bytes_by_model', {}).get(name, 0) / 1e6:.0f} MB, "
+              f"infer {result['infer_seconds']} s, same image as in-process: {same}")
+    return served
+
+
+def _in_process_matches(archive: Path, png: bytes, *, size: int, steps: int) -> dict:
+    import io
+    import sys as _sys
+    import tempfile as _tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from train.export.triton import VERSION, unpack
+
+    with _tempfile.TemporaryDirectory() as tmp:
+        entry = unpack(archive, Path(tmp))
+        _sys.path.insert(0, str(entry / VERSION))
+        import inference  # the archive's own loader, run here
+
+        _sys.path.pop(0)
+        pipe = inference.model_fn(entry / VERSION)
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe("a photo of sks dog", num_inference_steps=steps, height=size, width=size,
+                     generator=torch.Generator("cpu").manual_seed(0)).images[0]
+        _sys.modules.pop("inference", None)
+    a = np.asarray(image).astype(np.int16)
+    b = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    return {"equal": bool(np.array_equal(a, b)), "mean_abs_diff": round(float(np.abs(a - b).mean()), 4)}
+
+
 def report(manifest: dict) -> str:
     rows = [f"{'format':<12} {'status':<8} {'MB':>9} {'unet MB':>9} {'write s':>8} {'load s':>7} {'render s':>8} "
             f"{'mean|d|':>8} {'PSNR dB':>8}"]
@@ -76,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b-std", type=float, default=0.02, help="std of the random lora_B weights (0 = no effect)")
     p.add_argument("--drift-resolution", type=int, default=0, help="side of the drift renders (0: native, at most 256)")
     p.add_argument("--drift-steps", type=int, default=4, help="steps of the drift renders")
+    p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True,
+                   help="also serve triton archives from a real tritonserver (CUDA fp16 on a GPU) and compare "
+                        "each image with the in-process pipeline's")
+    p.add_argument("--triton-sources", default="",
+                   help="archive sources for that check (default: lora,merged-fp16,merged-nf4 on CUDA, "
+                        "lora,merged-fp16 on CPU)")
     p.add_argument("--cpu", action="store_true",
                    help="run anyway on CPU (fp32 base; nf4/bnb8 are then recorded as skipped)")
     a = p.parse_args(argv)
@@ -114,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         info["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(info))
     print(report(manifest))
+    triton = triton_check(work, a.arch, device, a.triton_sources) if a.triton else None
     if a.json:
-        a.json.write_text(json.dumps({"info": info, "manifest": manifest}, indent=2))
+        a.json.write_text(json.dumps({"info": info, "manifest": manifest, "triton": triton}, indent=2, default=str))
     if failed:
         print(f"FAILED: {failed}")
         return 1

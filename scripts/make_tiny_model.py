@@ -158,10 +158,25 @@ def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = 
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
+    _write_like_published_checkpoints(out_dir, tok_dir)
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
     return out_dir
+
+
+def _write_like_published_checkpoints(out_dir: Path, tok_dir: Path) -> None:
+    """Lay the folder out as published SD checkpoints are, so older readers load it too
+    (transformers 4 gets a randomly initialised text encoder from transformers-5 key names, and
+    its slow CLIPTokenizer needs vocab.json + merges.txt, which transformers 5 no longer saves)."""
+    from safetensors.torch import load_file, save_file
+
+    for name in ("vocab.json", "merges.txt"):
+        (out_dir / "tokenizer" / name).write_bytes((tok_dir / name).read_bytes())
+    weights = out_dir / "text_encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()},
+              str(weights), metadata={"format": "pt"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,7 @@ def test_rank_that_does_not_match_the_adapter_is_refused(trained, tiny_model, tm
 
 def test_unknown_format_lists_the_valid_formats():
     with pytest.raises(ExportConfigError, match="valid formats: lora, kohya, merged-fp16, merged-int8"):
-        ExportConfig(formats=("lora", "onnx"))
+        ExportConfig(formats=("lora", "tensorrt"))
     with pytest.raises(ExportConfigError, match="fp32, fp16, bf16"):
         ExportConfig(save_dtype="int4")
 

@@ -50,7 +50,7 @@ def test_unknown_key_lists_the_valid_ones_and_names_the_source():
     ("resolution", "500", "--resolution.*multiple of 8"),
     ("max_train_steps", "0", "--max-train-steps.*at least 1"),
     ("train_text_encoder", "maybe", "--train-text-encoder.*true/false"),
-    ("export", "lora,onnx", "--export.*onnx.*valid: lora, kohya"),
+    ("export", "lora,tensorrt", "--export.*tensorrt.*valid: lora, kohya"),
     ("save_dtype", "int4", "--save-dtype.*fp32, fp16, bf16"),
 ])
 def test_bad_values_name_the_setting_and_the_valid_values(key, value, expected):

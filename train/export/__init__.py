@@ -1,5 +1,6 @@
-"""Exports of a trained LoRA: the diffusers and kohya files, merged and quantized pipelines, a
-SageMaker multi-model archive, and `manifest.json` (files, hashes, base model, drift).
+"""Exports of a trained LoRA: the diffusers and kohya files, merged and quantized pipelines, ONNX
+graphs, a SageMaker multi-model archive, a Triton model-repository archive (GPU multi-model
+endpoints), and `manifest.json` (files, hashes, base model, drift, verified readers).
 
     from train.export import ExportConfig, export_model
     manifest = export_model(pipe, ExportConfig(formats=("lora", "kohya")), model_dir,

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from . import portable
     from .exporter import export_model
     from .lora import ADAPTER, LORA_WEIGHT_NAME, has_adapter
 
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(args.base, dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     pipe.load_lora_weights(lora_dir, weight_name=weight_name, adapter_name=ADAPTER)
+    # Our own files carry lora_B with alpha / r folded in (portable.py): back to the trained adapter.
+    portable.restore_trained(pipe, lora_dir / weight_name, ADAPTER)
     lora_config = pipe.unet.peft_config[ADAPTER]
     prompts = args.validation_prompt or previous.get("drift_renders", {}).get("prompts", [])
     extra = {**previous.get("hyperparameters", {}), "exported_from": str(args.lora.resolve())}

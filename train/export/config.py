@@ -10,9 +10,9 @@ from typing import Any, Mapping
 from .errors import ExportConfigError
 
 # Every format, in the order they are written. The quantized ones read the merged weights, and
-# `mme` packs something already written, so it comes last.
+# `mme` / `triton` pack something already written, so they come last.
 FORMATS: tuple[str, ...] = (
-    "lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme",
+    "lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton",
 )
 GPU_FORMATS: frozenset[str] = frozenset({"merged-nf4", "merged-bnb8"})
 MERGED_FORMATS: tuple[str, ...] = ("merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8")
@@ -36,6 +36,15 @@ class ExportConfig:
         f"what the `mme` tarball packs: {' | '.join(MME_SOURCES)} (a merged source is exported too)"))
     mme_name: str = field(default="model", metadata=_help(
         "name of the SageMaker multi-model archive, written as mme/<name>.tar.gz"))
+    triton_source: str = field(default="lora", metadata=_help(
+        f"what the `triton` archive packs: {' | '.join(MME_SOURCES)} (a merged source is exported too)"))
+    triton_name: str = field(default="model", metadata=_help(
+        "Triton model folder name inside triton/<name>.tar.gz (an endpoint may unpack it under another)"))
+    triton_env: str = field(default="", metadata=_help(
+        "EXECUTION_ENV_PATH for the Triton Python backend (a packed or unpacked env with torch+diffusers); "
+        "empty: the serving image's own Python"))
+    triton_footprint: bool = field(default=True, metadata=_help(
+        "load the triton archive once in a fresh process and record its memory per loaded user model"))
     drift_check: bool = field(default=True, metadata=_help(
         "render the validation prompts with each exported artifact and compare with the in-memory LoRA"))
     drift_steps: int = field(default=4, metadata=_help(
@@ -58,7 +67,8 @@ class ExportConfig:
             object.__setattr__(self, "formats", parse_formats(",".join(self.formats)))
         _check_choice("save_dtype", self.save_dtype, SAVE_DTYPES)
         _check_choice("mme_source", self.mme_source, MME_SOURCES)
-        for name in ("kohya_name", "mme_name"):
+        _check_choice("triton_source", self.triton_source, MME_SOURCES)
+        for name in ("kohya_name", "mme_name", "triton_name"):
             value = getattr(self, name)
             if not value or "/" in value or value.startswith("."):
                 raise ExportConfigError(f"{name}={value!r}: give a plain file name without '/' or leading '.'")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import drift, lora, manifest, merged, mme, quantized
+from . import drift, lora, manifest, merged, mme, quantized, readers
 from .config import GPU_FORMATS, ExportConfig
 from .errors import ExportError
 
@@ -112,9 +112,10 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
 
 
 def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference) -> dict:
-    needs_gpu = name in GPU_FORMATS or (name == "mme" and job.cfg.mme_source in GPU_FORMATS)
+    packs = {"mme": job.cfg.mme_source, "triton": job.cfg.triton_source}.get(name)
+    needs_gpu = name in GPU_FORMATS or packs in GPU_FORMATS
     if needs_gpu and not torch.cuda.is_available():
-        reason = GPU_REASON if name in GPU_FORMATS else f"skipped: packs {job.cfg.mme_source}, which needs a GPU"
+        reason = GPU_REASON if name in GPU_FORMATS else f"skipped: packs {packs}, which needs a GPU"
         log.warning("export %s: %s", name, reason)
         return {"status": "skipped", "reason": reason}
     t0 = time.perf_counter()
@@ -130,9 +131,12 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
              "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
     if path.is_dir():
         entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
-    if name == "mme":
-        entry["packs"] = job.cfg.mme_source
-    elif reference is not None:
+    entry["verified_readers"] = list(readers.VERIFIED_READERS.get(name, ()))
+    if packs:
+        entry["packs"] = packs
+    if name in CHECKS:  # formats with their own check instead of a diffusers drift render
+        entry.update(CHECKS[name](job, path))
+    elif name != "mme" and reference is not None:
         entry.update(_measure_drift(job, name, spec, reference))
     log.info("export %s: %s, %.1f MB in %.2f s%s", name, entry["path"], entry["bytes"] / 1e6,
              entry["seconds"], _drift_text(entry))
@@ -172,6 +176,8 @@ def load_hint(name: str, rel: str, cfg: ExportConfig) -> str:
     if name == "mme":
         return f"unpack into a folder, then as {cfg.mme_source}: " + load_hint(
             cfg.mme_source, "." if cfg.mme_source != "kohya" else f"{cfg.kohya_name}.safetensors", cfg)
+    if name in readers.LOAD_HINTS:
+        return readers.LOAD_HINTS[name].format(rel=rel, name=cfg.triton_name)
     dtype = {"merged-fp16": "", "merged-int8": ", dtype=torch.bfloat16"}.get(name, ", dtype=torch.float16")
     return f"StableDiffusionPipeline.from_pretrained({rel!r}{dtype})"
 
@@ -222,6 +228,69 @@ def _write_mme(job: _Job, parts) -> Path:
                              source=source, base_model_dir=job.base_model_dir, load=hint)
 
 
+def _write_onnx(job: _Job, parts) -> Path:
+    from . import onnx
+
+    return onnx.write_onnx(job.pipe, job.base_model_dir, job.model_dir / onnx.ONNX_DIR)
+
+
+def _write_triton(job: _Job, parts) -> Path:
+    from . import triton
+
+    source = job.cfg.triton_source
+    members = [job.written.get("lora") or _write_lora(job, parts)] if source == "lora" else [_packed(job, source)]
+    hint = load_hint(source, "." if source != "lora" else LORA_HINT_DIR, job.cfg)
+    return triton.write_archive(members, job.model_dir / "triton" / f"{job.cfg.triton_name}.tar.gz",
+                                name=job.cfg.triton_name, source=source, base_model_dir=job.base_model_dir,
+                                load=hint, execution_env=job.cfg.triton_env)
+
+
+def _packed(job: _Job, source: str) -> Path:
+    if source not in job.cfg.formats:  # the packed format is exported too, so its drift is known
+        raise ExportError(f"triton_source={source!r} but {source} is not among the exported formats "
+                          f"({', '.join(job.cfg.formats)}): add it to formats")
+    if source not in job.written:
+        raise ExportError(f"triton_source={source!r} was not written (see its entry in the manifest)")
+    return job.written[source]
+
+
+def _check_onnx(job: _Job, path: Path) -> dict:
+    from . import onnx
+
+    from diffusers import StableDiffusionPipeline
+
+    # onnxruntime runs on the CPU in fp32: compare with the base there too, whatever the job's device.
+    base = StableDiffusionPipeline.from_pretrained(job.base_model_dir, dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    try:
+        result = onnx.verify(job.pipe, base, path)
+    except Exception as e:
+        log.error("export onnx: written, but onnxruntime could not run it: %s", e)
+        return {"status": "failed", "reason": f"onnxruntime check failed: {type(e).__name__}: {e}"}
+    finally:
+        base = None
+        gc.collect()
+    flagged = not (result["within_tolerance"] and result["differs_from_base"])
+    if flagged:
+        log.warning("export onnx: onnxruntime vs torch %s (tolerance %s), vs base %s", result["max_abs_diff"],
+                    result["tolerance"], result["unet_max_abs_diff_vs_base"])
+    return {"onnxruntime_check": result, "flagged": flagged}
+
+
+def _check_triton(job: _Job, path: Path) -> dict:
+    from . import triton
+
+    if not job.cfg.triton_footprint:
+        return {}
+    try:
+        return {"footprint": triton.measure_footprint(path)}
+    except Exception as e:  # the archive is written; only the measurement is missing
+        log.warning("export triton: footprint not measured: %s", e)
+        return {"footprint": {"status": "failed", "reason": f"{type(e).__name__}: {e}"}}
+
+
+CHECKS: dict[str, Callable[[_Job, Path], dict]] = {"onnx": _check_onnx, "triton": _check_triton}
+
 WRITERS: dict[str, Callable[[_Job, Any], Path]] = {
     "lora": _write_lora,
     "kohya": _write_kohya,
@@ -230,6 +299,8 @@ WRITERS: dict[str, Callable[[_Job, Any], Path]] = {
     "merged-nf4": _quantized_writer("nf4"),
     "merged-bnb8": _quantized_writer("bnb8"),
     "mme": _write_mme,
+    "onnx": _write_onnx,
+    "triton": _write_triton,
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import portable
 from .errors import ExportError
 
 ADAPTER = "default"
@@ -28,6 +29,11 @@ class LoraParts:
     unet_config: dict
     text_encoder: dict[str, torch.Tensor] | None
     text_encoder_config: dict | None
+    # peft's per-layer scale, folded into lora_B on save (see portable.py), and the text
+    # encoder's class (its key layout).
+    unet_scales: dict[str, float] | None = None
+    text_encoder_scales: dict[str, float] | None = None
+    text_encoder_class: str | None = None
 
 
 def has_adapter(module, adapter: str = ADAPTER) -> bool:
@@ -58,25 +64,34 @@ def lora_parts(pipe, *, train_text_encoder: bool, rank: int, lora_alpha: float) 
         state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
         parts[name] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         parts[name + "_config"] = config.to_dict()
+        parts[name + "_scales"] = portable.module_scales(module, ADAPTER)
+    parts["text_encoder_class"] = type(pipe.text_encoder).__name__ if train_text_encoder else None
     return LoraParts(**parts)
 
 
 def save_diffusers_lora(parts: LoraParts, model_dir: Path, save_dtype: str) -> Path:
-    """`model_dir/pytorch_lora_weights.safetensors`, loadable with `pipe.load_lora_weights(model_dir)`."""
+    """`model_dir/pytorch_lora_weights.safetensors`, loadable with `pipe.load_lora_weights(model_dir)`
+    by diffusers 0.32 through 0.42 (portable.py: scales folded, CLIP keys, portable metadata)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
     dtype = DTYPES[save_dtype]
     cast = lambda sd: {k: v.to(dtype).contiguous() for k, v in sd.items()}  # noqa: E731
-    te = parts.text_encoder
+    unet, te = _folded(parts.unet, parts.unet_scales), _folded(parts.text_encoder, parts.text_encoder_scales)
+    if te:
+        te = portable.legacy_text_encoder_keys(convert_state_dict_to_diffusers(te), parts.text_encoder_class)
     StableDiffusionPipeline.save_lora_weights(
         model_dir,
-        unet_lora_layers=cast(convert_state_dict_to_diffusers(parts.unet)),
-        text_encoder_lora_layers=cast(convert_state_dict_to_diffusers(te)) if te else None,
-        unet_lora_adapter_metadata=_json_safe(parts.unet_config),
-        text_encoder_lora_adapter_metadata=_json_safe(parts.text_encoder_config) if te else None,
+        unet_lora_layers=cast(convert_state_dict_to_diffusers(unet)),
+        text_encoder_lora_layers=cast(te) if te else None,
+        unet_lora_adapter_metadata=_metadata(parts.unet_config, parts.unet_scales),
+        text_encoder_lora_adapter_metadata=_metadata(parts.text_encoder_config, parts.text_encoder_scales) if te else None,
     )
-    return Path(model_dir) / LORA_WEIGHT_NAME
+    path = Path(model_dir) / LORA_WEIGHT_NAME
+    trained = {name: {"lora_alpha": getattr(parts, f"{name}_config")["lora_alpha"], "scales": scales}
+               for name in ("unet", "text_encoder") if (scales := getattr(parts, f"{name}_scales"))}
+    portable.record_trained(path, trained)  # so `python -m train.export --lora` can report the trained alpha
+    return path
 
 
 def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str) -> dict[str, torch.Tensor]:
@@ -131,8 +146,9 @@ def _lora_layers(root):
             yield path, module
 
 
-def _json_safe(config: dict | None) -> dict | None:
-    """peft config dicts hold sets (target_modules) which json cannot write."""
-    if config is None:
-        return None
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+def _folded(state, scales):
+    return portable.fold_scales(state, scales) if state and scales is not None else state
+
+
+def _metadata(config: dict | None, scales) -> dict | None:
+    return None if config is None else portable.portable_metadata(config, folded=scales is not None)

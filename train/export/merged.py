@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import portable
 from .errors import ExportError
 from .lora import ADAPTER, has_adapter
 
@@ -80,6 +81,8 @@ def write_merged_pipeline(pipe, base_model_dir: Path, out_dir: Path, dtype: torc
         template = getattr(pipe, name)
         module = module_from_state_dict(template, fused_state_dict(template, dtype))
         module.save_pretrained(out_dir / name, safe_serialization=True)
+        if name == "text_encoder":  # transformers-4 readers need the `text_model.` key level
+            portable.write_legacy_text_encoder(out_dir / name, type(template).__name__)
         _keep_base_config(base_model_dir / name, out_dir / name)
         del module
     return out_dir

@@ -41,14 +41,35 @@ def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_
             entries += [(p.relative_to(member).as_posix(), p) for p in member.rglob("*") if p.is_file()]
         else:
             entries.append((member.name, member))
-    serving = {
+    serving = serving_info(source, load, base_model_dir, sorted(name for name, _ in entries))
+    _pack(entries, out_path, extra=(SERVING_NAME, (json.dumps(serving, indent=2) + "\n").encode()))
+    return out_path
+
+
+def serving_info(source: str, load: str, base_model_dir: Path, files: list[str]) -> dict:
+    """`serving.json`: what was packed and how to load it (read by mme_handler.model_fn)."""
+    return {
         "format": source,
         "load": load,
         "base_model": {k: v for k, v in base_model_identity(base_model_dir).items() if k != "files"},
-        "files": sorted(name for name, _ in entries),
+        "files": files,
     }
+
+
+def pack_tree(root: Path, out_path: Path, *, compresslevel: int = 9) -> Path:
+    """Pack every file under `root` (paths relative to it) reproducibly into `out_path`."""
+    root, out_path = Path(root), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _pack([(p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()], out_path,
+          compresslevel=compresslevel)
+    return out_path
+
+
+def _pack(entries: list[tuple[str, Path]], out_path: Path, extra: tuple[str, bytes] | None = None,
+          compresslevel: int = 9) -> None:
     tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+    with open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=compresslevel) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in _parent_dirs(n for n, _ in entries):
             tar.addfile(_info(name, dir=True))
@@ -56,10 +77,9 @@ def write_archive(members: Sequence[Path], out_path: Path, *, source: str, base_
             info = _info(name, size=path.stat().st_size)
             with open(path, "rb") as f:
                 tar.addfile(info, f)
-        data = (json.dumps(serving, indent=2) + "\n").encode()
-        tar.addfile(_info(SERVING_NAME, size=len(data)), io.BytesIO(data))
+        if extra:
+            tar.addfile(_info(extra[0], size=len(extra[1])), io.BytesIO(extra[1]))
     tmp.replace(out_path)
-    return out_path
 
 
 def _info(name: str, *, size: int = 0, dir: bool = False) -> tarfile.TarInfo:
