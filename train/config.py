@@ -31,7 +31,8 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # --- what to train on (paths and prompts: the container derives these per task) ---
-    pretrained_model: str = _f("", "folder of a diffusers Stable Diffusion pipeline (the base model)")
+    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x or SDXL; the family "
+                                   "is read from its model_index.json)")
     instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
     instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
     output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")
@@ -45,6 +46,8 @@ class TrainConfig:
     lr_scheduler: str = _f("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _f(0, "warmup steps of the learning-rate schedule")
     rank: int = _f(4, "LoRA rank")
+    lora_target_modules: str = _f("", "comma-separated module names of the denoiser that get the LoRA "
+                                      "(default: the family's attention projections, e.g. to_q,to_k,to_v,to_out.0)")
     lora_alpha: float | None = _f(None, "LoRA alpha (scale = alpha / rank); default: equal to --rank")
     resolution: int = _f(512, "training resolution in pixels (images are resized on the short side and cropped)")
     train_batch_size: int = _f(1, "instance images per micro-batch (as many class images are added with prior preservation)")
@@ -56,8 +59,10 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
     train_text_encoder: bool = _f(False, "also train a LoRA on the text encoder (q/k/v/out_proj)")
-    snr_gamma: float | None = _f(None, "min-SNR loss weighting gamma (5.0 is the usual value); off when unset")
-    noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights")
+    snr_gamma: float | None = _f(None, "min-SNR loss weighting gamma (5.0 is the usual value); off when unset",
+                                 families=("sd", "sdxl"))
+    noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights",
+                             families=("sd", "sdxl"))
     center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")
     random_flip: bool = _f(False, "random horizontal flip (turns latent caching off)")
     num_class_images: int = _f(100, "class images used for prior preservation")
@@ -88,6 +93,11 @@ class TrainConfig:
     def alpha(self) -> float:
         """The LoRA alpha actually used (``lora_alpha`` or, when unset, the rank)."""
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """``lora_target_modules`` as names; empty = the family's default targets."""
+        return tuple(n.strip() for n in self.lora_target_modules.split(",") if n.strip())
 
     @property
     def export_formats(self) -> tuple[str, ...]:
@@ -258,6 +268,18 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
                           f"installed; use one of adamw, adamw8bit or `pip install prodigyopt`")
+
+
+def family_settings_problems(cfg: TrainConfig, family) -> list[str]:
+    """Settings changed from their default that ``family`` does not understand: a field with
+    ``families=(...)`` metadata is only valid for those families."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        allowed = f.metadata.get("families")
+        if allowed and family.name not in allowed and getattr(cfg, f.name) != f.default:
+            problems.append(f"{f.name} ({flag_name(f.name)}) is a setting of {', '.join(allowed)} models; "
+                            f"the base model is {family.name} ({family.title}), which does not use it")
+    return problems
 
 
 def required_missing(cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:

@@ -1,6 +1,7 @@
 """The DreamBooth denoising objective: noise, timesteps, target, min-SNR weights, prior loss.
 
-Every random draw comes from the generator the caller passes in, seeded by (seed, step), so
+``weighted_loss`` is every family's loss (the family's ``noise`` gives target and per-sample
+weight); the DDPM helpers below are what the SD and SDXL families noise with. Every random draw comes from the generator the caller passes in, seeded by (seed, step), so
 a resumed run draws exactly what an uninterrupted one would.
 """
 
@@ -12,7 +13,7 @@ from train.config import TrainConfig
 from train.pipeline import BaseModel
 
 
-def sample_latents(mean, std, scaling_factor: float, rng):
+def sample_latents(mean, std, scaling_factor: float, rng):  # kept for callers outside the loop
     """A sample of the VAE posterior N(mean, std), scaled like the UNet expects."""
     import torch
 
@@ -54,6 +55,27 @@ def snr_weights(base: BaseModel, timesteps, gamma: float):
     return clipped / (snr + 1) if base.prediction_type == "v_prediction" else clipped / snr
 
 
+def weighted_loss(cfg: TrainConfig, pred, noised, n_instance: int):
+    """Per-sample MSE to ``noised.target`` times ``noised.weight``; with prior preservation the
+    batch is [instance..., class...] and the class half is added with ``prior_loss_weight``.
+    Returns (loss, instance_loss, prior_loss|None)."""
+    import torch.nn.functional as F
+
+    per_sample = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if noised.weight is not None:
+        per_sample = per_sample * noised.weight.float()
+    return _split_prior(cfg, per_sample, n_instance)
+
+
+def _split_prior(cfg: TrainConfig, per_sample, n_instance: int):
+    instance = per_sample[:n_instance].mean()
+    if per_sample.shape[0] == n_instance:
+        return instance, instance, None
+    prior = per_sample[n_instance:].mean()
+    return instance + cfg.prior_loss_weight * prior, instance, prior
+
+
 def diffusion_loss(base: BaseModel, cfg: TrainConfig, pred, target, timesteps, n_instance: int):
     """Weighted MSE; with prior preservation the batch is [instance..., class...] and the class
     half is added with ``prior_loss_weight``. Returns (loss, instance_loss, prior_loss|None)."""
@@ -62,8 +84,4 @@ def diffusion_loss(base: BaseModel, cfg: TrainConfig, pred, target, timesteps, n
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.snr_gamma is not None:
         per_sample = per_sample * snr_weights(base, timesteps, cfg.snr_gamma).float()
-    instance = per_sample[:n_instance].mean()
-    if per_sample.shape[0] == n_instance:
-        return instance, instance, None
-    prior = per_sample[n_instance:].mean()
-    return instance + cfg.prior_loss_weight * prior, instance, prior
+    return _split_prior(cfg, per_sample, n_instance)

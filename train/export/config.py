@@ -9,13 +9,8 @@ from typing import Any, Mapping
 
 from .errors import ExportConfigError
 
-# Every format, in the order they are written. The quantized ones read the merged weights, and
-# `mme` packs something already written, so it comes last.
-FORMATS: tuple[str, ...] = (
-    "lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme",
-)
-GPU_FORMATS: frozenset[str] = frozenset({"merged-nf4", "merged-bnb8"})
-MERGED_FORMATS: tuple[str, ...] = ("merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8")
+# Every format, in writing order, with its GPU need and families: the table in formats.py.
+from .formats import FORMATS, GPU_FORMATS, MERGED_FORMATS  # noqa: E402,F401
 MME_SOURCES: tuple[str, ...] = ("lora",) + MERGED_FORMATS
 SAVE_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
