@@ -146,7 +146,8 @@ def _make_worker(env, settings, training_hp, job_cfg, stop):
         from train.pipeline import load_base
 
         quiet_library_progress_bars()  # the step lines are the progress; loading bars only clutter CloudWatch
-        return load_base(model_dir, mixed_precision=job_cfg.mixed_precision)
+        return load_base(model_dir, mixed_precision=job_cfg.mixed_precision,
+                         base_quantization=job_cfg.base_quantization)
 
     def run_task(*args, **kwargs):
         from train.task import run_task as train_run_task

@@ -247,9 +247,24 @@ def build_sdxl(out_dir: Path, *, full: bool = False, prediction_type: str = "eps
     return out_dir
 
 
+def _flow_builder(family: str, full_arch: str):
+    """FLUX.1 / FLUX.2 Klein live in scripts/tiny_flux.py (imported late: it imports this file)."""
+    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+        if prediction_type != "epsilon":
+            raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
+        try:
+            import tiny_flux
+        except ImportError:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import tiny_flux
+        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed)
+    return build
+
+
 # family -> builder; full-shape arch name -> family.
-BUILDERS = {"sd": build_sd, "sdxl": build_sdxl}
-ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl"}
+BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "flux": _flow_builder("flux", "flux-dev"),
+            "flux2-klein": _flow_builder("flux2-klein", "flux2-klein-4b")}
+ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2-klein-4b": "flux2-klein"}
 
 
 def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = "epsilon", seed: int = 0,

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     stop.install()
     try:
-        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision)
+        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision,
+                         base_quantization=cfg.base_quantization)
         result = run_task(base, cfg, model_dir=out / "model", checkpoint_dir=out / "checkpoints",
                           class_cache_dir=Path(args.class_cache_dir), stop_requested=stop,
                           task_id=args.task_id or out.resolve().name)

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from train.errors import ConfigError
+from train.flow import WEIGHTING_SCHEMES
+from train.quantize import BASE_QUANTIZATIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
+FLOW_FAMILIES = ("flux", "flux2-klein")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -63,6 +66,18 @@ class TrainConfig:
                                  families=("sd", "sdxl"))
     noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights",
                              families=("sd", "sdxl"))
+    # flow matching (FLUX.1, FLUX.2 Klein): diffusers' Flux DreamBooth scripts' names and defaults
+    weighting_scheme: str = _f("none", "how sigmas are drawn (none: uniform; logit_normal; mode) or the loss "
+                                       "weighted (sigma_sqrt, cosmap)", choices=WEIGHTING_SCHEMES,
+                               families=FLOW_FAMILIES)
+    logit_mean: float = _f(0.0, "mean of the logit_normal weighting scheme", families=FLOW_FAMILIES)
+    logit_std: float = _f(1.0, "standard deviation of the logit_normal weighting scheme", families=FLOW_FAMILIES)
+    mode_scale: float = _f(1.29, "scale of the mode weighting scheme", families=FLOW_FAMILIES)
+    guidance_scale: float = _f(3.5, "guidance embedding of a guidance-distilled transformer (FLUX.1-dev), in "
+                                    "training and previews", families=FLOW_FAMILIES)
+    base_quantization: str = _f("none", "train on a quantized frozen transformer (and FLUX.1's T5): nf4 or int8 "
+                                        "(bitsandbytes QLoRA); the base is quantized once per host, so set it "
+                                        "for the job", choices=BASE_QUANTIZATIONS, families=FLOW_FAMILIES)
     center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")
     random_flip: bool = _f(False, "random horizontal flip (turns latent caching off)")
     num_class_images: int = _f(100, "class images used for prior preservation")

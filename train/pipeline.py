@@ -27,6 +27,7 @@ class BaseModel:
     device: Any                   # torch.device
     weight_dtype: Any             # dtype of the frozen weights (fp32, or fp16/bf16 with mixed precision)
     mixed_precision: str = "no"
+    quantization: str = "none"     # base_quantization it was loaded with (nf4/int8: a QLoRA base)
     _identity: str | None = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -61,8 +62,10 @@ class BaseModel:
         return self.family.pipeline(self, scheduler)
 
 
-def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = None) -> BaseModel:
-    """Load the frozen components of ``model_dir`` (any supported family)."""
+def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = None,
+              base_quantization: str = "none") -> BaseModel:
+    """Load the frozen components of ``model_dir`` (any supported family); with
+    ``base_quantization`` nf4/int8 the family quantizes its frozen denoiser here, once."""
     import torch
 
     path = Path(model_dir)
@@ -74,8 +77,10 @@ def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = No
         raise ConfigError("mixed_precision (--mixed-precision): fp16 needs a CUDA GPU; use bf16 or no on CPU")
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
     modules = family.load(path, dev, dtype)
+    if base_quantization != "none":
+        family.quantize(modules, base_quantization, dev, dtype)
     base = BaseModel(path=path, family=family, modules=modules, device=dev, weight_dtype=dtype,
-                     mixed_precision=mixed_precision)
+                     mixed_precision=mixed_precision, quantization=base_quantization)
     for module in base.torch_modules().values():
         module.requires_grad_(False)
         if not _placed(module):

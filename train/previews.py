@@ -41,11 +41,11 @@ def write_previews(base: BaseModel, prompts: Sequence[str], root: Path, step: in
         module.eval()
     images, index = [], []
     try:
-        with torch.no_grad(), autocast(base):
+        with torch.no_grad(), autocast(base), base.family.prompt_encoding(base):
             for i, prompt in enumerate(prompts):
                 prompt_seed = derive_seed(seed, "preview", i)
                 g = torch.Generator(device="cpu").manual_seed(prompt_seed)
-                out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
+                out = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
                            width=resolution, num_images_per_prompt=num_images, generator=g).images
                 for image in out:
                     name = f"{len(images)}.png"

@@ -29,7 +29,7 @@ from train.state import (StatusFile, latest_state, load_state, prune_states, rem
 # Settings a resume state must share with the run that continues it, or the result would differ.
 RESUME_KEYS = ("seed", "rank", "lora_alpha", "train_text_encoder", "train_batch_size",
                "gradient_accumulation_steps", "optimizer", "resolution", "instance_prompt", "class_prompt",
-               "lora_target_modules")
+               "lora_target_modules", "weighting_scheme", "guidance_scale", "base_quantization")
 
 
 @dataclass
@@ -75,6 +75,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     require_task_fields(cfg)
     family = base.family
     family.check_config(cfg, source=f"task {task_id!r}")  # cheap; the container checked it before loading
+    require_base_quantization(base, cfg, task_id)
     # --- data: fail on a bad image before anything is generated or attached ---
     instance = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
                            max_pixels=cfg.max_image_pixels, min_images=cfg.min_images)
@@ -115,7 +116,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     def preview() -> None:
         nonlocal previewed_at
         write_previews(base, preview_prompts(cfg), previews_root, step, num_images=cfg.num_preview_images,
-                       steps=cfg.preview_inference_steps, guidance_scale=cfg.preview_guidance_scale,
+                       steps=cfg.preview_inference_steps, guidance_scale=base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale),
                        resolution=cfg.resolution, seed=cfg.seed)
         previewed_at = step
 
@@ -196,6 +197,12 @@ def require_task_fields(cfg: TrainConfig) -> None:
     missing = [n for n in ("instance_data", "instance_prompt") if not getattr(cfg, n)]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)}: a task needs its images and its instance prompt")
+
+
+def require_base_quantization(base: BaseModel, cfg: TrainConfig, task_id: str) -> None:
+    if cfg.base_quantization != base.quantization:
+        raise ConfigError(f"task {task_id!r}: base_quantization={cfg.base_quantization!r} but the base model was "
+                          f"loaded with {base.quantization!r}; it is quantized once per host, so set it for the job")
 
 
 def state_meta(cfg: TrainConfig, loss: float | None) -> dict[str, Any]:

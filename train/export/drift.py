@@ -53,7 +53,7 @@ def render(pipe, spec: RenderSpec) -> list[np.ndarray]:
             for seed in spec.seeds:
                 # A CPU generator gives the same starting noise on every device.
                 generator = torch.Generator("cpu").manual_seed(seed)
-                out = view(prompt, num_inference_steps=spec.steps, height=spec.resolution,
+                out = view(prompt=prompt, num_inference_steps=spec.steps, height=spec.resolution,
                            width=spec.resolution, generator=generator, output_type="np")
                 images.append(_to_uint8(out.images[0]))
     return images

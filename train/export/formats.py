@@ -24,15 +24,16 @@ class Format:
 
 
 ALL = ("sd", "sdxl")
+FLOW = ("flux", "flux2-klein")  # LoRA files only: merging into a (possibly quantized) base is not done
 MERGED_HINT = "{pipeline}.from_pretrained({rel!r}{dtype})"
 
 # In writing order: the quantized ones read the merged weights; `mme` packs something already
 # written, so it comes last.
 TABLE: tuple[Format, ...] = (
-    Format("lora", "_write_lora", "_load_lora", False, ALL,
+    Format("lora", "_write_lora", "_load_lora", False, ALL + FLOW,
            "{pipeline}.from_pretrained(BASE).load_lora_weights(MODEL_DIR)",
            "pytorch_lora_weights.safetensors (diffusers; always written)"),
-    Format("kohya", "_write_kohya", "_load_kohya", False, ALL,
+    Format("kohya", "_write_kohya", "_load_kohya", False, ALL + FLOW,
            "{pipeline}.from_pretrained(BASE).load_lora_weights(MODEL_DIR, weight_name={rel!r})",
            "kohya-ss / A1111 / Forge / ComfyUI copy (lora_unet_*, lora_te*_*, .alpha)"),
     Format("merged-fp16", "_write_merged_fp16", "_load_merged", False, ALL, MERGED_HINT,

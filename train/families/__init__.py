@@ -23,6 +23,8 @@ __all__ = ["Family", "ImageInfo", "Noised", "FAMILY_MODULES", "family_named", "f
 FAMILY_MODULES: dict[str, str] = {
     "sd": "train.families.sd:StableDiffusion",
     "sdxl": "train.families.sdxl:StableDiffusionXL",
+    "flux": "train.families.flux:Flux",
+    "flux2-klein": "train.families.flux2_klein:Flux2Klein",
 }
 
 _LOADED: dict[str, Family] = {}

@@ -110,6 +110,10 @@ class Family:
         """Must: the components by diffusers name, frozen (requires_grad False), on ``device``."""
         raise NotImplementedError
 
+    def quantize(self, modules: dict[str, Any], kind: str, device, dtype) -> None:
+        """Quantize the frozen components for ``base_quantization`` (once per host, at load)."""
+        raise ConfigError(f"base_quantization={kind!r}: {self.title} bases cannot be trained quantized; use none")
+
     def load_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments of ``<pipeline_class>.from_pretrained`` (SD: no safety checker)."""
         return {}
@@ -186,6 +190,11 @@ class Family:
         """Must: a pipeline of ``pipeline_class`` over the in-memory modules (nothing reloaded)."""
         raise NotImplementedError
 
+    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
+        """The ``guidance_scale`` to pass the pipeline when sampling previews or class images with
+        classifier-free guidance ``cfg_scale`` (a guidance-distilled family passes its own)."""
+        return cfg_scale
+
     def preview_scheduler(self, base):
         """The sampler of previews: a fast multistep one for DDPM-trained models."""
         from diffusers import DPMSolverMultistepScheduler
@@ -221,6 +230,14 @@ class Family:
             kwargs[f"{name}_lora_adapter_metadata"] = _json_safe(module.peft_config[ADAPTER].to_dict())
         self.pipeline_type().save_lora_weights(model_dir, **kwargs)
         return Path(model_dir) / LORA_WEIGHT_NAME
+
+    def save_kohya(self, pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str) -> Path:
+        """The kohya/ComfyUI copy: diffusers module paths as kohya names (a family with other
+        layer names, as Flux's BFL ones, writes its own)."""
+        from train.export import lora
+
+        return lora.save_kohya(pipe, model_dir, name, train_text_encoder=train_text_encoder, save_dtype=save_dtype,
+                               modules=self.kohya_modules(pipe, train_text_encoder))
 
     def kohya_modules(self, pipe, train_text_encoder: bool) -> list[tuple[str, Any]]:
         """(kohya key prefix, module) for the kohya/ComfyUI copy."""

@@ -34,6 +34,19 @@ class FlowMatchingFamily(Family):
     quantized_components: tuple[str, ...] = ("transformer",)   # what base_quantization quantizes
     offloaded_components: tuple[str, ...] = ()                 # text encoders parked off the accelerator
 
+    def check_config(self, cfg, source: str = "config") -> None:
+        from train.errors import ConfigError
+
+        super().check_config(cfg, source)
+        if cfg.train_text_encoder and not self.text_encoders:
+            raise ConfigError(f"{source}: train_text_encoder (--train-text-encoder): {self.title} trains no text "
+                              "encoder LoRA (its text encoder stays frozen); turn it off")
+
+    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
+        # FLUX.1-dev's guidance is an input of the distilled transformer, not classifier-free
+        # guidance: sample with the value it trained with (the pipeline ignores it on schnell).
+        return cfg.guidance_scale
+
     # --- loading -----------------------------------------------------------------------------
 
     def _load_scheduler(self, path: Path) -> dict[str, Any]:
@@ -85,6 +98,38 @@ class FlowMatchingFamily(Family):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         return FlowMatchEulerDiscreteScheduler.from_config(base.noise_scheduler.config)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def lora_parts(self, pipe, *, train_text_encoder: bool, rank: int, lora_alpha: float):
+        """Check the adapter is there with the task's rank and alpha; the writers read the modules."""
+        from train.export.errors import ExportError
+        from train.export.lora import has_adapter
+
+        for name in self.lora_components(pipe, train_text_encoder):
+            if not has_adapter(getattr(pipe, name)):
+                raise ExportError(f"the {name} has no LoRA adapter attached: nothing to export")
+        config = getattr(pipe, self.denoiser).peft_config["default"]
+        if config.r != rank or float(config.lora_alpha) != float(lora_alpha):
+            raise ExportError(f"{self.denoiser} adapter has r={config.r}, lora_alpha={config.lora_alpha} but the "
+                              f"task says rank={rank}, lora_alpha={lora_alpha}: the export would record the wrong scale")
+        return None
+
+    # The ComfyUI / kohya copy is in BFL layer names (train/families/bfl_keys.py).
+
+    def bfl_state(self, pipe, train_text_encoder: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_kohya(self, pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str) -> Path:
+        from safetensors.torch import save_file
+
+        from train.export.lora import DTYPES
+
+        path = Path(model_dir) / f"{name}.safetensors"
+        state = self.bfl_state(pipe, train_text_encoder)
+        save_file({k: v.to(DTYPES[save_dtype]).contiguous() for k, v in state.items()}, str(path),
+                  metadata={"format": "pt", "ss_network_module": "networks.lora", "modelspec.architecture": self.name})
+        return path
 
 
 class Flux(FlowMatchingFamily):
@@ -155,6 +200,11 @@ class Flux(FlowMatchingFamily):
                             transformer=base.transformer)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def bfl_state(self, pipe, train_text_encoder: bool) -> dict[str, Any]:
+        from train.families.bfl_keys import kohya_flux_state
+
+        return kohya_flux_state(pipe.transformer, pipe.text_encoder if train_text_encoder else None)
 
     def _text_pipeline(self, base):
         from diffusers import FluxPipeline

@@ -60,6 +60,9 @@ class Flux2Klein(FlowMatchingFamily):
     # does not have match nothing, so the largest published count covers every Klein.
     _num_single_layers = 24
 
+    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
+        return cfg_scale  # classifier-free guidance on Klein base models; distilled Klein ignores it
+
     def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
         from diffusers import Flux2KleinPipeline
 
@@ -105,6 +108,11 @@ class Flux2Klein(FlowMatchingFamily):
         pred = transformer(hidden_states=packed, timestep=noised.timesteps / 1000, guidance=guidance,
                            encoder_hidden_states=hidden, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return P._unpack_latents_with_ids(pred[:, :packed.size(1)], img_ids, x.shape[2], x.shape[3])
+
+    def bfl_state(self, pipe, train_text_encoder: bool) -> dict[str, Any]:
+        from train.families.bfl_keys import comfy_klein_state
+
+        return comfy_klein_state(pipe.transformer)
 
     def pipeline(self, base, scheduler: Any = None):
         from diffusers import Flux2KleinPipeline
