@@ -55,6 +55,10 @@ def _quantized(linear: Any, kind: str, device: Any, compute_dtype: Any) -> Any:
         q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias, compute_dtype=compute_dtype,
                               compress_statistics=True, quant_type="nf4", device="meta")
         q.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4")
+        # bitsandbytes repacks CPU weights for an AVX512-bf16 kernel the first time an eval-mode
+        # layer runs without grad (previews): bf16 scales, so previews would not compute what
+        # training computes, and it needs in_features % 64 == 0. One path on CPU instead.
+        q.support_avx512bf16_for_cpu = False
     else:
         q = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
                                 threshold=0.0, device="meta")

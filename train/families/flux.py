@@ -115,6 +115,23 @@ class FlowMatchingFamily(Family):
                               f"task says rank={rank}, lora_alpha={lora_alpha}: the export would record the wrong scale")
         return None
 
+    def save_lora(self, pipe, model_dir: Path, *, save_dtype: str, train_text_encoder: bool, parts=None) -> Path:
+        """The diffusers file as the reference scripts save it: peft keys (``lora_A``/``lora_B``),
+        not the UNet-era ``lora.down`` names, which FLUX's loaders do not map back."""
+        from peft.utils import get_peft_model_state_dict
+
+        from train.export.lora import ADAPTER, DTYPES, LORA_WEIGHT_NAME, _json_safe
+
+        kwargs = {}
+        for name in self.lora_components(pipe, train_text_encoder):
+            module = getattr(pipe, name)
+            state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+            kwargs[f"{name}_lora_layers"] = {k: v.detach().to("cpu", DTYPES[save_dtype]).contiguous()
+                                             for k, v in state.items()}
+            kwargs[f"{name}_lora_adapter_metadata"] = _json_safe(module.peft_config[ADAPTER].to_dict())
+        self.pipeline_type().save_lora_weights(model_dir, **kwargs)
+        return Path(model_dir) / LORA_WEIGHT_NAME
+
     # The ComfyUI / kohya copy is in BFL layer names (train/families/bfl_keys.py).
 
     def bfl_state(self, pipe, train_text_encoder: bool) -> dict[str, Any]:
