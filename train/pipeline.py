@@ -61,8 +61,9 @@ class BaseModel:
         return self.family.pipeline(self, scheduler)
 
 
-def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = None) -> BaseModel:
-    """Load the frozen components of ``model_dir`` (any supported family)."""
+def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = None, **options: Any) -> BaseModel:
+    """Load the frozen components of ``model_dir`` (any supported family); ``options`` go to
+    the family's ``load`` (e.g. a base quantization of families that support one)."""
     import torch
 
     path = Path(model_dir)
@@ -73,7 +74,7 @@ def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = No
     if mixed_precision == "fp16" and dev.type != "cuda":
         raise ConfigError("mixed_precision (--mixed-precision): fp16 needs a CUDA GPU; use bf16 or no on CPU")
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
-    modules = family.load(path, dev, dtype)
+    modules = family.load(path, dev, dtype, **options)
     base = BaseModel(path=path, family=family, modules=modules, device=dev, weight_dtype=dtype,
                      mixed_precision=mixed_precision)
     for module in base.torch_modules().values():

@@ -197,9 +197,8 @@ def _write_lora(job: _Job, parts) -> Path:
 
 
 def _write_kohya(job: _Job, parts) -> Path:
-    return lora.save_kohya(job.pipe, job.model_dir, job.cfg.kohya_name,
-                           train_text_encoder=job.train_text_encoder, save_dtype=job.cfg.save_dtype,
-                           modules=job.family.kohya_modules(job.pipe, job.train_text_encoder))
+    return job.family.save_kohya(job.pipe, job.model_dir, job.cfg.kohya_name,
+                                 train_text_encoder=job.train_text_encoder, save_dtype=job.cfg.save_dtype)
 
 
 def _write_merged_fp16(job: _Job, parts) -> Path:
