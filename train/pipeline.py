@@ -108,7 +108,10 @@ def attach_lora(base: BaseModel, cfg=None, *, rank: int | None = None, alpha: fl
         cfg = TrainConfig(rank=rank, lora_alpha=alpha, train_text_encoder=bool(train_text_encoder),
                           gradient_checkpointing=bool(gradient_checkpointing))
     params = []
-    for name, targets in base.family.lora_targets(cfg).items():
+    targets_by_module = base.family.lora_targets(cfg)
+    for name, targets in targets_by_module.items():
+        _check_targets(base, name, targets, custom=bool(cfg.lora_targets) and name == base.family.denoiser)
+    for name, targets in targets_by_module.items():
         module = base.modules[name]
         module.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                       target_modules=list(targets)), adapter_name=ADAPTER)
@@ -120,6 +123,16 @@ def attach_lora(base: BaseModel, cfg=None, *, rank: int | None = None, alpha: fl
     for p in params:  # trainable LoRA weights stay fp32 under mixed precision
         p.data = p.data.to(torch.float32)
     return params
+
+
+def _check_targets(base: BaseModel, name: str, targets, *, custom: bool) -> None:
+    """Every target must name a layer of the module (peft only refuses when none matches)."""
+    paths = [path for path, _ in base.modules[name].named_modules()]
+    missing = [t for t in targets if not any(p == t or p.endswith("." + t) for p in paths)]
+    if missing:
+        where = "lora_target_modules (--lora-target-modules)" if custom else f"the {base.family.name} LoRA targets"
+        raise ConfigError(f"{where}: {', '.join(missing)} is not a layer of the {name} of this "
+                          f"{base.family.title} model (e.g. {', '.join(base.family.denoiser_targets)})")
 
 
 def trained_modules(base: BaseModel, cfg) -> list:
