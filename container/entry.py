@@ -122,16 +122,9 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
 def _job_config(training_hp):
     """Unknown names and bad values of the job's hyperparameters fail the job, listing valid names."""
     from container.errors import JobConfigError
-    from container.settings import CONTAINER_HYPERPARAMETER_NAMES
     from container.taskconfig import job_train_config
-    from train.config import HYPERPARAMETER_NAMES
     from train.errors import ConfigError
 
-    unknown = sorted(set(training_hp) - HYPERPARAMETER_NAMES)
-    if unknown:
-        valid = sorted(HYPERPARAMETER_NAMES | CONTAINER_HYPERPARAMETER_NAMES)
-        raise JobConfigError(f"unknown hyperparameter(s) {', '.join(unknown)} in hyperparameters.json; "
-                             f"valid: {', '.join(valid)}")
     try:
         return job_train_config(training_hp)
     except ConfigError as exc:

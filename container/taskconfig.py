@@ -38,23 +38,20 @@ def split_hyperparameters(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 
 def check_names(values: Mapping[str, Any], allowed: frozenset[str], *, source: str) -> None:
     """Unknown names -> ConfigError listing the valid ones (the message says where they came from)."""
-    from train.errors import ConfigError
+    from train.hyperparameters import reject_unknown
 
-    unknown = sorted(set(values) - allowed)
-    if not unknown:
-        return
     hint = ""
-    container_level = [n for n in unknown if n in CONTAINER_HYPERPARAMETER_NAMES]
+    container_level = sorted(n for n in set(values) - allowed if n in CONTAINER_HYPERPARAMETER_NAMES)
     if container_level:
         hint = f" ({', '.join(container_level)} is job-wide: set it in the job's hyperparameters)"
-    raise ConfigError(f"{source}: unknown hyperparameter(s) {unknown}{hint}; valid: {sorted(allowed)}")
+    reject_unknown(values, allowed, source=source, what="hyperparameter", hint=hint)
 
 
 def job_train_config(training_hp: Mapping[str, Any], *, source: str = "hyperparameters.json"):
     """Validate the job's training hyperparameters before any model loads (ConfigError if bad)."""
     from train.config import HYPERPARAMETER_NAMES, TrainConfig
 
-    check_names(training_hp, HYPERPARAMETER_NAMES, source=source)
+    check_names(training_hp, HYPERPARAMETER_NAMES | CONTAINER_HYPERPARAMETER_NAMES, source=source)
     return TrainConfig.from_dict(dict(training_hp), source=source)
 
 

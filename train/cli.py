@@ -89,6 +89,10 @@ def check_paths(cfg: TrainConfig) -> None:
     model = Path(cfg.pretrained_model)
     if not (model / "model_index.json").is_file():
         raise ConfigError(f"--pretrained-model {model}: not a diffusers pipeline folder (no model_index.json)")
+    from train.families import check_for_model
+
+    # The family (from model_index.json) and the settings and formats it supports, before any load.
+    check_for_model(cfg, model, source=f"--pretrained-model {model}")
     data = Path(cfg.instance_data)
     if not data.is_dir():
         raise ConfigError(f"--instance-data {data}: not a folder")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from train.errors import ConfigError
 from train.flow import WEIGHTING_SCHEMES
+from train.hyperparameters import decode, reject_unknown, unquote
 from train.quantize import BASE_QUANTIZATIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -127,10 +126,7 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Build a config from typed values or SageMaker strings; every error names ``source``."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in values if k not in fields)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                              f"valid keys: {', '.join(fields)}")
+        reject_unknown(values, fields, source=source)
         kwargs = {k: convert_value(fields[k], v, source) for k, v in values.items()}
         return cls._checked(source, **kwargs)
 
@@ -169,26 +165,13 @@ def _where(name: str, source: str) -> str:
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _unquote(value: str) -> str:
-    """Strip one layer of JSON quoting (the SageMaker SDK's): '"400"' -> '400'."""
-    s = value.strip()
-    if len(s) >= 2 and s[0] == s[-1] == '"':
-        try:
-            decoded = json.loads(s)
-        except json.JSONDecodeError:
-            return value
-        if isinstance(decoded, str):
-            return decoded
-    return value
-
-
 def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
     tp = _TYPES[f.name]
     args = typing.get_args(tp)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), tp) if optional else tp
     if isinstance(value, str):
-        value = _unquote(value)
+        value = unquote(value)
         if optional and value.strip().lower() in ("", "none", "null"):
             return None
     elif value is None:
@@ -196,53 +179,13 @@ def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{_where(f.name, source)}: must not be empty")
     try:
-        return _convert(base, value)
+        return decode(value, base)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{_where(f.name, source)}: {value!r} is not a valid {_type_word(base)} ({exc})") from None
 
 
 def _type_word(tp: Any) -> str:
     return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}.get(tp, "list of strings")
-
-
-def _convert(tp: Any, value: Any) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("true", "1", "yes", "on"):
-            return True
-        if s in ("false", "0", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise TypeError("expected an integer, got a boolean")
-        number = float(value) if not isinstance(value, int) else value
-        if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
-            raise ValueError("expected a whole number")
-        return int(number)
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError("expected a number, got a boolean")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError("expected a finite number")
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {type(value).__name__}")
-        return value
-    # tuple[str, ...]: a list, a JSON array in a string, or one string.
-    if isinstance(value, str):
-        s = value.strip()
-        if s.startswith("["):
-            value = json.loads(s)
-        else:
-            return (value,) if value else ()
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
-    return tuple(value)
 
 
 # --- validation ---------------------------------------------------------------------------

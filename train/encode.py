@@ -71,7 +71,7 @@ class Encoder:
         if self.cache_text:
             rows = [self._embeddings[c] for c in captions]
             return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-        return self.family.encode_prompts(self.base, captions)
+        return self.family.encode_prompts(self.base, captions, self.cfg)
 
     def _embed_all(self, captions: Sequence[str]) -> None:
         import torch
@@ -79,7 +79,7 @@ class Encoder:
         with torch.no_grad(), self.family.prompt_encoding(self.base):
             for start in range(0, len(captions), CHUNK):
                 chunk = captions[start:start + CHUNK]
-                out = self.family.encode_prompts(self.base, chunk)
+                out = self.family.encode_prompts(self.base, chunk, self.cfg)
                 for i, c in enumerate(chunk):
                     self._embeddings[c] = {k: v[i:i + 1] for k, v in out.items()}
 

@@ -63,9 +63,10 @@ class BaseModel:
 
 
 def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = None,
-              base_quantization: str = "none") -> BaseModel:
+              base_quantization: str = "none", **options: Any) -> BaseModel:
     """Load the frozen components of ``model_dir`` (any supported family); with
-    ``base_quantization`` nf4/int8 the family quantizes its frozen denoiser here, once."""
+    ``base_quantization`` nf4/int8 the family quantizes its frozen denoiser here, once (the
+    warm worker loads once per host). Other ``options`` go to the family's ``load``."""
     import torch
 
     path = Path(model_dir)
@@ -76,7 +77,7 @@ def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = No
     if mixed_precision == "fp16" and dev.type != "cuda":
         raise ConfigError("mixed_precision (--mixed-precision): fp16 needs a CUDA GPU; use bf16 or no on CPU")
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
-    modules = family.load(path, dev, dtype)
+    modules = family.load(path, dev, dtype, **options)
     if base_quantization != "none":
         family.quantize(modules, base_quantization, dev, dtype)
     base = BaseModel(path=path, family=family, modules=modules, device=dev, weight_dtype=dtype,
@@ -112,7 +113,10 @@ def attach_lora(base: BaseModel, cfg=None, *, rank: int | None = None, alpha: fl
         cfg = TrainConfig(rank=rank, lora_alpha=alpha, train_text_encoder=bool(train_text_encoder),
                           gradient_checkpointing=bool(gradient_checkpointing))
     params = []
-    for name, targets in base.family.lora_targets(cfg).items():
+    targets_by_module = base.family.lora_targets(cfg)
+    for name, targets in targets_by_module.items():
+        _check_targets(base, name, targets, custom=bool(cfg.lora_targets) and name == base.family.denoiser)
+    for name, targets in targets_by_module.items():
         module = base.modules[name]
         module.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                       target_modules=list(targets)), adapter_name=ADAPTER)
@@ -124,6 +128,16 @@ def attach_lora(base: BaseModel, cfg=None, *, rank: int | None = None, alpha: fl
     for p in params:  # trainable LoRA weights stay fp32 under mixed precision
         p.data = p.data.to(torch.float32)
     return params
+
+
+def _check_targets(base: BaseModel, name: str, targets, *, custom: bool) -> None:
+    """Every target must name a layer of the module (peft only refuses when none matches)."""
+    paths = [path for path, _ in base.modules[name].named_modules()]
+    missing = [t for t in targets if not any(p == t or p.endswith("." + t) for p in paths)]
+    if missing:
+        where = "lora_target_modules (--lora-target-modules)" if custom else f"the {base.family.name} LoRA targets"
+        raise ConfigError(f"{where}: {', '.join(missing)} is not a layer of the {name} of this "
+                          f"{base.family.title} model (e.g. {', '.join(base.family.denoiser_targets)})")
 
 
 def trained_modules(base: BaseModel, cfg) -> list:

@@ -138,7 +138,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
                         latents, images = encoder.latents(batch, rng)
                         noised = family.noise(base, cfg, latents, rng)
                         prompts = encoder.text([e.caption for e in batch])
-                        pred = family.denoise(base, noised, prompts, images)
+                        pred = family.denoise(base, noised, prompts, images, cfg)
                         micro_loss, _, _ = weighted_loss(cfg, pred, noised, n_instance=B)
                     accelerator.backward(micro_loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:

@@ -106,8 +106,12 @@ class Family:
 
     # --- loading: once per host ---------------------------------------------------------------
 
-    def load(self, path: Path, device, dtype) -> dict[str, Any]:
-        """Must: the components by diffusers name, frozen (requires_grad False), on ``device``."""
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
+        """Must: the components by diffusers name (the training noise scheduler as
+        ``noise_scheduler``). ``load_base`` then freezes them and moves them to ``device``
+        (except modules a quantizer placed; mark others with ``module._keep_placement = True``).
+        ``options`` are ``load_base``'s extra keywords (e.g. a base quantization), for families
+        that take any; the others get none."""
         raise NotImplementedError
 
     def quantize(self, modules: dict[str, Any], kind: str, device, dtype) -> None:
@@ -150,9 +154,10 @@ class Family:
         between tasks moves them in here and out again afterwards."""
         return contextlib.nullcontext()
 
-    def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
         """Must: {name: tensor with first dim len(captions)}, passed to ``denoise`` as ``prompts``.
-        Runs under no_grad when cached (frozen text encoders), with grad when they train."""
+        Runs under no_grad when cached (frozen text encoders), with grad when they train.
+        ``cfg`` is the task's TrainConfig (e.g. a family's max sequence length setting)."""
         raise NotImplementedError
 
     # --- images ----------------------------------------------------------------------------------
@@ -180,8 +185,8 @@ class Family:
         """Must: draw noise and timesteps (or sigmas) from ``rng``; the noisy input and target."""
         raise NotImplementedError
 
-    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo]):
-        """Must: the denoiser's prediction for ``noised.model_input``."""
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
+        """Must: the denoiser's prediction for ``noised.model_input`` (same layout as ``noised.target``)."""
         raise NotImplementedError
 
     # --- previews and files ----------------------------------------------------------------------
@@ -242,3 +247,11 @@ class Family:
     def kohya_modules(self, pipe, train_text_encoder: bool) -> list[tuple[str, Any]]:
         """(kohya key prefix, module) for the kohya/ComfyUI copy."""
         return [(self.kohya_prefixes[n], getattr(pipe, n)) for n in self.lora_components(pipe, train_text_encoder)]
+
+    def save_kohya(self, pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str) -> Path:
+        """``model_dir/<name>.safetensors`` in the kohya / ComfyUI key layout of this family
+        (UNet families: ``lora_unet_*``, ``lora_te*_*`` with ``.alpha``; override for others)."""
+        from train.export import lora
+
+        return lora.save_kohya(pipe, model_dir, name, train_text_encoder=train_text_encoder, save_dtype=save_dtype,
+                               modules=self.kohya_modules(pipe, train_text_encoder))

@@ -161,7 +161,7 @@ class Flux(FlowMatchingFamily):
     offloaded_components = ("text_encoder_2",)  # T5-XXL; CLIP (0.25 GB) stays, it may train
     kohya_prefixes = {"transformer": "lora_unet", "text_encoder": "lora_te1"}
 
-    def load(self, path: Path, device, dtype) -> dict[str, Any]:
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -175,7 +175,7 @@ class Flux(FlowMatchingFamily):
             **self._load_scheduler(path),
         }, device)
 
-    def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
         # The pipeline's own encode_prompt: CLIP's pooled output and T5's hidden states.
         with _onloaded(base, self.offloaded_components, park=False):
             hidden, pooled, _ = self._text_pipeline(base).encode_prompt(
@@ -189,7 +189,7 @@ class Flux(FlowMatchingFamily):
         vae = base.vae.config
         return ((mean + std * eps) - vae.shift_factor) * vae.scaling_factor
 
-    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo]):
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
         from diffusers import FluxPipeline
 
         from train.flow import guidance_vector

@@ -38,7 +38,7 @@ class Flux2Klein(FlowMatchingFamily):
     offloaded_components = ("text_encoder",)
     kohya_prefixes = {"transformer": "diffusion_model"}
 
-    def load(self, path: Path, device, dtype) -> dict[str, Any]:
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
         from transformers import AutoTokenizer, Qwen3ForCausalLM
 
@@ -63,7 +63,7 @@ class Flux2Klein(FlowMatchingFamily):
     def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
         return cfg_scale  # classifier-free guidance on Klein base models; distilled Klein ignores it
 
-    def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
         from diffusers import Flux2KleinPipeline
 
         from train.families.flux import _onloaded
@@ -78,7 +78,7 @@ class Flux2Klein(FlowMatchingFamily):
         import torch
 
         with torch.no_grad():
-            dist = base.vae.encode(pixels.to(base.device, base.weight_dtype)).latent_dist
+            dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
         return dist.mode(), dist.std
 
     def sample_latents(self, base, mean, std, rng):
@@ -92,7 +92,7 @@ class Flux2Klein(FlowMatchingFamily):
                                                                                                     mean.dtype)
         return (Flux2KleinPipeline._patchify_latents(mean) - bn_mean) / bn_std
 
-    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo]):
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
         from diffusers import Flux2KleinPipeline as P
 
         from train.flow import guidance_vector

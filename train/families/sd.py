@@ -45,7 +45,7 @@ class StableDiffusion(DenoisingFamily):
     required = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te"}
 
-    def load(self, path: Path, device, dtype) -> dict[str, Any]:
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         modules = self._load_unet_vae(path, device, dtype)
@@ -56,13 +56,13 @@ class StableDiffusion(DenoisingFamily):
     def load_kwargs(self) -> dict[str, Any]:
         return {"safety_checker": None, "requires_safety_checker": False}
 
-    def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
         tok = base.tokenizer
         ids = tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(base.device)
         return {"hidden": base.text_encoder(ids)[0]}
 
-    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo]):
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
         return base.unet(noised.model_input, noised.timesteps, prompts["hidden"]).sample
 
     def pipeline(self, base, scheduler: Any = None):

@@ -25,7 +25,7 @@ class StableDiffusionXL(DenoisingFamily):
     required = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
-    def load(self, path: Path, device, dtype) -> dict[str, Any]:
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -40,7 +40,7 @@ class StableDiffusionXL(DenoisingFamily):
         modules["tokenizer_2"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2")
         return modules
 
-    def encode_prompts(self, base, captions: Sequence[str]) -> dict[str, Any]:
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
         import torch
 
         hidden, pooled = [], None
@@ -52,7 +52,7 @@ class StableDiffusionXL(DenoisingFamily):
             hidden.append(out.hidden_states[-2])  # penultimate layer, as SDXL was trained
         return {"hidden": torch.cat(hidden, dim=-1), "pooled": pooled}
 
-    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo]):
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
         hidden = prompts["hidden"]
         added = {"text_embeds": prompts["pooled"], "time_ids": time_ids(images, hidden.device, hidden.dtype)}
         return base.unet(noised.model_input, noised.timesteps, hidden, added_cond_kwargs=added).sample
