@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from container.errors import TaskPathError
 from container.settings import CONTAINER_HYPERPARAMETER_NAMES
+
+if TYPE_CHECKING:
+    from fanout.tasks import TaskSpec
+    from train.config import TrainConfig
 
 
 def resolve_in(root: Path, relative: str, *, what: str) -> Path:
@@ -56,7 +60,7 @@ def job_train_config(training_hp: Mapping[str, Any], *, source: str = "hyperpara
 
 
 def task_train_config(
-    task,
+    task: "TaskSpec",
     *,
     job_hp: Mapping[str, Any],
     model_channel: Path,
@@ -64,7 +68,7 @@ def task_train_config(
     class_channel: Path | None,
     instance_data_dir: Path | None = None,
     output_dir: Path,
-):
+) -> "TrainConfig":
     """The TrainConfig of one task (raises ConfigError or TaskPathError: the task fails).
 
     ``instance_data_dir`` replaces the images channel lookup when the data came from
