@@ -42,8 +42,11 @@ class Flux2Klein(FlowMatchingFamily):
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
         from transformers import AutoTokenizer, Qwen3ForCausalLM
 
+        transformer = Flux2Transformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        # The reference's default names every single block; a host trains one base (loaded once).
+        self._num_single_layers = transformer.config.num_single_layers
         return self._parked({
-            "transformer": Flux2Transformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype),
+            "transformer": transformer,
             "vae": AutoencoderKLFlux2.from_pretrained(path, subfolder="vae", torch_dtype=dtype),
             "text_encoder": Qwen3ForCausalLM.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype),
             "tokenizer": AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
@@ -56,9 +59,7 @@ class Flux2Klein(FlowMatchingFamily):
         n = self._num_single_layers
         return {self.denoiser: KLEIN_TARGETS + tuple(KLEIN_SINGLE_OUT.format(i=i) for i in range(n))}
 
-    # The reference names 24 single blocks (Klein 4B has 20, 9B 24); names of blocks a model
-    # does not have match nothing, so the largest published count covers every Klein.
-    _num_single_layers = 24
+    _num_single_layers = 24  # Klein 9B's count, until a base is loaded (4B has 20)
 
     def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
         return cfg_scale  # classifier-free guidance on Klein base models; distilled Klein ignores it
