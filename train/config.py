@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from train.errors import ConfigError
+from train.export.formats import FORMATS  # light: no torch
 from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
 from train.quantize import BASE_QUANTIZATIONS
@@ -94,8 +95,8 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the latest complete resume state in checkpoints/state")
     log_every: int = _f(10, "print a log line every N steps")
     # --- export ---
-    export: str = _f("lora,kohya", "comma-separated export formats (lora, kohya, merged-fp16, merged-int8, merged-nf4, "
-                                    "merged-bnb8, mme); lora is always written")
+    export: str = _f("lora,kohya", f"comma-separated export formats ({', '.join(FORMATS)}; which ones a model "
+                                    f"family can write: docs/exports.md); lora is always written")
     export_check: bool = _f(True, "load each exported file back, render the validation prompts and record the "
                                   "difference to the in-memory LoRA in manifest.json")
     save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
@@ -217,8 +218,6 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{_where('snr_gamma', source)}: must be greater than 0, got {cfg.snr_gamma}")
     if cfg.resolution % 8:
         raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
-    from train.export.config import FORMATS  # light: no torch
-
     unknown = [n for n in cfg.export_formats if n not in FORMATS]
     if unknown:
         raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(unknown)}; "

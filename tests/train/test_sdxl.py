@@ -208,3 +208,15 @@ def test_merged_formats_of_an_sdxl_lora_load_and_draw_what_the_lora_draws(tiny_s
     merged = json.loads((tmp_path / "merged-fp16" / "model_index.json").read_text())
     assert merged["_class_name"] == "StableDiffusionXLPipeline"
     assert (tmp_path / "merged-fp16" / "text_encoder_2" / "model.safetensors").is_file()
+
+
+def test_re_export_cli_reads_an_sdxl_lora_back_with_the_sdxl_pipeline(runs, tiny_sdxl_model, tmp_path):
+    from train.export.__main__ import main as export_main
+
+    out = tmp_path / "again"
+    assert export_main(["--lora", str(runs["root"] / "a" / "model"), "--base", str(tiny_sdxl_model), "--formats",
+                        "lora,kohya", "--out", str(out), "--drift-steps", "2", "--drift-resolution", "32"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["family"] == "sdxl" and manifest["lora"]["train_text_encoder"] is True
+    assert manifest["formats"]["kohya"]["drift"]["mean_abs_diff"] < 0.5
+    assert max_abs_diff(lora_tensors(runs["root"] / "a" / "model"), lora_tensors(out)) < 1e-6
