@@ -108,3 +108,30 @@ def test_fused_bfl_layers_hold_exactly_the_members_lora():
     down, up = fused["double_blocks.0.img_attn.qkv"]
     members = [f"transformer_blocks.0.attn.to_{m}" for m in "qkv"]
     assert torch.allclose(up @ down, torch.cat([layers[m][1] @ layers[m][0] * 3.0 for m in members]), atol=1e-6)
+
+
+def test_full_size_flux_single_block_kohya_copy_is_split_back_exactly_by_diffusers_converter():
+    """FLUX.1-dev's single block (3072 wide, 12288 MLP), through FluxPipeline.lora_state_dict
+    (diffusers' _convert_kohya_flux_lora_to_diffusers), without building the 12B model."""
+    from types import SimpleNamespace
+
+    from diffusers import FluxPipeline
+
+    from train.families.bfl_keys import _fuse
+
+    torch.manual_seed(0)
+    dims = {"attn.to_q": 3072, "attn.to_k": 3072, "attn.to_v": 3072, "proj_mlp": 12288}
+    members = tuple(f"single_transformer_blocks.0.{m}" for m in dims)
+    outs = {f"single_transformer_blocks.0.{m}": n for m, n in dims.items()}
+    transformer = SimpleNamespace(get_submodule=lambda name: SimpleNamespace(out_features=outs[name]))
+    layers = {m: (torch.randn(4, 3072), torch.randn(outs[m], 4), 2.0) for m in members[:3]}  # q, k, v trained
+    down, up = _fuse(transformer, members, layers)
+    kohya = {"lora_unet_single_blocks_0_linear1.lora_down.weight": down,
+             "lora_unet_single_blocks_0_linear1.lora_up.weight": up,
+             "lora_unet_single_blocks_0_linear1.alpha": torch.tensor(float(down.shape[0]))}
+    converted = FluxPipeline.lora_state_dict(kohya)
+    for m in members:
+        a = converted[f"transformer.{m}.lora_A.weight"]
+        b = converted[f"transformer.{m}.lora_B.weight"]
+        want = layers[m][1] @ layers[m][0] * 2.0 if m in layers else torch.zeros(outs[m], 3072)
+        assert torch.allclose(b @ a, want, atol=1e-4), m
