@@ -89,6 +89,28 @@ class Compose:
 '''
 
 
+# torchvision.transforms.functional as the FLUX.2 Klein script uses it (TF.resize, ...).
+FUNCTIONAL = '''from PIL import Image
+from . import crop, _PIL, CenterCrop, ToTensor, Normalize
+
+def resize(im, size, interpolation=None):
+    h, w = size
+    return im.resize((w, h), _PIL[interpolation.value] if interpolation is not None else Image.BILINEAR)
+
+def center_crop(im, size):
+    return CenterCrop(size if isinstance(size, int) else size[0])(im)
+
+def hflip(im):
+    return im.transpose(Image.FLIP_LEFT_RIGHT)
+
+def to_tensor(im):
+    return ToTensor()(im)
+
+def normalize(t, mean, std):
+    return Normalize(mean, std)(t)
+'''
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size. VmHWM, not ru_maxrss: a forked child's ru_maxrss
     starts at its parent's size, so a benchmark's child would report the parent's peak."""
@@ -120,7 +142,7 @@ def ensure_torchvision() -> str:
     (root / "transforms").mkdir(parents=True)
     (root / "__init__.py").write_text("from . import transforms\n")
     (root / "transforms" / "__init__.py").write_text(STAND_IN + "\nfrom . import functional\n")
-    (root / "transforms" / "functional.py").write_text("from . import crop\n")
+    (root / "transforms" / "functional.py").write_text(FUNCTIONAL)
     sys.path.insert(0, str(root.parent))
     return "stand-in"
 

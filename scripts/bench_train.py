@@ -7,6 +7,10 @@
         [--reference PATH/train_dreambooth_lora_sdxl.py] [--json OUT.json]
     python scripts/bench_train.py --arch sd15 --matrix      # the README table, on a GPU
     python scripts/bench_train.py --arch sdxl --resolution 1024 --rank 16 --matrix   # SDXL, on a GPU
+    python scripts/bench_train.py --family flux|flux2-klein [--base-quantization nf4] \
+        --reference PATH/train_dreambooth_lora_flux[2_klein].py          # tiny, against the reference
+    python scripts/bench_train.py --arch flux-dev --rank 16 --matrix        # 512/1024 px x none/nf4, GPU
+    python scripts/bench_train.py --arch flux2-klein-4b --rank 16 --matrix  # 1024 px, GPU
 
 Runs the real training loop (``train.task.run_task``; previews and checkpoints off) and
 reports steps/s over the steps after ``--warmup`` and peak memory: resident set size on CPU,
@@ -42,6 +46,12 @@ import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = [[], ["--gradient-checkpointing"], ["--optimizer", "adamw8bit"],
           ["--gradient-checkpointing", "--optimizer", "adamw8bit"]]
+# The flow-matching GPU figures (issue 10): bf16, gradient checkpointing; pass --rank 16.
+FLOW_MATRIX = {
+    "flux-dev": [["--gradient-checkpointing", "--resolution", r, *q] for r in ("512", "1024")
+                 for q in ([], ["--base-quantization", "nf4"])],
+    "flux2-klein-4b": [["--gradient-checkpointing", "--resolution", "1024"]],
+}
 
 
 
@@ -64,6 +74,8 @@ def parse(argv):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--optimizer", choices=("adamw", "adamw8bit", "prodigy"), default="adamw")
     p.add_argument("--train-text-encoder", action="store_true")
+    p.add_argument("--base-quantization", choices=("none", "nf4", "int8"), default="none",
+                   help="FLUX.1 / Klein: train on an NF4 / int8 (bitsandbytes) quantized base (QLoRA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--matrix", action="store_true", help="run the 4 README variants (bf16) as subprocesses")
     p.add_argument("--json", type=Path, help="also write the result(s) here")
@@ -77,7 +89,7 @@ def bench(a) -> dict:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    resolution = a.resolution or {"sd15": 512, "sdxl": 1024}.get(a.arch, 64)
+    resolution = a.resolution or {"sd15": 512, "sdxl": 1024, "flux-dev": 1024, "flux2-klein-4b": 1024}.get(a.arch, 64)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model = a.model or build_model(work / "model", a)
     make_demo_data.make_demo_data(work / "data", count=4, size=resolution)
@@ -87,7 +99,7 @@ def bench(a) -> dict:
     from train.pipeline import load_base
     from train.task import run_task
 
-    base = load_base(model, mixed_precision=a.mixed_precision)
+    base = load_base(model, mixed_precision=a.mixed_precision, base_quantization=a.base_quantization)
     device = base.device
     cuda = device.type == "cuda"
     if cuda:
@@ -97,7 +109,8 @@ def bench(a) -> dict:
                       gradient_checkpointing=a.gradient_checkpointing, optimizer=a.optimizer,
                       train_text_encoder=a.train_text_encoder, max_train_steps=a.warmup + a.steps,
                       preview_every=0, checkpoint_every=0, preview_inference_steps=1, num_preview_images=1,
-                      export="lora", export_check=False, log_every=max(1, a.warmup + a.steps))
+                      export="lora", export_check=False, log_every=max(1, a.warmup + a.steps),
+                      base_quantization=a.base_quantization)
     stamps: list[float] = []
     cpu_stamps: list[float] = []
 
@@ -106,12 +119,20 @@ def bench(a) -> dict:
         cpu_stamps.append(time.process_time())  # CPU time: robust to other processes on a shared machine
         return False
 
+    if a.reference and a.base_quantization != "none" and not cuda and \
+            "bnb_quantization_config_path" in Path(a.reference).read_text():
+        a.reference = None  # diffusers' BitsAndBytesConfig refuses to load without a GPU
+        print("reference: not run (its quantized load, diffusers' BitsAndBytesConfig, needs a GPU)")
     try:
         run_task(base, cfg, model_dir=work / "out" / "model", checkpoint_dir=work / "out" / "ck",
                  stop_requested=record_step, task_id="bench")
         peak_rss_mib = bench_reference.peak_rss_mib()  # before the reference: it is not ours
+        parked_mib = parked_text_encoders_mib(base)
         del base  # the reference runs in another process: free this one's copy first
         reference = run_reference(a, model, work, resolution) if a.reference else None
+        if reference is not None and a.base_quantization != "none":
+            quantized = "bnb_quantization_config_path" in Path(a.reference).read_text()
+            reference["base_quantization"] = a.base_quantization if quantized else "none (the script has no option)"
     finally:
         shutil.rmtree(work, ignore_errors=True)   # an sd15 build is ~4 GB, sdxl ~14 GB
     steps_per_s = rate(stamps, a.warmup)
@@ -121,8 +142,10 @@ def bench(a) -> dict:
         "gradient_checkpointing": a.gradient_checkpointing, "optimizer": a.optimizer,
         "train_text_encoder": a.train_text_encoder, "threads": torch.get_num_threads(), "timed_steps": a.steps,
         "steps_per_s": round(steps_per_s, 3), "cpu_s_per_step": cpu_per_step(cpu_stamps, a.warmup),
-        "peak_rss_mib": peak_rss_mib,
+        "peak_rss_mib": peak_rss_mib, "base_quantization": a.base_quantization,
     }
+    if parked_mib:  # FLUX.1's T5 / Klein's Qwen3 wait in CPU memory during the steps
+        result["text_encoders_parked_off_gpu_mib"] = parked_mib
     if cuda:
         result["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["gpu"] = torch.cuda.get_device_name()
@@ -151,10 +174,22 @@ def cpu_per_step(cpu_stamps: list[float], warmup: int) -> float:
     return round(1 / r, 3) if r == r and r else float("nan")
 
 
+def parked_text_encoders_mib(base) -> float:
+    """What the text-encoder offload keeps off the accelerator during the steps (0 on CPU)."""
+    if base.device.type == "cpu":
+        return 0.0
+    parked = [m for m in base.torch_modules().values() if getattr(m, "_keep_placement", False)
+              and next(m.parameters()).device.type == "cpu"]
+    return round(sum(p.numel() * p.element_size() for m in parked for p in m.parameters()) / 2**20, 1)
+
+
+FLOW_FAMILIES = {"FluxPipeline": "flux", "Flux2KleinPipeline": "flux2-klein"}
+
+
 def family_name(model: Path) -> str:
     import json as _json
 
-    return {"StableDiffusionXLPipeline": "sdxl"}.get(
+    return {"StableDiffusionXLPipeline": "sdxl", **FLOW_FAMILIES}.get(
         _json.loads((Path(model) / "model_index.json").read_text()).get("_class_name"), "sd")
 
 
@@ -170,6 +205,16 @@ def reference_args(a, model: Path, work: Path, resolution: int) -> list[str]:
     # this trainer caches the posterior when nothing is random); the SD one has.
     if family_name(model) == "sd":
         args += ["--cache_latents"] if "cache_latents" in Path(a.reference).read_text() else []
+    family = family_name(model)
+    if family in FLOW_FAMILIES.values():
+        # This trainer caches latents (no random augmentation) and uses the pipelines' defaults:
+        # uniform sigmas, guidance 3.5, Qwen3 hidden states 9/18/27 (the Klein script's own
+        # default is 10/20/30; the pipeline's, which inference uses, is 9/18/27).
+        args += ["--cache_latents", "--weighting_scheme", "none", "--guidance_scale", "3.5"]
+        if family == "flux2-klein":
+            args += ["--text_encoder_out_layers", "9", "18", "27"]
+        if a.base_quantization != "none" and "bnb_quantization_config_path" in Path(a.reference).read_text():
+            args += ["--bnb_quantization_config_path", str(bnb_config(work, a.base_quantization))]
     if a.gradient_checkpointing:
         args.append("--gradient_checkpointing")
     if a.optimizer == "adamw8bit":
@@ -177,6 +222,15 @@ def reference_args(a, model: Path, work: Path, resolution: int) -> list[str]:
     if a.train_text_encoder:
         args.append("--train_text_encoder")
     return args
+
+
+def bnb_config(work: Path, kind: str) -> Path:
+    """The reference's --bnb_quantization_config_path (diffusers BitsAndBytesConfig kwargs)."""
+    cfg = ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": "bfloat16"} if kind == "nf4" else {"load_in_8bit": True})
+    path = work / "bnb.json"
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 def run_reference(a, model: Path, work: Path, resolution: int) -> dict:
@@ -203,7 +257,7 @@ def matrix(a, argv) -> list[dict]:
     base_args = [x for x in argv if x not in ("--matrix",)]
     if "--mixed-precision" not in base_args:
         base_args += ["--mixed-precision", "bf16"]
-    for extra in MATRIX:
+    for extra in FLOW_MATRIX.get(a.arch, MATRIX):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", f.name]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -234,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['family']} {r['arch']} {r['resolution']}px rank {r['rank']} batch {r['batch']} "
               f"{r['mixed_precision']} ckpt={r['gradient_checkpointing']} opt={r['optimizer']} "
-              f"te={r['train_text_encoder']} on {r['device']}: {figures(r)}")
+              f"te={r['train_text_encoder']} base={r.get('base_quantization', 'none')} on {r['device']}: "
+              f"{figures(r)}" + (f", text encoders parked off the GPU: {r['text_encoders_parked_off_gpu_mib']} MiB"
+                                 if r.get("text_encoders_parked_off_gpu_mib") else ""))
         if "reference" in r:
             ref = r["reference"]
             print(f"  reference {Path(ref['script']).name} (same model, settings, images; torchvision "
-                  f"{ref['torchvision']}): {figures(ref)}")
+                  f"{ref['torchvision']}; base {ref.get('base_quantization', 'none')}): {figures(ref)}")
     if a.json:
         a.json.write_text(json.dumps(results[0] if len(results) == 1 and not a.matrix else results, indent=2))
     return 0
