@@ -205,6 +205,21 @@ def test_settings_a_flow_matching_family_does_not_support_are_refused(tiny_flow,
         config(demo_data, weighting_scheme="uniform")
 
 
+def test_a_flux_folder_with_a_v_prediction_scheduler_is_refused_naming_the_file(tiny_flow, tmp_path):
+    import shutil
+
+    from train.errors import ConfigError
+    from train.families import family_of
+
+    folder = tmp_path / "flux-v"
+    shutil.copytree(tiny_flow["flux"], folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDPMScheduler", "prediction_type": "v_prediction", "num_train_timesteps": 1000}))
+    with pytest.raises(ConfigError, match=r"scheduler_config.json: DDPMScheduler with prediction_type='v_prediction'"
+                                          r".*flow matching"):
+        family_of(folder)
+
+
 def test_a_task_asking_for_another_quantization_than_the_loaded_base_fails_clearly(tiny_flow, demo_data, tmp_path):
     from train.errors import ConfigError
     from train.task import run_task

@@ -42,6 +42,25 @@ class FlowMatchingFamily(Family):
             raise ConfigError(f"{source}: train_text_encoder (--train-text-encoder): {self.title} trains no text "
                               "encoder LoRA (its text encoder stays frozen); turn it off")
 
+    def check_components(self, path: Path, index: Mapping[str, Any]) -> None:
+        """A flow-matching base trains on its FlowMatchEulerDiscreteScheduler: a folder whose
+        scheduler is an ε- or v-prediction (DDPM-family) one is refused, naming the file."""
+        import json
+
+        from train.errors import ConfigError
+
+        super().check_components(path, index)
+        file = Path(path) / "scheduler" / "scheduler_config.json"
+        try:
+            sched = json.loads(file.read_text())
+        except (OSError, ValueError):
+            return  # loading reports a missing/unreadable scheduler itself
+        name, prediction = sched.get("_class_name", ""), sched.get("prediction_type")
+        if not str(name).startswith("FlowMatch") or prediction is not None:
+            raise ConfigError(f"{file}: {name} with prediction_type={prediction!r} on a {self.title} base; "
+                              f"{self.title} trains by flow matching (velocity), with a FlowMatchEulerDiscreteScheduler "
+                              "(epsilon / v_prediction are for SD and SDXL bases)")
+
     def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
         # FLUX.1-dev's guidance is an input of the distilled transformer, not classifier-free
         # guidance: sample with the value it trained with (the pipeline ignores it on schnell).
