@@ -228,3 +228,18 @@ def test_a_task_asking_for_another_quantization_than_the_loaded_base_fails_clear
     with pytest.raises(ConfigError, match=r"task 'q'.*base_quantization='nf4'.*loaded with 'none'.*for the job"):
         run_task(flow_base(tiny_flow, "flux"), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                  task_id="q")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_flow, demo_data, tmp_path, family):
+    from train.task import run_task
+
+    cfg = config(demo_data, class_prompt="a photo of a toy", num_class_images=2, max_train_steps=2, export="lora")
+    result = run_task(flow_base(tiny_flow, family), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+                      class_cache_dir=tmp_path / "classes")
+    assert result.state == "completed"
+    generated = sorted((tmp_path / "classes").rglob("class-*.png"))
+    assert len(generated) == 2
+    from PIL import Image
+
+    assert Image.open(generated[0]).size == (32, 32)
