@@ -34,8 +34,8 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # --- what to train on (paths and prompts: the container derives these per task) ---
-    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1 or FLUX.2 Klein; the family "
-                                   "is read from its model_index.json)")
+    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1 or "
+                                   "FLUX.2 Klein; the family is read from its model_index.json)")
     instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
     instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
     output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")

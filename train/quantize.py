@@ -60,8 +60,9 @@ def _quantized(linear: Any, kind: str, device: Any, compute_dtype: Any) -> Any:
         # training computes, and it needs in_features % 64 == 0. One path on CPU instead.
         q.support_avx512bf16_for_cpu = False
     else:
+        # threshold 6.0: LLM.int8's outlier split, diffusers' BitsAndBytesConfig default.
         q = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
-                                threshold=0.0, device="meta")
+                                threshold=6.0, device="meta")
         q.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     if bias:
         q.bias = torch.nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
