@@ -137,7 +137,7 @@ def bench(a) -> dict:
         shutil.rmtree(work, ignore_errors=True)   # an sd15 build is ~4 GB, sdxl ~14 GB
     steps_per_s = rate(stamps, a.warmup)
     result = {
-        "arch": a.arch if not a.model else str(a.model), "family": family, "device": str(device),
+        "arch": a.arch if not a.model or a.arch != "tiny" else str(a.model), "family": family, "device": str(device),
         "resolution": resolution, "rank": a.rank, "batch": a.batch, "mixed_precision": a.mixed_precision,
         "gradient_checkpointing": a.gradient_checkpointing, "optimizer": a.optimizer,
         "train_text_encoder": a.train_text_encoder, "threads": torch.get_num_threads(), "timed_steps": a.steps,
@@ -257,11 +257,23 @@ def matrix(a, argv) -> list[dict]:
     base_args = [x for x in argv if x not in ("--matrix",)]
     if "--mixed-precision" not in base_args:
         base_args += ["--mixed-precision", "bf16"]
+<<<<<<< HEAD
     for extra in FLOW_MATRIX.get(a.arch, MATRIX):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", f.name]
+=======
+    work = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    try:
+        if not a.model:  # one build for the four runs (a full-shape SDXL is ~14 GB)
+            base_args += ["--model", str(build_model(work / "model", a))]
+        for extra in MATRIX:
+            out = work / "result.json"
+            cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", str(out)]
+>>>>>>> issue-9
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            results.append(json.loads(Path(f.name).read_text()))
+            results.append(json.loads(out.read_text()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 

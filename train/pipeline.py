@@ -8,7 +8,7 @@ the same ``BaseModel``. Nothing here knows a particular family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class BaseModel:
     weight_dtype: Any             # dtype of the frozen weights (fp32, or fp16/bf16 with mixed precision)
     mixed_precision: str = "no"
     quantization: str = "none"     # base_quantization it was loaded with (nf4/int8: a QLoRA base)
-    _identity: str | None = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         # base.unet, base.text_encoder_2, base.transformer ...: the family's components.
@@ -96,22 +95,13 @@ def _placed(module) -> bool:
                 or getattr(module, "_keep_placement", False))
 
 
-def attach_lora(base: BaseModel, cfg=None, *, rank: int | None = None, alpha: float | None = None,
-                train_text_encoder: bool | None = None, gradient_checkpointing: bool | None = None) -> list:
-    """Add a fresh LoRA adapter to the family's targets; return its trainable parameters.
-
-    Called with the task's ``cfg`` (the family picks the targets), or, as before, with
-    ``rank/alpha/train_text_encoder/gradient_checkpointing`` keywords. The LoRA init draws from
-    torch's global RNG: the caller seeds it first.
-    """
+def attach_lora(base: BaseModel, cfg) -> list:
+    """Add a fresh LoRA adapter (rank, alpha, checkpointing from the task's ``cfg``) to the
+    family's targets; return its trainable parameters. The LoRA init draws from torch's global
+    RNG: the caller seeds it first."""
     import torch
     from peft import LoraConfig
 
-    if cfg is None:
-        from train.config import TrainConfig
-
-        cfg = TrainConfig(rank=rank, lora_alpha=alpha, train_text_encoder=bool(train_text_encoder),
-                          gradient_checkpointing=bool(gradient_checkpointing))
     params = []
     targets_by_module = base.family.lora_targets(cfg)
     for name, targets in targets_by_module.items():

@@ -111,3 +111,22 @@ def test_lora_target_modules_picks_the_trained_layers(base, demo_data, tmp_path)
     run_task(base, cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
     names = {k.rsplit(".lora", 1)[0].rsplit(".", 1)[-1] for k in lora_tensors(tmp_path / "model")}
     assert names == {"to_k", "to_v"}, names
+
+
+def test_a_setting_only_some_families_understand_is_refused_naming_setting_and_family():
+    """snr_gamma / noise_offset are DDPM settings (families=("sd", "sdxl") in TrainConfig): a
+    family outside that list (a flow-matching one, issue 10) refuses them before any load."""
+    from train.config import TrainConfig, family_settings_problems
+    from train.families import Family, family_named
+
+    class FlowFamily(Family):   # only its name and title matter to the settings check
+        name, title = "flow", "a flow-matching family"
+
+    cfg = TrainConfig(snr_gamma=5.0, noise_offset=0.05)
+    family_named("sd").check_config(cfg)
+    family_named("sdxl").check_config(cfg)
+    problems = family_settings_problems(cfg, FlowFamily())
+    assert [p.split(" ")[0] for p in problems] == ["snr_gamma", "noise_offset"]
+    assert problems[0].startswith("snr_gamma (--snr-gamma) is a setting of sd, sdxl models")
+    assert all("flow (a flow-matching family)" in p for p in problems)
+    assert family_settings_problems(TrainConfig(), FlowFamily()) == []  # defaults are fine everywhere
