@@ -83,6 +83,17 @@ class FlowMatchingFamily(Family):
         for name in self.quantized_components:
             quantize_linears(modules[name], kind, device=device, compute_dtype=dtype)
 
+    def load_pipeline(self, folder: Path, *, dtype, device=None):
+        """The export check's reload: a second copy of a 12B-parameter base. On a GPU it stays in
+        CPU memory, each model moved in only while it runs (diffusers' model CPU offload)."""
+        import torch
+
+        if device is None or torch.device(device).type == "cpu":
+            return super().load_pipeline(folder, dtype=dtype, device=device)
+        pipe = super().load_pipeline(folder, dtype=dtype)
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+
     # --- text encoders: on the accelerator only while they encode ------------------------------
 
     def prompt_encoding(self, base):
