@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - imported as scripts.tiny_flux
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from make_tiny_model import write_tokenizer as write_clip_tokenizer
 
-FAMILIES = {"flux": ("tiny", "flux-dev", "flux-schnell"), "flux2-klein": ("tiny", "flux2-klein-4b")}
+FAMILIES = {"flux": ("tiny", "tiny-schnell", "flux-dev", "flux-schnell"), "flux2-klein": ("tiny", "flux2-klein-4b")}
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 # Qwen3's chat template, reduced to what Flux2KleinPipeline uses (one user turn, thinking off).
 QWEN_CHAT_TEMPLATE = (
@@ -81,12 +81,12 @@ def write_qwen_tokenizer(out: Path):
 
 def flux_configs(arch: str, *, t5_vocab: int) -> dict:
     """Transformer, VAE, CLIP, T5 and scheduler configs for a FLUX.1 pipeline."""
-    guidance = arch != "flux-schnell"
-    if arch == "tiny":
+    guidance = "schnell" not in arch
+    if arch in ("tiny", "tiny-schnell"):
         return dict(
             transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                             pooled_projection_dim=32, axes_dims_rope=[4, 6, 6], guidance_embeds=True),
+                             pooled_projection_dim=32, axes_dims_rope=[4, 6, 6], guidance_embeds=guidance),
             vae=dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                      up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
                      norm_num_groups=8, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
@@ -96,7 +96,7 @@ def flux_configs(arch: str, *, t5_vocab: int) -> dict:
                       bos_token_id=512, eos_token_id=513, pad_token_id=513),
             t5=dict(vocab_size=t5_vocab, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                     relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"),
-            scheduler=_flux_scheduler(dev=True),
+            scheduler=_flux_scheduler(dev=guidance),
         )
     # FLUX.1-dev / -schnell as published (black-forest-labs/FLUX.1-*: transformer, vae, CLIP-L, T5-XXL).
     return dict(
@@ -211,7 +211,7 @@ class _weights_dtype:
     """Full-shape models are built in bf16 (as published; fp32 FLUX.1-dev would need ~70 GB)."""
 
     def __init__(self, arch: str):
-        self.full = arch != "tiny"
+        self.full = not arch.startswith("tiny")
 
     def __enter__(self):
         import torch

@@ -205,6 +205,19 @@ def test_settings_a_flow_matching_family_does_not_support_are_refused(tiny_flow,
         config(demo_data, weighting_scheme="uniform")
 
 
+def test_flux_schnell_trains_without_a_guidance_embedding_and_round_trips(demo_data, tmp_path):
+    from train.pipeline import load_base
+    from train.task import run_task
+
+    folder = load_script("tiny_flux").build(tmp_path / "schnell", family="flux", arch="tiny-schnell")
+    base = load_base(folder)
+    assert not base.transformer.config.guidance_embeds
+    cfg = config(demo_data, max_train_steps=3, export="lora", export_check=True)
+    result = run_task(base, cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c")
+    entry = json.loads((tmp_path / "m" / "manifest.json").read_text())["formats"]["lora"]
+    assert result.state == "completed" and entry["drift"]["mean_abs_diff"] <= 0.05
+
+
 def test_a_flux_folder_with_a_v_prediction_scheduler_is_refused_naming_the_file(tiny_flow, tmp_path):
     import shutil
 
