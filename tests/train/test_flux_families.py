@@ -106,6 +106,8 @@ def test_flux_clip_lora_is_saved_and_t5_stays_frozen(trained, tiny_flow):
     keys = lora_tensors(model_dir).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("transformer.") for k in keys)
     assert not any(k.startswith("text_encoder_2.") for k in keys)
+    clip_up = [v for k, v in lora_tensors(model_dir).items() if k.startswith("text_encoder.") and "lora_B" in k]
+    assert clip_up and any(float(v.abs().max()) > 0 for v in clip_up), "CLIP's LoRA must have trained (init B = 0)"
     pipe = fresh(tiny_flow["flux"], "flux")
     pipe.load_lora_weights(model_dir)
     assert getattr(pipe.text_encoder, "peft_config", None), "CLIP's LoRA must load back"
