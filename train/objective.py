@@ -1,8 +1,9 @@
 """The DreamBooth denoising objective: noise, timesteps, target, min-SNR weights, prior loss.
 
 ``weighted_loss`` is every family's loss (the family's ``noise`` gives target and per-sample
-weight); the DDPM helpers below are what the SD and SDXL families noise with. Every random draw comes from the generator the caller passes in, seeded by (seed, step), so
-a resumed run draws exactly what an uninterrupted one would.
+weight); the DDPM helpers above it are what the SD and SDXL families noise with. Every random
+draw comes from the generator the caller passes in, seeded by (seed, step), so a resumed run
+draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,14 +12,6 @@ from typing import Any
 
 from train.config import TrainConfig
 from train.pipeline import BaseModel
-
-
-def sample_latents(mean, std, scaling_factor: float, rng):  # kept for callers outside the loop
-    """A sample of the VAE posterior N(mean, std), scaled like the UNet expects."""
-    import torch
-
-    eps = torch.randn(mean.shape, generator=rng, dtype=torch.float32).to(mean.device, mean.dtype)
-    return (mean + std * eps) * scaling_factor
 
 
 def add_noise(base: BaseModel, cfg: TrainConfig, latents, rng) -> tuple[Any, Any, Any]:
@@ -74,14 +67,3 @@ def _split_prior(cfg: TrainConfig, per_sample, n_instance: int):
         return instance, instance, None
     prior = per_sample[n_instance:].mean()
     return instance + cfg.prior_loss_weight * prior, instance, prior
-
-
-def diffusion_loss(base: BaseModel, cfg: TrainConfig, pred, target, timesteps, n_instance: int):
-    """Weighted MSE; with prior preservation the batch is [instance..., class...] and the class
-    half is added with ``prior_loss_weight``. Returns (loss, instance_loss, prior_loss|None)."""
-    import torch.nn.functional as F
-
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if cfg.snr_gamma is not None:
-        per_sample = per_sample * snr_weights(base, timesteps, cfg.snr_gamma).float()
-    return _split_prior(cfg, per_sample, n_instance)

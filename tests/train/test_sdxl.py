@@ -87,6 +87,10 @@ def test_round_trip_fresh_sdxl_pipeline_generates_what_the_trained_model_did(run
     assert np.abs(trained - runs["base_render"]).mean() > 1e-3, "the LoRA must change the image"
     manifest = json.loads((runs["root"] / "a" / "model" / "manifest.json").read_text())
     assert manifest["family"] == "sdxl"
+    # Previews came from the SDXL pipeline over the in-memory modules, mid-run and at the end.
+    for step in ("step-000003", "step-000006"):
+        assert {p.name for p in (runs["root"] / "a" / "ck" / "previews" / step).iterdir()} == {
+            "0.png", "grid.png", "prompts.json"}
     assert manifest["formats"]["lora"]["load"].startswith("StableDiffusionXLPipeline.from_pretrained(BASE)")
 
 

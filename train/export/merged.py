@@ -16,14 +16,10 @@ import torch
 from .errors import ExportError
 from .lora import ADAPTER, has_adapter
 
-# Pipeline components whose weights are rewritten (SD's; any family: every torch module of the
-# pipeline, see rewritten()); every other file of the base folder (model_index.json,
-# tokenizers, scheduler, safety checker if any) is copied as it is.
-REWRITTEN = ("unet", "text_encoder", "vae")
-
-
 def rewritten(pipe) -> tuple[str, ...]:
-    """The components of ``pipe`` with weights: denoiser, text encoders, VAE."""
+    """The components of ``pipe`` with weights (denoiser, text encoders, VAE) are rewritten;
+    every other file of the base folder (model_index.json, tokenizers, scheduler, safety
+    checker if any) is copied as it is."""
     return tuple(name for name, module in pipe.components.items() if isinstance(module, torch.nn.Module))
 
 
@@ -92,7 +88,7 @@ def write_merged_pipeline(pipe, base_model_dir: Path, out_dir: Path, dtype: torc
     return out_dir
 
 
-def _skip_rewritten(base_model_dir: Path, rewritten_names: tuple[str, ...] = REWRITTEN):
+def _skip_rewritten(base_model_dir: Path, rewritten_names: tuple[str, ...]):
     def ignore(directory: str, names: list[str]) -> list[str]:
         return [n for n in names if Path(directory) == base_model_dir and n in rewritten_names]
     return ignore
