@@ -105,8 +105,9 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     by_id = {t.task_id: t for t in tasks}
     share = [by_id[tid] for tid in plan.share(env.host_index)]
     _log_share(env, plan, share, len(tasks))
-    # 3. The warm worker.
+    # 3. The warm worker; the job's settings checked against the base's family before any load.
     worker = _make_worker(env, settings, training_hp, job_cfg, stop)
+    _check_family(worker, job_cfg, env.channel("model"))
     summary = worker.run(share, rejected=_task_reasons(rejected))
     log.info("summary (%s):\n%s", env.output_data_dir / "summary.json", _table(summary.tasks))
     if summary.state == "interrupted":
@@ -135,16 +136,9 @@ def _task_reasons(rejected) -> dict[str, str]:
 def _job_config(training_hp):
     """Unknown names and bad values of the job's hyperparameters fail the job, listing valid names."""
     from container.errors import JobConfigError
-    from container.settings import CONTAINER_HYPERPARAMETER_NAMES
     from container.taskconfig import job_train_config
-    from train.config import HYPERPARAMETER_NAMES
     from train.errors import ConfigError
 
-    unknown = sorted(set(training_hp) - HYPERPARAMETER_NAMES)
-    if unknown:
-        valid = sorted(HYPERPARAMETER_NAMES | CONTAINER_HYPERPARAMETER_NAMES)
-        raise JobConfigError(f"unknown hyperparameter(s) {', '.join(unknown)} in hyperparameters.json; "
-                             f"valid: {', '.join(valid)}")
     try:
         return job_train_config(training_hp)
     except ConfigError as exc:
@@ -153,21 +147,22 @@ def _job_config(training_hp):
 
 def _make_worker(env, settings, training_hp, job_cfg, stop):
     from container.worker import Worker
+    from train.api import LocalTrainer
 
-    def load(model_dir):
-        from train.cli import quiet_library_progress_bars
-        from train.pipeline import load_base
-
-        quiet_library_progress_bars()  # the step lines are the progress; loading bars only clutter CloudWatch
-        return load_base(model_dir, mixed_precision=job_cfg.mixed_precision)
-
-    def run_task(*args, **kwargs):
-        from train.task import run_task as train_run_task
-
-        return train_run_task(*args, **kwargs)
-
-    return Worker(env=env, settings=settings, job_hp=training_hp, load_base=load, run_task=run_task,
+    trainer = LocalTrainer(job_cfg.mixed_precision, base_quantization=job_cfg.base_quantization)
+    return Worker(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
                   stop_requested=stop, mixed_precision=job_cfg.mixed_precision)
+
+
+def _check_family(worker, job_cfg, model_dir) -> None:
+    """A job setting the base model's family cannot use fails the job, before any model loads."""
+    from container.errors import JobConfigError
+    from train.errors import ConfigError
+
+    try:
+        worker.trainer.check_config(job_cfg, model_dir, source="hyperparameters.json")
+    except ConfigError as exc:
+        raise JobConfigError(str(exc)) from exc
 
 
 def _log_share(env, plan, share, total: int) -> None:

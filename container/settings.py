@@ -7,15 +7,12 @@ name it does not know. They are job-wide: a task's own ``hyperparameters`` canno
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from container.errors import JobConfigError
 
 ON_TASK_FAILURE = ("continue", "fail")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -37,37 +34,27 @@ class ContainerConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "hyperparameters.json") -> "ContainerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise JobConfigError(f"{source}: unknown container setting(s) {unknown}; valid: {sorted(known)}")
-        on_failure = _decode(values.get("on_task_failure", cls.on_task_failure))
+        from train.hyperparameters import reject_unknown
+
+        reject_unknown(values, {f.name for f in fields(cls)}, source=source, what="container setting",
+                       error=JobConfigError)
+        on_failure = _decode(values.get("on_task_failure", cls.on_task_failure), str, "on_task_failure", source)
         if on_failure not in ON_TASK_FAILURE:
             raise JobConfigError(
                 f"{source}: on_task_failure={on_failure!r} is not one of {list(ON_TASK_FAILURE)}"
             )
-        isolation = _to_bool(values.get("network_isolation", cls.network_isolation), "network_isolation", source)
+        isolation = _decode(values.get("network_isolation", cls.network_isolation), bool, "network_isolation", source)
         return cls(on_task_failure=on_failure, network_isolation=isolation)
 
 
 CONTAINER_HYPERPARAMETER_NAMES = frozenset(f.name for f in fields(ContainerConfig))
 
 
-def _decode(value: Any) -> Any:
-    """SageMaker strings: the SDK JSON-quotes them ("\\"fail\\""), the raw API does not ("fail")."""
-    if isinstance(value, str):
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return value
-        return decoded if isinstance(decoded, (str, bool)) else value
-    return value
+def _decode(value: Any, tp: type, name: str, source: str) -> Any:
+    """SageMaker strings, bare or JSON-quoted, through train's one decoder."""
+    from train.hyperparameters import decode
 
-
-def _to_bool(value: Any, name: str, source: str) -> bool:
-    value = _decode(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise JobConfigError(f"{source}: {name}={value!r} is not a boolean (true or false)")
+    try:
+        return decode(value, tp)
+    except (TypeError, ValueError) as exc:
+        raise JobConfigError(f"{source}: {name}={value!r} is not valid ({exc})") from None

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from container.errors import TaskPathError
 from container.settings import CONTAINER_HYPERPARAMETER_NAMES
+
+if TYPE_CHECKING:
+    from fanout.tasks import TaskSpec
+    from train.config import TrainConfig
 
 
 def resolve_in(root: Path, relative: str, *, what: str) -> Path:
@@ -38,28 +42,25 @@ def split_hyperparameters(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 
 def check_names(values: Mapping[str, Any], allowed: frozenset[str], *, source: str) -> None:
     """Unknown names -> ConfigError listing the valid ones (the message says where they came from)."""
-    from train.errors import ConfigError
+    from train.hyperparameters import reject_unknown
 
-    unknown = sorted(set(values) - allowed)
-    if not unknown:
-        return
     hint = ""
-    container_level = [n for n in unknown if n in CONTAINER_HYPERPARAMETER_NAMES]
+    container_level = sorted(n for n in set(values) - allowed if n in CONTAINER_HYPERPARAMETER_NAMES)
     if container_level:
         hint = f" ({', '.join(container_level)} is job-wide: set it in the job's hyperparameters)"
-    raise ConfigError(f"{source}: unknown hyperparameter(s) {unknown}{hint}; valid: {sorted(allowed)}")
+    reject_unknown(values, allowed, source=source, what="hyperparameter", hint=hint)
 
 
 def job_train_config(training_hp: Mapping[str, Any], *, source: str = "hyperparameters.json"):
     """Validate the job's training hyperparameters before any model loads (ConfigError if bad)."""
     from train.config import HYPERPARAMETER_NAMES, TrainConfig
 
-    check_names(training_hp, HYPERPARAMETER_NAMES, source=source)
+    check_names(training_hp, HYPERPARAMETER_NAMES | CONTAINER_HYPERPARAMETER_NAMES, source=source)
     return TrainConfig.from_dict(dict(training_hp), source=source)
 
 
 def task_train_config(
-    task,
+    task: "TaskSpec",
     *,
     job_hp: Mapping[str, Any],
     model_channel: Path,
@@ -67,7 +68,7 @@ def task_train_config(
     class_channel: Path | None,
     instance_data_dir: Path | None = None,
     output_dir: Path,
-):
+) -> "TrainConfig":
     """The TrainConfig of one task (raises ConfigError or TaskPathError: the task fails).
 
     ``instance_data_dir`` replaces the images channel lookup when the data came from

@@ -12,8 +12,9 @@ A task failure is recorded (status.json, summary) and the next task runs, unless
 ``on_task_failure=fail``. A stop request (SIGTERM) ends the loop after run_task has saved
 state. The summary is rewritten after every task, so even a killed host leaves one.
 
-``load_base`` and ``run_task`` are injected: the entry point passes train's, the
-orchestration tests pass fakes.
+Training is reached through one typed interface, ``train.api.Trainer`` (check a task's
+config against the base's family, load the base, run a task): the entry point passes train's
+``LocalTrainer``, the orchestration tests pass a stand-in.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from container.env import SageMakerEnv
 from container.errors import ContainerError, TaskPathError, TaskSpecError
@@ -34,6 +35,11 @@ from container.records import HostSummary, TaskOutcome, now_iso, read_status, wr
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
+
+if TYPE_CHECKING:
+    from fanout.tasks import TaskSpec
+    from train.api import Trainer
+    from train.config import TrainConfig
 
 log = logging.getLogger("container.worker")
 
@@ -52,8 +58,7 @@ class Worker:
     env: SageMakerEnv
     settings: ContainerConfig
     job_hp: Mapping[str, Any]  # training hyperparameters of the job, raw (strings)
-    load_base: Callable[[Path], Any]
-    run_task: Callable[..., Any]
+    trainer: "Trainer"
     stop_requested: Callable[[], bool] = lambda: False
     mixed_precision: str = "no"  # the job's: the base model is loaded once, in this precision
     transfer: Any = None  # container.s3.TaskTransfer, made on first use
@@ -63,7 +68,7 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self, share: Sequence, rejected: Mapping[str, str] | None = None) -> HostSummary:
+    def run(self, share: Sequence["TaskSpec"], rejected: Mapping[str, str] | None = None) -> HostSummary:
         env = self.env
         self.rejected = dict(rejected or {})
         self.summary = HostSummary(
@@ -99,7 +104,7 @@ class Worker:
         self._write_summary()
         return self.summary
 
-    def _run_one(self, task) -> TaskOutcome:
+    def _run_one(self, task: "TaskSpec") -> TaskOutcome:
         model_dir = self.env.model_dir / task.task_id
         checkpoint_dir = self.env.checkpoint_dir / task.task_id
         outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id)
@@ -119,7 +124,7 @@ class Worker:
 
     # -- one task ---------------------------------------------------------------------------
 
-    def _restore(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+    def _restore(self, task: "TaskSpec", model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
         """A task an earlier run of this job already delivered: no retraining."""
         files = restore_final(checkpoint_dir, model_dir)
         status = read_status(checkpoint_dir) or {}
@@ -131,7 +136,7 @@ class Worker:
         if task.output_uri and not (checkpoint_dir / UPLOADED).exists():
             self._upload(task, model_dir, checkpoint_dir, outcome)
 
-    def _train(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+    def _train(self, task: "TaskSpec", model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
         from train.errors import Interrupted, TrainError
 
         extra = self._status_extra(task)
@@ -150,7 +155,7 @@ class Worker:
         model_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = self.run_task(
+            result = self.trainer.run_task(
                 base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                 class_cache_dir=self.env.checkpoint_dir / CLASS_CACHE / self.env.current_host,
                 stop_requested=self.stop_requested, task_id=task.task_id, status_extra=extra,
@@ -183,7 +188,7 @@ class Worker:
         if task.output_uri:
             self._upload(task, model_dir, checkpoint_dir, outcome)
 
-    def _task_config(self, task, model_dir: Path):
+    def _task_config(self, task: "TaskSpec", model_dir: Path) -> "TrainConfig":
         if task.task_id in self.rejected:
             raise TaskSpecError(self.rejected[task.task_id])
         env = self.env
@@ -205,9 +210,11 @@ class Worker:
                 f"task {task.task_id!r}: hyperparameter mixed_precision={cfg.mixed_precision!r} differs from the "
                 f"job's {self.mixed_precision!r}; the base model is loaded once per host, so set it for the job"
             )
+        # Settings and formats the base's family cannot use fail this task before any model loads.
+        self.trainer.check_config(cfg, model_channel, source=f"task {task.task_id!r}")
         return cfg
 
-    def _download_instance_data(self, task) -> Path:
+    def _download_instance_data(self, task: "TaskSpec") -> Path:
         if self.settings.network_isolation:
             raise TaskPathError(
                 f"task {task.task_id!r}: instance_data {task.instance_data} is an s3:// URI but the job runs "
@@ -223,7 +230,7 @@ class Worker:
         log.info("task %s: downloaded %d files from %s", task.task_id, n, task.instance_data)
         return target
 
-    def _upload(self, task, model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
+    def _upload(self, task: "TaskSpec", model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
         if self.settings.network_isolation:
             outcome.error = f"output_uri {task.output_uri} not uploaded: the job runs with network isolation"
             log.warning("task %s: %s", task.task_id, outcome.error)
@@ -257,7 +264,7 @@ class Worker:
     def _base_model(self):
         if self._base is None:
             t0 = time.monotonic()
-            self._base = self.load_base(self.env.channel("model"))
+            self._base = self.trainer.load_base(self.env.channel("model"))
             self.summary.base_model_loads += 1
             self.summary.base_model_seconds = round(time.monotonic() - t0, 3)
             log.info("base model loaded in %.1f s (once for this host)", self.summary.base_model_seconds)
@@ -270,7 +277,7 @@ class Worker:
             self.transfer = TaskTransfer(default_client())
         return self.transfer
 
-    def _status_extra(self, task) -> dict:
+    def _status_extra(self, task: "TaskSpec") -> dict:
         extra = {"task_id": task.task_id, "host": self.env.current_host}
         if task.user_id is not None:
             extra["user_id"] = task.user_id
@@ -278,7 +285,7 @@ class Worker:
             extra["metadata"] = dict(task.metadata)
         return extra
 
-    def _stop_before(self, remaining: Sequence) -> None:
+    def _stop_before(self, remaining: Sequence["TaskSpec"]) -> None:
         self.summary.state = "interrupted"
         for task in remaining:
             self.summary.tasks.append(TaskOutcome(task_id=task.task_id, outcome="not_started", user_id=task.user_id))

@@ -21,6 +21,8 @@ TRAINING_NAMES = frozenset({
     "num_preview_images", "optimizer", "preview_every", "preview_guidance_scale", "preview_inference_steps",
     "prior_loss_weight", "random_flip", "rank", "resolution", "resume", "save_dtype", "seed", "snr_gamma",
     "train_batch_size", "train_text_encoder",
+    "lora_target_modules",
+    "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})

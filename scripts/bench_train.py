@@ -1,17 +1,29 @@
 #!/usr/bin/env python3
 """Training throughput and peak memory of one LoRA task configuration.
 
-    python scripts/bench_train.py [--model DIR | --arch tiny|sd15] [--resolution 512] [--rank 4]
-        [--batch 1] [--steps 20] [--warmup 3] [--mixed-precision bf16] [--gradient-checkpointing]
-        [--optimizer adamw8bit] [--train-text-encoder] [--threads N] [--json OUT.json]
+    python scripts/bench_train.py [--model DIR | --family sd|sdxl | --arch tiny|sd15|sdxl]
+        [--resolution 512] [--rank 4] [--batch 1] [--steps 20] [--warmup 3] [--mixed-precision bf16]
+        [--gradient-checkpointing] [--optimizer adamw8bit] [--train-text-encoder] [--threads N]
+        [--reference PATH/train_dreambooth_lora_sdxl.py] [--json OUT.json]
     python scripts/bench_train.py --arch sd15 --matrix      # the README table, on a GPU
+    python scripts/bench_train.py --arch sdxl --resolution 1024 --rank 16 --matrix   # SDXL, on a GPU
+    python scripts/bench_train.py --family flux|flux2-klein [--base-quantization nf4] \
+        --reference PATH/train_dreambooth_lora_flux[2_klein].py          # tiny, against the reference
+    python scripts/bench_train.py --arch flux-dev --rank 16 --matrix        # 512/1024 px x none/nf4, GPU
+    python scripts/bench_train.py --arch flux2-klein-4b --rank 16 --matrix  # 1024 px, GPU
 
 Runs the real training loop (``train.task.run_task``; previews and checkpoints off) and
 reports steps/s over the steps after ``--warmup`` and peak memory: resident set size on CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU. ``--arch sd15`` builds an SD1.5-shaped pipeline
 with random weights (the real model's compute and memory, nothing downloaded). ``--matrix``
 runs bf16 / rank 4 / batch 1 with and without gradient checkpointing and 8-bit AdamW, each in
-its own process (accelerate fixes the mixed precision per process).
+its own process (accelerate fixes the mixed precision per process). ``--family sdxl`` builds the
+tiny SDXL pipeline, ``--arch sdxl`` the SDXL-base-shaped one (random weights, ~14 GB in fp32).
+
+``--reference PATH`` also runs a diffusers reference script (``train_dreambooth_lora_sdxl.py``
+or ``train_dreambooth_lora.py``; fetch it yourself, it is not part of this repository) on the
+same model folder, images and settings, in its own process (``scripts/bench_reference.py``
+times its optimizer steps), and prints both.
 """
 
 from __future__ import annotations
@@ -19,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,12 +39,19 @@ import time
 from pathlib import Path
 
 # scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
+import bench_reference
 import make_demo_data
 import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = [[], ["--gradient-checkpointing"], ["--optimizer", "adamw8bit"],
           ["--gradient-checkpointing", "--optimizer", "adamw8bit"]]
+# The flow-matching GPU figures (issue 10): bf16, gradient checkpointing; pass --rank 16.
+FLOW_MATRIX = {
+    "flux-dev": [["--gradient-checkpointing", "--resolution", r, *q] for r in ("512", "1024")
+                 for q in ([], ["--base-quantization", "nf4"])],
+    "flux2-klein-4b": [["--gradient-checkpointing", "--resolution", "1024"]],
+}
 
 
 
@@ -41,8 +59,13 @@ MATRIX = [[], ["--gradient-checkpointing"], ["--optimizer", "adamw8bit"],
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="a diffusers pipeline folder (default: build --arch into a temp dir)")
-    p.add_argument("--arch", choices=("tiny", "sd15"), default="tiny", help="pipeline to build when --model is not given")
-    p.add_argument("--resolution", type=int, default=None, help="default: 512 for sd15, 64 for tiny")
+    p.add_argument("--family", choices=tuple(make_tiny_model.BUILDERS), default=None,
+                   help="family of the tiny model to build (default sd; a full-shape --arch implies its family)")
+    p.add_argument("--arch", choices=tuple(make_tiny_model.ARCHES), default="tiny",
+                   help="pipeline to build when --model is not given: tiny, or sd15 / sdxl full-shape random weights")
+    p.add_argument("--resolution", type=int, default=None, help="default: 512 for sd15, 1024 for sdxl, 64 for tiny")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="diffusers' train_dreambooth_lora[_sdxl].py: run it on the same model and settings too")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--batch", type=int, default=1, help="train batch size")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -51,6 +74,8 @@ def parse(argv):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--optimizer", choices=("adamw", "adamw8bit", "prodigy"), default="adamw")
     p.add_argument("--train-text-encoder", action="store_true")
+    p.add_argument("--base-quantization", choices=("none", "nf4", "int8"), default="none",
+                   help="FLUX.1 / Klein: train on an NF4 / int8 (bitsandbytes) quantized base (QLoRA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--matrix", action="store_true", help="run the 4 README variants (bf16) as subprocesses")
     p.add_argument("--json", type=Path, help="also write the result(s) here")
@@ -64,17 +89,19 @@ def bench(a) -> dict:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    resolution = a.resolution or (512 if a.arch == "sd15" else 64)
+    resolution = a.resolution or {"sd15": 512, "sdxl": 1024, "flux-dev": 1024, "flux2-klein-4b": 1024}.get(a.arch, 64)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model = a.model or make_tiny_model.build_pipeline(work / "model", arch=a.arch)
+    model = a.model or build_model(work / "model", a)
     make_demo_data.make_demo_data(work / "data", count=4, size=resolution)
+    family = family_name(model)
 
     from train.config import TrainConfig
     from train.pipeline import load_base
     from train.task import run_task
 
-    base = load_base(model, mixed_precision=a.mixed_precision)
-    cuda = base.device.type == "cuda"
+    base = load_base(model, mixed_precision=a.mixed_precision, base_quantization=a.base_quantization)
+    device = base.device
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     cfg = TrainConfig(instance_data=str(work / "data" / "instance"), instance_prompt="a photo of sks toy",
@@ -82,31 +109,146 @@ def bench(a) -> dict:
                       gradient_checkpointing=a.gradient_checkpointing, optimizer=a.optimizer,
                       train_text_encoder=a.train_text_encoder, max_train_steps=a.warmup + a.steps,
                       preview_every=0, checkpoint_every=0, preview_inference_steps=1, num_preview_images=1,
-                      export="lora", export_check=False, log_every=max(1, a.warmup + a.steps))
+                      export="lora", export_check=False, log_every=max(1, a.warmup + a.steps),
+                      base_quantization=a.base_quantization)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
 
     def record_step() -> bool:        # called once after every step: a free per-step clock
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())  # CPU time: robust to other processes on a shared machine
         return False
 
+    if a.reference and a.base_quantization != "none" and not cuda and \
+            "bnb_quantization_config_path" in Path(a.reference).read_text():
+        a.reference = None  # diffusers' BitsAndBytesConfig refuses to load without a GPU
+        print("reference: not run (its quantized load, diffusers' BitsAndBytesConfig, needs a GPU)")
     try:
         run_task(base, cfg, model_dir=work / "out" / "model", checkpoint_dir=work / "out" / "ck",
                  stop_requested=record_step, task_id="bench")
+        peak_rss_mib = bench_reference.peak_rss_mib()  # before the reference: it is not ours
+        parked_mib = parked_text_encoders_mib(base)
+        del base  # the reference runs in another process: free this one's copy first
+        reference = run_reference(a, model, work, resolution) if a.reference else None
+        if reference is not None and a.base_quantization != "none":
+            quantized = "bnb_quantization_config_path" in Path(a.reference).read_text()
+            reference["base_quantization"] = a.base_quantization if quantized else "none (the script has no option)"
     finally:
-        shutil.rmtree(work, ignore_errors=True)   # an sd15 build is ~4 GB
-    timed = stamps[a.warmup - 1:] if a.warmup else stamps
-    steps_per_s = (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
+        shutil.rmtree(work, ignore_errors=True)   # an sd15 build is ~4 GB, sdxl ~14 GB
+    steps_per_s = rate(stamps, a.warmup)
     result = {
-        "arch": a.arch if not a.model else str(a.model), "device": str(base.device),
+        "arch": a.arch if not a.model or a.arch != "tiny" else str(a.model), "family": family, "device": str(device),
         "resolution": resolution, "rank": a.rank, "batch": a.batch, "mixed_precision": a.mixed_precision,
         "gradient_checkpointing": a.gradient_checkpointing, "optimizer": a.optimizer,
         "train_text_encoder": a.train_text_encoder, "threads": torch.get_num_threads(), "timed_steps": a.steps,
-        "steps_per_s": round(steps_per_s, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "steps_per_s": round(steps_per_s, 3), "cpu_s_per_step": cpu_per_step(cpu_stamps, a.warmup),
+        "peak_rss_mib": peak_rss_mib, "base_quantization": a.base_quantization,
     }
+    if parked_mib:  # FLUX.1's T5 / Klein's Qwen3 wait in CPU memory during the steps
+        result["text_encoders_parked_off_gpu_mib"] = parked_mib
     if cuda:
         result["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["gpu"] = torch.cuda.get_device_name()
+    if reference is not None:
+        result["reference"] = reference
+    return result
+
+
+def build_model(out: Path, a) -> Path:
+    """The random-weight pipeline, built in a child process: a full-shape build's init memory
+    must not count as (or add to) the training process's peak."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(out), "--arch", a.arch]
+    subprocess.run(cmd + (["--family", a.family] if a.family else []), check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def rate(stamps: list[float], warmup: int) -> float:
+    """Steps per second over the steps after the first ``warmup`` ones."""
+    timed = stamps[warmup - 1:] if warmup else stamps
+    return (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
+
+
+def cpu_per_step(cpu_stamps: list[float], warmup: int) -> float:
+    """Process CPU seconds (all threads) per timed step: what a step costs, whoever else runs."""
+    r = rate(cpu_stamps, warmup)
+    return round(1 / r, 3) if r == r and r else float("nan")
+
+
+def parked_text_encoders_mib(base) -> float:
+    """What the text-encoder offload keeps off the accelerator during the steps (0 on CPU)."""
+    if base.device.type == "cpu":
+        return 0.0
+    parked = [m for m in base.torch_modules().values() if getattr(m, "_keep_placement", False)
+              and next(m.parameters()).device.type == "cpu"]
+    return round(sum(p.numel() * p.element_size() for m in parked for p in m.parameters()) / 2**20, 1)
+
+
+FLOW_FAMILIES = {"FluxPipeline": "flux", "Flux2KleinPipeline": "flux2-klein"}
+
+
+def family_name(model: Path) -> str:
+    import json as _json
+
+    return {"StableDiffusionXLPipeline": "sdxl", **FLOW_FAMILIES}.get(
+        _json.loads((Path(model) / "model_index.json").read_text()).get("_class_name"), "sd")
+
+
+def reference_args(a, model: Path, work: Path, resolution: int) -> list[str]:
+    """The reference script's flags for the settings this benchmark trains with."""
+    args = ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(work / "data" / "instance"),
+            "--instance_prompt", "a photo of sks toy", "--output_dir", str(work / "reference-out"),
+            "--resolution", str(resolution), "--train_batch_size", str(a.batch), "--rank", str(a.rank),
+            "--max_train_steps", str(a.warmup + a.steps), "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+            "--lr_warmup_steps", "0", "--seed", "0", "--mixed_precision", a.mixed_precision,
+            "--checkpointing_steps", str(10 ** 6), "--center_crop", "--report_to", "all"]  # "all" = whichever trackers are installed (none here)
+    # The SDXL script has no --cache_latents (it encodes every step's images with the VAE;
+    # this trainer caches the posterior when nothing is random); the SD one has.
+    if family_name(model) == "sd":
+        args += ["--cache_latents"] if "cache_latents" in Path(a.reference).read_text() else []
+    family = family_name(model)
+    if family in FLOW_FAMILIES.values():
+        # This trainer caches latents (no random augmentation) and uses the pipelines' defaults:
+        # uniform sigmas, guidance 3.5, Qwen3 hidden states 9/18/27 (the Klein script's own
+        # default is 10/20/30; the pipeline's, which inference uses, is 9/18/27).
+        args += ["--cache_latents", "--weighting_scheme", "none", "--guidance_scale", "3.5"]
+        if family == "flux2-klein":
+            args += ["--text_encoder_out_layers", "9", "18", "27"]
+        if a.base_quantization != "none" and "bnb_quantization_config_path" in Path(a.reference).read_text():
+            args += ["--bnb_quantization_config_path", str(bnb_config(work, a.base_quantization))]
+    if a.gradient_checkpointing:
+        args.append("--gradient_checkpointing")
+    if a.optimizer == "adamw8bit":
+        args.append("--use_8bit_adam")
+    if a.train_text_encoder:
+        args.append("--train_text_encoder")
+    return args
+
+
+def bnb_config(work: Path, kind: str) -> Path:
+    """The reference's --bnb_quantization_config_path (diffusers BitsAndBytesConfig kwargs)."""
+    cfg = ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": "bfloat16"} if kind == "nf4" else {"load_in_8bit": True})
+    path = work / "bnb.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def run_reference(a, model: Path, work: Path, resolution: int) -> dict:
+    out = work / "reference.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_reference.py"), "--json", str(out), str(a.reference),
+           *reference_args(a, model, work, resolution)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the reference failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    timings = json.loads(out.read_text())
+    result = {"script": str(a.reference), "steps_per_s": round(rate(timings["stamps"], a.warmup), 3),
+              "cpu_s_per_step": cpu_per_step(timings["cpu_stamps"], a.warmup),
+              "peak_rss_mib": timings["peak_rss_mib"], "torchvision": timings["torchvision"]}
+    if "peak_cuda_allocated_mib" in timings:
+        result["peak_cuda_allocated_mib"] = timings["peak_cuda_allocated_mib"]
     return result
 
 
@@ -115,12 +257,34 @@ def matrix(a, argv) -> list[dict]:
     base_args = [x for x in argv if x not in ("--matrix",)]
     if "--mixed-precision" not in base_args:
         base_args += ["--mixed-precision", "bf16"]
-    for extra in MATRIX:
+<<<<<<< HEAD
+    for extra in FLOW_MATRIX.get(a.arch, MATRIX):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", f.name]
+=======
+    work = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    try:
+        if not a.model:  # one build for the four runs (a full-shape SDXL is ~14 GB)
+            base_args += ["--model", str(build_model(work / "model", a))]
+        for extra in MATRIX:
+            out = work / "result.json"
+            cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", str(out)]
+>>>>>>> issue-9
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            results.append(json.loads(Path(f.name).read_text()))
+            results.append(json.loads(out.read_text()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def figures(r: dict) -> str:
+    """steps/s and s/step, and peak memory: GPU allocated on CUDA, resident set size on CPU."""
+    sps = r["steps_per_s"]
+    spstep = f"{1 / sps:.3f} s/step" if sps and sps == sps else "n/a"
+    mem = r.get("peak_cuda_allocated_mib", r["peak_rss_mib"])
+    kind = "VRAM (torch allocated)" if "peak_cuda_allocated_mib" in r else "RSS"
+    cpu = f", {r['cpu_s_per_step']} CPU-s/step" if "peak_cuda_allocated_mib" not in r else ""
+    return f"{sps} steps/s ({spstep}{cpu}), peak {kind} {mem} MiB"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [bench(a)]
     for r in results:
-        mem = r.get("peak_cuda_allocated_mib", r["peak_rss_mib"])
-        kind = "GPU alloc" if "peak_cuda_allocated_mib" in r else "RSS"
-        print(f"{r['arch']} {r['resolution']}px rank {r['rank']} batch {r['batch']} {r['mixed_precision']} "
-              f"ckpt={r['gradient_checkpointing']} opt={r['optimizer']} te={r['train_text_encoder']} "
-              f"on {r['device']}: {r['steps_per_s']} steps/s, peak {kind} {mem} MiB")
+        print(f"{r['family']} {r['arch']} {r['resolution']}px rank {r['rank']} batch {r['batch']} "
+              f"{r['mixed_precision']} ckpt={r['gradient_checkpointing']} opt={r['optimizer']} "
+              f"te={r['train_text_encoder']} base={r.get('base_quantization', 'none')} on {r['device']}: "
+              f"{figures(r)}" + (f", text encoders parked off the GPU: {r['text_encoders_parked_off_gpu_mib']} MiB"
+                                 if r.get("text_encoders_parked_off_gpu_mib") else ""))
+        if "reference" in r:
+            ref = r["reference"]
+            print(f"  reference {Path(ref['script']).name} (same model, settings, images; torchvision "
+                  f"{ref['torchvision']}; base {ref.get('base_quantization', 'none')}): {figures(ref)}")
     if a.json:
         a.json.write_text(json.dumps(results[0] if len(results) == 1 and not a.matrix else results, indent=2))
     return 0

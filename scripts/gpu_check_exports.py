@@ -28,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ALL_FORMATS = "lora,kohya,merged-fp16,merged-int8,merged-nf4,merged-bnb8,mme"
+from train.export.formats import formats_for  # noqa: E402 (light: the table of formats, no torch)
+
+ALL_FORMATS = ",".join(formats_for("sd"))  # this check builds an SD pipeline
 
 
 def build_base(out: Path, arch: str) -> Path:

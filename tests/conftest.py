@@ -35,3 +35,9 @@ def tiny_model(tmp_path_factory, make_tiny_model) -> Path:
 def tiny_model_v(tmp_path_factory, make_tiny_model) -> Path:
     """Path of a tiny v-prediction SD pipeline folder."""
     return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-model-v") / "sd", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory, make_tiny_model) -> Path:
+    """Path of a tiny epsilon-prediction SDXL pipeline folder (read-only: copy before changing)."""
+    return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "sdxl", family="sdxl")

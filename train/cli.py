@@ -89,6 +89,10 @@ def check_paths(cfg: TrainConfig) -> None:
     model = Path(cfg.pretrained_model)
     if not (model / "model_index.json").is_file():
         raise ConfigError(f"--pretrained-model {model}: not a diffusers pipeline folder (no model_index.json)")
+    from train.families import check_for_model
+
+    # The family (from model_index.json) and the settings and formats it supports, before any load.
+    check_for_model(cfg, model, source=f"--pretrained-model {model}")
     data = Path(cfg.instance_data)
     if not data.is_dir():
         raise ConfigError(f"--instance-data {data}: not a folder")
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     stop.install()
     try:
-        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision)
+        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision,
+                         base_quantization=cfg.base_quantization)
         result = run_task(base, cfg, model_dir=out / "model", checkpoint_dir=out / "checkpoints",
                           class_cache_dir=Path(args.class_cache_dir), stop_requested=stop,
                           task_id=args.task_id or out.resolve().name)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from train.errors import ConfigError
+from train.export.formats import FORMATS  # light: no torch
+from train.flow import WEIGHTING_SCHEMES
+from train.hyperparameters import decode, reject_unknown, unquote
+from train.quantize import BASE_QUANTIZATIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
+FLOW_FAMILIES = ("flux", "flux2-klein")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -31,7 +34,8 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # --- what to train on (paths and prompts: the container derives these per task) ---
-    pretrained_model: str = _f("", "folder of a diffusers Stable Diffusion pipeline (the base model)")
+    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1 or "
+                                   "FLUX.2 Klein; the family is read from its model_index.json)")
     instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
     instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
     output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")
@@ -45,6 +49,8 @@ class TrainConfig:
     lr_scheduler: str = _f("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _f(0, "warmup steps of the learning-rate schedule")
     rank: int = _f(4, "LoRA rank")
+    lora_target_modules: str = _f("", "comma-separated module names of the denoiser that get the LoRA "
+                                      "(default: the family's attention projections, e.g. to_q,to_k,to_v,to_out.0)")
     lora_alpha: float | None = _f(None, "LoRA alpha (scale = alpha / rank); default: equal to --rank")
     resolution: int = _f(512, "training resolution in pixels (images are resized on the short side and cropped)")
     train_batch_size: int = _f(1, "instance images per micro-batch (as many class images are added with prior preservation)")
@@ -56,8 +62,22 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
     train_text_encoder: bool = _f(False, "also train a LoRA on the text encoder (q/k/v/out_proj)")
-    snr_gamma: float | None = _f(None, "min-SNR loss weighting gamma (5.0 is the usual value); off when unset")
-    noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights")
+    snr_gamma: float | None = _f(None, "min-SNR loss weighting gamma (5.0 is the usual value); off when unset",
+                                 families=("sd", "sdxl"))
+    noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights",
+                             families=("sd", "sdxl"))
+    # flow matching (FLUX.1, FLUX.2 Klein): diffusers' Flux DreamBooth scripts' names and defaults
+    weighting_scheme: str = _f("none", "how sigmas are drawn (none: uniform; logit_normal; mode) or the loss "
+                                       "weighted (sigma_sqrt, cosmap)", choices=WEIGHTING_SCHEMES,
+                               families=FLOW_FAMILIES)
+    logit_mean: float = _f(0.0, "mean of the logit_normal weighting scheme", families=FLOW_FAMILIES)
+    logit_std: float = _f(1.0, "standard deviation of the logit_normal weighting scheme", families=FLOW_FAMILIES)
+    mode_scale: float = _f(1.29, "scale of the mode weighting scheme", families=FLOW_FAMILIES)
+    guidance_scale: float = _f(3.5, "guidance embedding of a guidance-distilled transformer (FLUX.1-dev), in "
+                                    "training and previews", families=FLOW_FAMILIES)
+    base_quantization: str = _f("none", "train on a quantized frozen transformer (and FLUX.1's T5): nf4 or int8 "
+                                        "(bitsandbytes QLoRA); the base is quantized once per host, so set it "
+                                        "for the job", choices=BASE_QUANTIZATIONS, families=FLOW_FAMILIES)
     center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")
     random_flip: bool = _f(False, "random horizontal flip (turns latent caching off)")
     num_class_images: int = _f(100, "class images used for prior preservation")
@@ -75,8 +95,8 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the latest complete resume state in checkpoints/state")
     log_every: int = _f(10, "print a log line every N steps")
     # --- export ---
-    export: str = _f("lora,kohya", "comma-separated export formats (lora, kohya, merged-fp16, merged-int8, merged-nf4, "
-                                    "merged-bnb8, mme); lora is always written")
+    export: str = _f("lora,kohya", f"comma-separated export formats ({', '.join(FORMATS)}; which ones a model "
+                                    f"family can write: docs/exports.md); lora is always written")
     export_check: bool = _f(True, "load each exported file back, render the validation prompts and record the "
                                   "difference to the in-memory LoRA in manifest.json")
     save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
@@ -88,6 +108,11 @@ class TrainConfig:
     def alpha(self) -> float:
         """The LoRA alpha actually used (``lora_alpha`` or, when unset, the rank)."""
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """``lora_target_modules`` as names; empty = the family's default targets."""
+        return tuple(n.strip() for n in self.lora_target_modules.split(",") if n.strip())
 
     @property
     def export_formats(self) -> tuple[str, ...]:
@@ -102,10 +127,7 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Build a config from typed values or SageMaker strings; every error names ``source``."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in values if k not in fields)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                              f"valid keys: {', '.join(fields)}")
+        reject_unknown(values, fields, source=source)
         kwargs = {k: convert_value(fields[k], v, source) for k, v in values.items()}
         return cls._checked(source, **kwargs)
 
@@ -144,26 +166,13 @@ def _where(name: str, source: str) -> str:
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _unquote(value: str) -> str:
-    """Strip one layer of JSON quoting (the SageMaker SDK's): '"400"' -> '400'."""
-    s = value.strip()
-    if len(s) >= 2 and s[0] == s[-1] == '"':
-        try:
-            decoded = json.loads(s)
-        except json.JSONDecodeError:
-            return value
-        if isinstance(decoded, str):
-            return decoded
-    return value
-
-
 def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
     tp = _TYPES[f.name]
     args = typing.get_args(tp)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), tp) if optional else tp
     if isinstance(value, str):
-        value = _unquote(value)
+        value = unquote(value)
         if optional and value.strip().lower() in ("", "none", "null"):
             return None
     elif value is None:
@@ -171,53 +180,13 @@ def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{_where(f.name, source)}: must not be empty")
     try:
-        return _convert(base, value)
+        return decode(value, base)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{_where(f.name, source)}: {value!r} is not a valid {_type_word(base)} ({exc})") from None
 
 
 def _type_word(tp: Any) -> str:
     return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}.get(tp, "list of strings")
-
-
-def _convert(tp: Any, value: Any) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("true", "1", "yes", "on"):
-            return True
-        if s in ("false", "0", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise TypeError("expected an integer, got a boolean")
-        number = float(value) if not isinstance(value, int) else value
-        if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
-            raise ValueError("expected a whole number")
-        return int(number)
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError("expected a number, got a boolean")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError("expected a finite number")
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {type(value).__name__}")
-        return value
-    # tuple[str, ...]: a list, a JSON array in a string, or one string.
-    if isinstance(value, str):
-        s = value.strip()
-        if s.startswith("["):
-            value = json.loads(s)
-        else:
-            return (value,) if value else ()
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
-    return tuple(value)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -249,8 +218,6 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{_where('snr_gamma', source)}: must be greater than 0, got {cfg.snr_gamma}")
     if cfg.resolution % 8:
         raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
-    from train.export.config import FORMATS  # light: no torch
-
     unknown = [n for n in cfg.export_formats if n not in FORMATS]
     if unknown:
         raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(unknown)}; "
@@ -258,6 +225,18 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
                           f"installed; use one of adamw, adamw8bit or `pip install prodigyopt`")
+
+
+def family_settings_problems(cfg: TrainConfig, family) -> list[str]:
+    """Settings changed from their default that ``family`` does not understand: a field with
+    ``families=(...)`` metadata is only valid for those families."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        allowed = f.metadata.get("families")
+        if allowed and family.name not in allowed and getattr(cfg, f.name) != f.default:
+            problems.append(f"{f.name} ({flag_name(f.name)}) is a setting of {', '.join(allowed)} models; "
+                            f"the base model is {family.name} ({family.title}), which does not use it")
+    return problems
 
 
 def required_missing(cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:

@@ -22,6 +22,7 @@ class Example:
     path: Path
     image: "object"     # PIL RGB image, short side == resolution
     caption: str
+    original_size: tuple[int, int] | None = None  # (height, width) before the resize (SDXL conditions on it)
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -60,7 +61,11 @@ def load_images(folder: str | Path, *, prompt: str, resolution: int, max_pixels:
         raise DataError(f"{what} data: {folder} holds {len(files)} image(s); at least {min_images} are needed "
                         f"(--min-images)")
     refuse_links_out(folder, files + [f.with_suffix(".txt") for f in files if f.with_suffix(".txt").is_file()], what)
-    return [Example(f, open_image(f, resolution, max_pixels), caption_for(f, prompt)) for f in files]
+    examples = []
+    for f in files:
+        image, original = open_image(f, resolution, max_pixels, with_original_size=True)
+        examples.append(Example(f, image, caption_for(f, prompt), original_size=original))
+    return examples
 
 
 def refuse_links_out(folder: Path, files: list[Path], what: str = "instance") -> None:
@@ -74,7 +79,7 @@ def refuse_links_out(folder: Path, files: list[Path], what: str = "instance") ->
                             "put the file itself in the folder")
 
 
-def open_image(path: Path, resolution: int, max_pixels: int):
+def open_image(path: Path, resolution: int, max_pixels: int, *, with_original_size: bool = False):
     """Open, apply EXIF orientation, convert to RGB and resize the short side to ``resolution``."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -92,7 +97,8 @@ def open_image(path: Path, resolution: int, max_pixels: int):
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     scale = resolution / min(im.size)
     size = (max(resolution, round(im.width * scale)), max(resolution, round(im.height * scale)))
-    return im.resize(size, Image.Resampling.BICUBIC)
+    resized = im.resize(size, Image.Resampling.BICUBIC)
+    return (resized, (im.height, im.width)) if with_original_size else resized
 
 
 def _to_rgb(im):
@@ -118,9 +124,8 @@ def caption_for(image_path: Path, prompt: str) -> str:
     return caption if prompt in caption else f"{prompt}, {caption}"
 
 
-def to_tensor(example: Example, resolution: int, *, center_crop: bool, random_flip: bool, rng=None):
-    """Crop to ``resolution`` (center, or at an offset drawn from ``rng``), maybe flip; CHW in [-1, 1]."""
-    import numpy as np
+def crop_box(example: Example, resolution: int, *, center_crop: bool, rng=None) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the ``resolution`` square crop: centered, or drawn from ``rng``."""
     import torch
 
     im = example.image
@@ -130,6 +135,21 @@ def to_tensor(example: Example, resolution: int, *, center_crop: bool, random_fl
     else:
         left = int(torch.randint(0, dx + 1, (1,), generator=rng))
         top = int(torch.randint(0, dy + 1, (1,), generator=rng))
+    return top, left, top + resolution, left + resolution
+
+
+def to_tensor(example: Example, resolution: int, *, center_crop: bool, random_flip: bool, rng=None,
+              crop: tuple[int, int] | None = None):
+    """Crop to ``resolution`` (at ``crop`` = (top, left), centered, or at an offset drawn from
+    ``rng``), maybe flip; CHW in [-1, 1]."""
+    import numpy as np
+    import torch
+
+    im = example.image
+    if crop is None:
+        top, left = crop_box(example, resolution, center_crop=center_crop, rng=rng)[:2]
+    else:
+        top, left = crop
     im = im.crop((left, top, left + resolution, top + resolution))
     pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
     if random_flip and rng is not None and float(torch.rand((1,), generator=rng)) < 0.5:

@@ -1,7 +1,9 @@
 """The DreamBooth denoising objective: noise, timesteps, target, min-SNR weights, prior loss.
 
-Every random draw comes from the generator the caller passes in, seeded by (seed, step), so
-a resumed run draws exactly what an uninterrupted one would.
+``weighted_loss`` is every family's loss (the family's ``noise`` gives target and per-sample
+weight); the DDPM helpers above it are what the SD and SDXL families noise with. Every random
+draw comes from the generator the caller passes in, seeded by (seed, step), so a resumed run
+draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -10,14 +12,6 @@ from typing import Any
 
 from train.config import TrainConfig
 from train.pipeline import BaseModel
-
-
-def sample_latents(mean, std, scaling_factor: float, rng):
-    """A sample of the VAE posterior N(mean, std), scaled like the UNet expects."""
-    import torch
-
-    eps = torch.randn(mean.shape, generator=rng, dtype=torch.float32).to(mean.device, mean.dtype)
-    return (mean + std * eps) * scaling_factor
 
 
 def add_noise(base: BaseModel, cfg: TrainConfig, latents, rng) -> tuple[Any, Any, Any]:
@@ -54,14 +48,20 @@ def snr_weights(base: BaseModel, timesteps, gamma: float):
     return clipped / (snr + 1) if base.prediction_type == "v_prediction" else clipped / snr
 
 
-def diffusion_loss(base: BaseModel, cfg: TrainConfig, pred, target, timesteps, n_instance: int):
-    """Weighted MSE; with prior preservation the batch is [instance..., class...] and the class
-    half is added with ``prior_loss_weight``. Returns (loss, instance_loss, prior_loss|None)."""
+def weighted_loss(cfg: TrainConfig, pred, noised, n_instance: int):
+    """Per-sample MSE to ``noised.target`` times ``noised.weight``; with prior preservation the
+    batch is [instance..., class...] and the class half is added with ``prior_loss_weight``.
+    Returns (loss, instance_loss, prior_loss|None)."""
     import torch.nn.functional as F
 
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if cfg.snr_gamma is not None:
-        per_sample = per_sample * snr_weights(base, timesteps, cfg.snr_gamma).float()
+    per_sample = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if noised.weight is not None:
+        per_sample = per_sample * noised.weight.float()
+    return _split_prior(cfg, per_sample, n_instance)
+
+
+def _split_prior(cfg: TrainConfig, per_sample, n_instance: int):
     instance = per_sample[:n_instance].mean()
     if per_sample.shape[0] == n_instance:
         return instance, instance, None

@@ -36,16 +36,16 @@ def write_previews(base: BaseModel, prompts: Sequence[str], root: Path, step: in
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     pipe = base.pipeline()
-    was_training = base.unet.training, base.text_encoder.training
-    base.unet.eval()
-    base.text_encoder.eval()
+    was_training = {name: m.training for name, m in base.torch_modules().items()}
+    for module in base.torch_modules().values():
+        module.eval()
     images, index = [], []
     try:
-        with torch.no_grad(), autocast(base):
+        with torch.no_grad(), autocast(base), base.family.prompt_encoding(base):
             for i, prompt in enumerate(prompts):
                 prompt_seed = derive_seed(seed, "preview", i)
                 g = torch.Generator(device="cpu").manual_seed(prompt_seed)
-                out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
+                out = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
                            width=resolution, num_images_per_prompt=num_images, generator=g).images
                 for image in out:
                     name = f"{len(images)}.png"
@@ -53,8 +53,8 @@ def write_previews(base: BaseModel, prompts: Sequence[str], root: Path, step: in
                     index.append({"file": name, "prompt": prompt, "seed": prompt_seed})
                     images.append(image)
     finally:
-        base.unet.train(was_training[0])
-        base.text_encoder.train(was_training[1])
+        for name, module in base.torch_modules().items():
+            module.train(was_training[name])
     make_grid(images, cols=num_images).save(tmp / "grid.png")
     (tmp / "prompts.json").write_text(json.dumps({"step": step, "images": index}, indent=2))
     replace_dir(tmp, final)

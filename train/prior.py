@@ -62,13 +62,13 @@ def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     pipe = base.pipeline()
-    with torch.no_grad(), autocast(base):
+    with torch.no_grad(), autocast(base), base.family.prompt_encoding(base):
         for start in range(0, count, BATCH):
             n = min(BATCH, count - start)
             # One generator per image: image i is the same whatever the batch size.
             gens = [torch.Generator(device="cpu").manual_seed(derive_seed(0, "class", start + j)) for j in range(n)]
-            images = pipe([cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
-                          guidance_scale=GUIDANCE_SCALE, height=cfg.resolution, width=cfg.resolution,
+            images = pipe(prompt=[cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
+                          guidance_scale=base.family.guidance_for_sampling(cfg, GUIDANCE_SCALE), height=cfg.resolution, width=cfg.resolution,
                           generator=gens).images
             for j, image in enumerate(images):
                 image.save(tmp / f"class-{start + j:05d}.png")

@@ -17,9 +17,9 @@ from train.config import TrainConfig
 from train.data import batch_indices, generator, load_images
 from train.encode import Encoder
 from train.errors import ConfigError, Interrupted, TrainError
-from train.objective import add_noise, diffusion_loss, target_for
+from train.objective import weighted_loss
 from train.optim import make_accelerator, make_lr_scheduler, make_optimizer
-from train.pipeline import BaseModel, attach_lora, detach_lora
+from train.pipeline import BaseModel, attach_lora, detach_lora, lora_state, trained_modules
 from train.previews import write_previews
 from train.prior import class_examples
 from train.progress import Progress
@@ -28,7 +28,8 @@ from train.state import (StatusFile, latest_state, load_state, prune_states, rem
 
 # Settings a resume state must share with the run that continues it, or the result would differ.
 RESUME_KEYS = ("seed", "rank", "lora_alpha", "train_text_encoder", "train_batch_size",
-               "gradient_accumulation_steps", "optimizer", "resolution", "instance_prompt", "class_prompt")
+               "gradient_accumulation_steps", "optimizer", "resolution", "instance_prompt", "class_prompt",
+               "lora_target_modules", "weighting_scheme", "guidance_scale", "base_quantization")
 
 
 @dataclass
@@ -72,6 +73,9 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     import torch
 
     require_task_fields(cfg)
+    family = base.family
+    family.check_config(cfg, source=f"task {task_id!r}")  # cheap; the container checked it before loading
+    require_base_quantization(base, cfg, task_id)
     # --- data: fail on a bad image before anything is generated or attached ---
     instance = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
                            max_pixels=cfg.max_image_pixels, min_images=cfg.min_images)
@@ -80,11 +84,10 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     # --- model: a fresh LoRA, its init seeded so every run of this config starts the same ---
     accelerator = make_accelerator(base, cfg)
     torch.manual_seed(cfg.seed)
-    params = attach_lora(base, rank=cfg.rank, alpha=cfg.alpha, train_text_encoder=cfg.train_text_encoder,
-                         gradient_checkpointing=cfg.gradient_checkpointing)
+    params = attach_lora(base, cfg)
     optimizer = make_optimizer(cfg, params)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, make_lr_scheduler(cfg, optimizer))
-    trained = [base.unet] + ([base.text_encoder] if cfg.train_text_encoder else [])
+    trained = trained_modules(base, cfg)
     encoder = Encoder(base, cfg, instance + classes)
 
     # --- resume: the latest complete state, if asked for and present ---
@@ -113,7 +116,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     def preview() -> None:
         nonlocal previewed_at
         write_previews(base, preview_prompts(cfg), previews_root, step, num_images=cfg.num_preview_images,
-                       steps=cfg.preview_inference_steps, guidance_scale=cfg.preview_guidance_scale,
+                       steps=cfg.preview_inference_steps, guidance_scale=base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale),
                        resolution=cfg.resolution, seed=cfg.seed)
         previewed_at = step
 
@@ -132,12 +135,11 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
                     batch += [classes[i] for i in batch_indices(cfg.seed, "class", micro, B, len(classes))]
                 with accelerator.accumulate(*trained):
                     with accelerator.autocast():
-                        latents = encoder.latents(batch, rng)
-                        noisy, noise, timesteps = add_noise(base, cfg, latents, rng)
-                        hidden = encoder.text([e.caption for e in batch])
-                        pred = base.unet(noisy, timesteps, hidden).sample
-                        target = target_for(base, latents, noise, timesteps)
-                        micro_loss, _, _ = diffusion_loss(base, cfg, pred, target, timesteps, n_instance=B)
+                        latents, images = encoder.latents(batch, rng)
+                        noised = family.noise(base, cfg, latents, rng)
+                        prompts = encoder.text([e.caption for e in batch])
+                        pred = family.denoise(base, noised, prompts, images, cfg)
+                        micro_loss, _, _ = weighted_loss(cfg, pred, noised, n_instance=B)
                     accelerator.backward(micro_loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -197,10 +199,10 @@ def require_task_fields(cfg: TrainConfig) -> None:
         raise ConfigError(f"missing {', '.join(missing)}: a task needs its images and its instance prompt")
 
 
-def lora_state(base: BaseModel, cfg: TrainConfig) -> dict[str, Any]:
-    modules = {"unet": base.unet, **({"text_encoder": base.text_encoder} if cfg.train_text_encoder else {})}
-    return {f"{prefix}.{name}": p for prefix, m in modules.items()
-            for name, p in m.named_parameters() if p.requires_grad}
+def require_base_quantization(base: BaseModel, cfg: TrainConfig, task_id: str) -> None:
+    if cfg.base_quantization != base.quantization:
+        raise ConfigError(f"task {task_id!r}: base_quantization={cfg.base_quantization!r} but the base model was "
+                          f"loaded with {base.quantization!r}; it is quantized once per host, so set it for the job")
 
 
 def state_meta(cfg: TrainConfig, loss: float | None) -> dict[str, Any]:
@@ -240,7 +242,7 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
         ExportConfig(formats=cfg.export_formats, save_dtype=cfg.save_dtype, drift_check=cfg.export_check,
                      drift_resolution=cfg.resolution),
         model_dir,
-        base_model_dir=base.path, train_text_encoder=cfg.train_text_encoder, rank=cfg.rank,
+        base_model_dir=base.path, train_text_encoder=cfg.train_text_encoder, rank=cfg.rank, family=base.family,
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,
         extra_manifest={"task_id": task_id, "step": step, "loss": loss, "config": cfg.to_dict(),
                         "steps_per_second": round(steps_per_second, 4)},

@@ -52,7 +52,7 @@ def _worker(tmp_path, image_root, tasks, s3, *, isolation=False):
     fake = FakeTrain()
     client = RecordingClient(s3)
     worker = Worker(env=read_env(base), settings=ContainerConfig(network_isolation=isolation), job_hp={},
-                    load_base=fake.load_base, run_task=fake.run_task, transfer=TaskTransfer(client))
+                    trainer=fake, transfer=TaskTransfer(client))
     return worker, fake, client, base
 
 
@@ -68,7 +68,7 @@ def test_each_task_is_delivered_before_the_next_one_starts_manifest_last(tmp_pat
             seen_before_b.update(keys=_keys(s3, "users/a/"))
         return run(*args, task_id=task_id, **kw)
 
-    worker.run_task = run_and_look
+    fake.run_task = run_and_look
     summary = worker.run(parse_tasks("\n".join(json.dumps(t) for t in tasks)))
     assert seen_before_b["keys"] == ["users/a/manifest.json", "users/a/pytorch_lora_weights.safetensors"]
     assert client.keys == ["users/a/pytorch_lora_weights.safetensors", "users/a/manifest.json",

@@ -29,6 +29,9 @@ class FakeTrain:
         self.ran: list[str] = []
         self.configs = {}
 
+    def check_config(self, cfg, model_dir, *, source):
+        self.checked = getattr(self, "checked", []) + [source]
+
     def load_base(self, model_dir):
         self.loads += 1
         return {"model": str(model_dir)}
@@ -72,8 +75,8 @@ def _run(monkeypatch, base: Path, fake: FakeTrain, stop: StopFlag | None = None)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
 
     def make_worker(env, settings, training_hp, job_cfg, stop_flag):
-        return Worker(env=env, settings=settings, job_hp=training_hp, load_base=fake.load_base,
-                      run_task=fake.run_task, stop_requested=stop_flag, mixed_precision=job_cfg.mixed_precision)
+        return Worker(env=env, settings=settings, job_hp=training_hp, trainer=fake, stop_requested=stop_flag,
+                      mixed_precision=job_cfg.mixed_precision)
 
     monkeypatch.setattr(entry, "_make_worker", make_worker)
     return entry.run_job(base, stop or StopFlag())

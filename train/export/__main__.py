@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    from train.families import family_of
 
     from . import portable
     from .exporter import export_model
@@ -57,21 +58,21 @@ def run(args: argparse.Namespace) -> dict:
         raise TrainError(f"--lora {args.lora}: no {weight_name} there")
     if not (args.base / "model_index.json").is_file():
         raise TrainError(f"--base {args.base}: not a diffusers pipeline folder (no model_index.json)")
+    family = family_of(args.base)  # SD, SDXL, ...: the base's own pipeline class reads the LoRA
     previous = _previous_manifest(lora_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(args.base, dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False).to(device)
+    pipe = family.load_pipeline(args.base, dtype=dtype, device=device)
     pipe.load_lora_weights(lora_dir, weight_name=weight_name, adapter_name=ADAPTER)
     # Our own files carry lora_B with alpha / r folded in (portable.py): back to the trained adapter.
     portable.restore_trained(pipe, lora_dir / weight_name, ADAPTER)
-    lora_config = pipe.unet.peft_config[ADAPTER]
+    lora_config = getattr(pipe, family.denoiser).peft_config[ADAPTER]
     prompts = args.validation_prompt or previous.get("drift_renders", {}).get("prompts", [])
     extra = {**previous.get("hyperparameters", {}), "exported_from": str(args.lora.resolve())}
     return export_model(pipe, cfg, args.out, base_model_dir=args.base,
-                        train_text_encoder=has_adapter(pipe.text_encoder),
+                        train_text_encoder=any(has_adapter(getattr(pipe, n)) for n in family.text_encoders),
                         rank=lora_config.r, lora_alpha=lora_config.lora_alpha,
-                        validation_prompts=prompts, seed=args.seed, extra_manifest=extra)
+                        validation_prompts=prompts, seed=args.seed, extra_manifest=extra, family=family)
 
 
 def main(argv: list[str] | None = None) -> int:

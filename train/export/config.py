@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ExportConfigError
 
-# Every format, in the order they are written. The quantized ones read the merged weights, and
-# `mme` / `triton` pack something already written, so they come last.
-FORMATS: tuple[str, ...] = (
-    "lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton",
-)
-GPU_FORMATS: frozenset[str] = frozenset({"merged-nf4", "merged-bnb8"})
-MERGED_FORMATS: tuple[str, ...] = ("merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8")
+# Every format, in writing order, with its GPU need and families: the table in formats.py.
+from .formats import FORMATS, GPU_FORMATS, MERGED_FORMATS  # noqa: E402,F401
 MME_SOURCES: tuple[str, ...] = ("lora",) + MERGED_FORMATS
 SAVE_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
@@ -83,16 +77,15 @@ class ExportConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "export config") -> "ExportConfig":
         """Typed values or SageMaker strings (bare `"4"` or JSON-quoted `"\\"4\\""`)."""
+        from train.hyperparameters import decode, reject_unknown
+
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ExportConfigError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+        reject_unknown(values, fields, source=source, error=ExportConfigError)
         typed = {}
         for name, raw in values.items():
             try:
-                typed[name] = _coerce(raw, fields[name].default)
-            except ValueError as e:
+                typed[name] = decode(raw, type(fields[name].default))
+            except (TypeError, ValueError) as e:
                 raise ExportConfigError(f"{source}: {name}={raw!r}: {e}") from None
         try:
             return cls(**typed)
@@ -118,24 +111,3 @@ def parse_formats(text: str) -> tuple[str, ...]:
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ExportConfigError(f"{name}={value!r}: valid values are {', '.join(valid)}")
-
-
-def _coerce(raw: Any, default: Any) -> Any:
-    if not isinstance(raw, str) or isinstance(default, str):
-        if isinstance(raw, str) and raw.startswith('"') and raw.endswith('"'):
-            return json.loads(raw)
-        return raw
-    text = json.loads(raw) if raw.startswith('"') and raw.endswith('"') else raw
-    if isinstance(default, bool):
-        if str(text).lower() in ("1", "true", "yes"):
-            return True
-        if str(text).lower() in ("0", "false", "no"):
-            return False
-        raise ValueError("expected true or false")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, tuple):
-        return str(text)  # formats: parsed by __post_init__
-    return text

@@ -38,30 +38,39 @@ def render_spec(validation_prompts: Sequence[str], seed: int, cfg, pipe) -> Rend
 def native_resolution(pipe) -> int:
     """The size the model was built for (512 for SD 1.5), capped: drift renders only compare."""
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return min(int(pipe.unet.config.sample_size) * scale, AUTO_MAX_RESOLUTION)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    return min(int(getattr(denoiser.config, "sample_size", 64)) * scale, AUTO_MAX_RESOLUTION)
 
 
 def render(pipe, spec: RenderSpec) -> list[np.ndarray]:
     """uint8 HxWx3 images, one per (prompt, seed), in eval mode; the modules' train/eval flags
     are restored afterwards (the training loop may call this mid-run)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    view = StableDiffusionPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    view.set_progress_bar_config(disable=True)
+    view = _view(pipe)
     images = []
-    with _eval_mode(pipe.unet, pipe.text_encoder, pipe.vae), torch.inference_mode():
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    with _eval_mode(*modules), torch.inference_mode():
         for prompt in spec.prompts:
             for seed in spec.seeds:
                 # A CPU generator gives the same starting noise on every device.
                 generator = torch.Generator("cpu").manual_seed(seed)
-                out = view(prompt, num_inference_steps=spec.steps, height=spec.resolution,
+                out = view(prompt=prompt, num_inference_steps=spec.steps, height=spec.resolution,
                            width=spec.resolution, generator=generator, output_type="np")
                 images.append(_to_uint8(out.images[0]))
     return images
+
+
+def _view(pipe):
+    """The same pipeline class over the same modules with the fixed render sampler: DPM-Solver
+    for DDPM-trained models; flow-matching models keep their own (flow) scheduler."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    components = dict(pipe.components)
+    if not type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        components["scheduler"] = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    extra = {"requires_safety_checker": False} if "safety_checker" in components else {}
+    view = type(pipe)(**components, **extra)
+    view.set_progress_bar_config(disable=True)
+    return view
 
 
 def compare(reference: Sequence[np.ndarray], images: Sequence[np.ndarray]) -> dict:

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import drift, lora, manifest, merged, mme, quantized, readers
-from .config import GPU_FORMATS, ExportConfig
+from . import drift, formats, lora, manifest, merged, mme, quantized, readers
+from .config import ExportConfig
 from .errors import ExportError
 
 log = logging.getLogger("train.export")
@@ -43,6 +43,7 @@ class _Job:
     lora_alpha: float
     device: torch.device
     dtype: torch.dtype
+    family: Any = None                 # train.families.Family of the base model
     written: dict[str, Path] = field(default_factory=dict)
 
     def merged_source(self) -> Path:
@@ -54,25 +55,39 @@ class _Job:
             merged.write_merged_pipeline(self.pipe, self.base_model_dir, src, torch.float16)
         return src
 
+    def hint(self, name: str, rel: str) -> str:
+        return formats.load_hint(name, rel, pipeline=self.family.pipeline_class, mme_source=self.cfg.mme_source,
+                                 kohya_name=self.cfg.kohya_name, triton_name=self.cfg.triton_name)
+
 
 def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Path,
                  train_text_encoder: bool, rank: int, lora_alpha: float,
                  validation_prompts: Sequence[str] = (), seed: int = 0,
-                 extra_manifest: Mapping[str, Any] | None = None) -> dict:
+                 extra_manifest: Mapping[str, Any] | None = None, family=None) -> dict:
     """Write `cfg.formats` into `model_dir` and return the manifest (also in model_dir/manifest.json).
 
-    `pipe` is a StableDiffusionPipeline over the base modules with the trained adapter
-    "default" attached. Its modules are left exactly as they were (weights, adapter, train
+    `pipe` is a pipeline of a supported family (StableDiffusionPipeline, StableDiffusionXLPipeline,
+    ...; `family` defaults to the one of its class) over the base modules with the trained adapter
+    "default" attached. A format the family cannot produce is an ExportConfigError, before anything is written. Its modules are left exactly as they were (weights, adapter, train
     or eval mode): the warm worker goes on using them.
     """
+    from train.families import family_for_pipeline
+
+    from .errors import ExportConfigError
+
     started = time.perf_counter()
+    family = family or family_for_pipeline(pipe)
+    problems = formats.family_format_problems(cfg.formats, family)
+    if problems:
+        raise ExportConfigError("; ".join(problems))
     model_dir, base_model_dir = Path(model_dir), Path(base_model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     # A manifest left from an earlier export must not vouch for files rewritten now.
     (model_dir / manifest.MANIFEST_NAME).unlink(missing_ok=True)
     job = _Job(pipe, cfg, model_dir, base_model_dir, train_text_encoder, rank, lora_alpha,
-               device=pipe.unet.device, dtype=pipe.unet.dtype)
-    parts = lora.lora_parts(pipe, train_text_encoder=train_text_encoder, rank=rank, lora_alpha=lora_alpha)
+               device=getattr(pipe, family.denoiser).device, dtype=getattr(pipe, family.denoiser).dtype,
+               family=family)
+    parts = family.lora_parts(pipe, train_text_encoder=train_text_encoder, rank=rank, lora_alpha=lora_alpha)
 
     spec = drift.render_spec(validation_prompts, seed, cfg, pipe)
     reference, reference_seconds = None, 0.0
@@ -81,9 +96,9 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
         reference = drift.render(pipe, spec)
         reference_seconds = time.perf_counter() - t0
 
-    formats: dict[str, dict] = {}
+    entries: dict[str, dict] = {}
     for name in cfg.formats:
-        formats[name] = _export_format(job, name, parts, spec, reference)
+        entries[name] = _export_format(job, name, parts, spec, reference)
     shutil.rmtree(model_dir / MERGED_SOURCE, ignore_errors=True)
     manifest.make_readable(model_dir)
 
@@ -91,6 +106,7 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
         "schema": manifest.SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": manifest.base_model_identity(base_model_dir),
+        "family": family.name,
         "lora": {"rank": rank, "lora_alpha": lora_alpha, "train_text_encoder": train_text_encoder,
                  "save_dtype": cfg.save_dtype},
         "hyperparameters": dict(extra_manifest or {}),
@@ -99,13 +115,13 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
                           "resolution": spec.resolution, "device": str(job.device),
                           "dtype": str(job.dtype).removeprefix("torch."), "enabled": cfg.drift_check,
                           "threshold_mean_abs_diff": cfg.drift_threshold},
-        "formats": formats,
+        "formats": entries,
         "timings": {"reference_render_seconds": round(reference_seconds, 3),
                     "total_seconds": round(time.perf_counter() - started, 3)},
     }
     written = manifest.write_manifest(model_dir, result)
     result = json.loads(written.read_text())
-    failed = [f"{n}: {r['reason']}" for n, r in formats.items() if r["status"] == "failed"]
+    failed = [f"{n}: {r['reason']}" for n, r in entries.items() if r["status"] == "failed"]
     if failed:
         raise ExportError(f"export failed for {len(failed)} format(s): " + "; ".join(failed))
     return result
@@ -113,9 +129,10 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
 
 def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference) -> dict:
     packs = {"mme": job.cfg.mme_source, "triton": job.cfg.triton_source}.get(name)
-    needs_gpu = name in GPU_FORMATS or packs in GPU_FORMATS
+    own_gpu = formats.BY_NAME[name].needs_gpu
+    needs_gpu = own_gpu or (packs is not None and formats.BY_NAME[packs].needs_gpu)
     if needs_gpu and not torch.cuda.is_available():
-        reason = GPU_REASON if name in GPU_FORMATS else f"skipped: packs {packs}, which needs a GPU"
+        reason = GPU_REASON if own_gpu else f"skipped: packs {packs}, which needs a GPU"
         log.warning("export %s: %s", name, reason)
         return {"status": "skipped", "reason": reason}
     t0 = time.perf_counter()
@@ -127,7 +144,7 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
     job.written[name] = path
     manifest.make_readable(path)
     rel = path.relative_to(job.model_dir).as_posix()
-    entry = {"status": "ok", "path": rel, "load": load_hint(name, rel, job.cfg),
+    entry = {"status": "ok", "path": rel, "load": job.hint(name, rel),
              "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
     if path.is_dir():
         entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
@@ -136,7 +153,7 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
         entry["packs"] = packs
     if name in CHECKS:  # formats with their own check instead of a diffusers drift render
         entry.update(CHECKS[name](job, path))
-    elif name != "mme" and reference is not None:
+    elif reference is not None and name in LOADERS:
         entry.update(_measure_drift(job, name, spec, reference))
     log.info("export %s: %s, %.1f MB in %.2f s%s", name, entry["path"], entry["bytes"] / 1e6,
              entry["seconds"], _drift_text(entry))
@@ -146,7 +163,7 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
 def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
     t0 = time.perf_counter()
     try:
-        artifact = LOADERS[name](job)
+        artifact = LOADERS[name](job, name)
         load_seconds = time.perf_counter() - t0
         images = drift.render(artifact, spec)
         render_seconds = time.perf_counter() - t0 - load_seconds
@@ -167,21 +184,6 @@ def _measure_drift(job: _Job, name: str, spec, reference) -> dict:
             "flagged": flagged}
 
 
-def load_hint(name: str, rel: str, cfg: ExportConfig) -> str:
-    """How a user loads the artifact (recorded in the manifest and in the MME archive)."""
-    if name == "lora":
-        return "StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(MODEL_DIR)"
-    if name == "kohya":
-        return f"StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(MODEL_DIR, weight_name={rel!r})"
-    if name == "mme":
-        return f"unpack into a folder, then as {cfg.mme_source}: " + load_hint(
-            cfg.mme_source, "." if cfg.mme_source != "kohya" else f"{cfg.kohya_name}.safetensors", cfg)
-    if name in readers.LOAD_HINTS:
-        return readers.LOAD_HINTS[name].format(rel=rel, name=cfg.triton_name)
-    dtype = {"merged-fp16": "", "merged-int8": ", dtype=torch.bfloat16"}.get(name, ", dtype=torch.float16")
-    return f"StableDiffusionPipeline.from_pretrained({rel!r}{dtype})"
-
-
 def _drift_text(entry: dict) -> str:
     d = entry.get("drift")
     return "" if not d else f"; drift mean_abs={d['mean_abs_diff']:.3f} psnr={d['psnr_db']} dB"
@@ -194,12 +196,13 @@ def _size(path: Path) -> int:
 # --- writers: (job, lora parts) -> path written, relative to nothing (absolute) -------------
 
 def _write_lora(job: _Job, parts) -> Path:
-    return lora.save_diffusers_lora(parts, job.model_dir, job.cfg.save_dtype)
+    return job.family.save_lora(job.pipe, job.model_dir, save_dtype=job.cfg.save_dtype,
+                                train_text_encoder=job.train_text_encoder, parts=parts)
 
 
 def _write_kohya(job: _Job, parts) -> Path:
-    return lora.save_kohya(job.pipe, job.model_dir, job.cfg.kohya_name,
-                           train_text_encoder=job.train_text_encoder, save_dtype=job.cfg.save_dtype)
+    return job.family.save_kohya(job.pipe, job.model_dir, job.cfg.kohya_name,
+                                 train_text_encoder=job.train_text_encoder, save_dtype=job.cfg.save_dtype)
 
 
 def _write_merged_fp16(job: _Job, parts) -> Path:
@@ -208,24 +211,16 @@ def _write_merged_fp16(job: _Job, parts) -> Path:
 
 def _quantized_writer(kind: str) -> Callable[[_Job, Any], Path]:
     def write(job: _Job, parts) -> Path:
-        return quantized.write_quantized_pipeline(job.merged_source(), job.model_dir / f"merged-{kind}", kind)
+        return quantized.write_quantized_pipeline(job.merged_source(), job.model_dir / f"merged-{kind}", kind,
+                                                  denoiser=job.family.denoiser)
     return write
 
 
 def _write_mme(job: _Job, parts) -> Path:
     source = job.cfg.mme_source
-    if source == "lora":
-        members = [job.written.get("lora") or _write_lora(job, parts)]
-    else:
-        if source not in job.cfg.formats:  # the packed format is exported too, so its drift is known
-            raise ExportError(f"mme_source={source!r} but {source} is not among the exported formats "
-                              f"({', '.join(job.cfg.formats)}): add it to formats")
-        if source not in job.written:
-            raise ExportError(f"mme_source={source!r} was not written (see its entry in the manifest)")
-        members = [job.written[source]]
-    hint = load_hint(source, "." if source != "lora" else LORA_HINT_DIR, job.cfg)
-    return mme.write_archive(members, job.model_dir / "mme" / f"{job.cfg.mme_name}.tar.gz",
-                             source=source, base_model_dir=job.base_model_dir, load=hint)
+    return mme.write_archive([_packed(job, parts, source, "mme_source")],
+                             job.model_dir / "mme" / f"{job.cfg.mme_name}.tar.gz", source=source,
+                             base_model_dir=job.base_model_dir, load=job.hint(source, _packed_rel(source)))
 
 
 def _write_onnx(job: _Job, parts) -> Path:
@@ -238,30 +233,34 @@ def _write_triton(job: _Job, parts) -> Path:
     from . import triton
 
     source = job.cfg.triton_source
-    members = [job.written.get("lora") or _write_lora(job, parts)] if source == "lora" else [_packed(job, source)]
-    hint = load_hint(source, "." if source != "lora" else LORA_HINT_DIR, job.cfg)
-    return triton.write_archive(members, job.model_dir / "triton" / f"{job.cfg.triton_name}.tar.gz",
+    return triton.write_archive([_packed(job, parts, source, "triton_source")],
+                                job.model_dir / "triton" / f"{job.cfg.triton_name}.tar.gz",
                                 name=job.cfg.triton_name, source=source, base_model_dir=job.base_model_dir,
-                                load=hint, execution_env=job.cfg.triton_env)
+                                load=job.hint(source, _packed_rel(source)), execution_env=job.cfg.triton_env)
 
 
-def _packed(job: _Job, source: str) -> Path:
-    if source not in job.cfg.formats:  # the packed format is exported too, so its drift is known
-        raise ExportError(f"triton_source={source!r} but {source} is not among the exported formats "
+def _packed(job: _Job, parts, source: str, setting: str) -> Path:
+    """What an archive format (mme, triton) packs: the LoRA (written here if not already), or a
+    merged format exported earlier in this run, so that its drift is known."""
+    if source == "lora":
+        return job.written.get("lora") or _write_lora(job, parts)
+    if source not in job.cfg.formats:
+        raise ExportError(f"{setting}={source!r} but {source} is not among the exported formats "
                           f"({', '.join(job.cfg.formats)}): add it to formats")
     if source not in job.written:
-        raise ExportError(f"triton_source={source!r} was not written (see its entry in the manifest)")
+        raise ExportError(f"{setting}={source!r} was not written (see its entry in the manifest)")
     return job.written[source]
+
+
+def _packed_rel(source: str) -> str:
+    return LORA_HINT_DIR if source == "lora" else "."
 
 
 def _check_onnx(job: _Job, path: Path) -> dict:
     from . import onnx
 
-    from diffusers import StableDiffusionPipeline
-
     # onnxruntime runs on the CPU in fp32: compare with the base there too, whatever the job's device.
-    base = StableDiffusionPipeline.from_pretrained(job.base_model_dir, dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False)
+    base = job.family.load_pipeline(job.base_model_dir, dtype=torch.float32, device="cpu")
     try:
         result = onnx.verify(job.pipe, base, path)
     except Exception as e:
@@ -289,50 +288,35 @@ def _check_triton(job: _Job, path: Path) -> dict:
         return {"footprint": {"status": "failed", "reason": f"{type(e).__name__}: {e}"}}
 
 
-CHECKS: dict[str, Callable[[_Job, Path], dict]] = {"onnx": _check_onnx, "triton": _check_triton}
-
-WRITERS: dict[str, Callable[[_Job, Any], Path]] = {
-    "lora": _write_lora,
-    "kohya": _write_kohya,
-    "merged-fp16": _write_merged_fp16,
-    "merged-int8": _quantized_writer("int8"),
-    "merged-nf4": _quantized_writer("nf4"),
-    "merged-bnb8": _quantized_writer("bnb8"),
-    "mme": _write_mme,
-    "onnx": _write_onnx,
-    "triton": _write_triton,
-}
+_write_merged_int8 = _quantized_writer("int8")
+_write_merged_nf4 = _quantized_writer("nf4")
+_write_merged_bnb8 = _quantized_writer("bnb8")
 
 
 # --- loaders: how a user loads each artifact (used for the drift renders) -------------------
 
 def _load_base(job: _Job):
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.from_pretrained(job.base_model_dir, dtype=job.dtype, safety_checker=None,
-                                                   requires_safety_checker=False).to(job.device)
+    return job.family.load_pipeline(job.base_model_dir, dtype=job.dtype, device=job.device)
 
 
-def _load_lora(job: _Job):
+def _load_lora(job: _Job, name: str = "lora"):
     pipe = _load_base(job)
     pipe.load_lora_weights(job.model_dir)
     return pipe
 
 
-def _load_kohya(job: _Job):
+def _load_kohya(job: _Job, name: str = "kohya"):
     pipe = _load_base(job)
     pipe.load_lora_weights(job.model_dir, weight_name=f"{job.cfg.kohya_name}.safetensors")
     return pipe
 
 
-def _merged_loader(folder: str):
-    def load(job: _Job):
-        return quantized.load_pipeline(job.model_dir / folder, device=job.device, dtype=job.dtype)
-    return load
+def _load_merged(job: _Job, name: str):
+    return quantized.load_pipeline(job.model_dir / name, device=job.device, dtype=job.dtype, family=job.family)
 
 
-LOADERS = {
-    "lora": _load_lora,
-    "kohya": _load_kohya,
-    **{name: _merged_loader(name) for name in ("merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8")},
-}
+# Writers and loaders by format, as the table in formats.py names them.
+WRITERS: dict[str, Callable[[_Job, Any], Path]] = {f.name: globals()[f.writer] for f in formats.TABLE}
+LOADERS: dict[str, Callable[[_Job, str], Any]] = {f.name: globals()[f.loader] for f in formats.TABLE if f.loader}
+# Formats checked their own way instead of a diffusers drift render (onnxruntime, the Triton footprint).
+CHECKS: dict[str, Callable[[_Job, Path], dict]] = {f.name: globals()[f.check] for f in formats.TABLE if f.check}

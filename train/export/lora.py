@@ -94,9 +94,11 @@ def save_diffusers_lora(parts: LoraParts, model_dir: Path, save_dtype: str) -> P
     return path
 
 
-def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str) -> dict[str, torch.Tensor]:
+def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str,
+                     modules: list | None = None) -> dict[str, torch.Tensor]:
     """`lora_unet_<module_path_with_underscores>.lora_down.weight / .lora_up.weight / .alpha`, and
     `lora_te_...` for the text encoder (SD1.x naming, read by A1111, ComfyUI and diffusers).
+    ``modules`` = [(prefix, module)] of another family (SDXL: lora_unet, lora_te1, lora_te2).
 
     Built module by module from the live peft layers rather than with diffusers'
     `convert_state_dict_to_kohya`: that helper writes alpha = rank (wrong when lora_alpha != r)
@@ -104,12 +106,11 @@ def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str) -> dict
     """
     dtype = DTYPES[save_dtype]
     out: dict[str, torch.Tensor] = {}
-    modules = [("lora_unet", pipe.unet)]
-    if train_text_encoder:
-        modules.append(("lora_te", pipe.text_encoder))
+    if modules is None:
+        modules = [("lora_unet", pipe.unet)] + ([("lora_te", pipe.text_encoder)] if train_text_encoder else [])
     for prefix, root in modules:
         for path, layer in _lora_layers(root):
-            if prefix == "lora_te" and not path.startswith("text_model."):
+            if prefix.startswith("lora_te") and not path.startswith("text_model."):
                 # transformers 5 dropped CLIPTextModel's `text_model` wrapper; A1111 and ComfyUI
                 # still expect the original module names (lora_te_text_model_encoder_layers_0_...).
                 path = "text_model." + path
@@ -128,11 +129,12 @@ def kohya_state_dict(pipe, *, train_text_encoder: bool, save_dtype: str) -> dict
     return out
 
 
-def save_kohya(pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str) -> Path:
+def save_kohya(pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str,
+               modules: list | None = None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(model_dir) / f"{name}.safetensors"
-    state = kohya_state_dict(pipe, train_text_encoder=train_text_encoder, save_dtype=save_dtype)
+    state = kohya_state_dict(pipe, train_text_encoder=train_text_encoder, save_dtype=save_dtype, modules=modules)
     save_file(state, str(path), metadata={"format": "pt", "ss_network_module": "networks.lora"})
     return path
 
@@ -152,3 +154,10 @@ def _folded(state, scales):
 
 def _metadata(config: dict | None, scales) -> dict | None:
     return None if config is None else portable.portable_metadata(config, folded=scales is not None)
+
+
+def _json_safe(config: dict | None) -> dict | None:
+    """peft config dicts hold sets (target_modules) which json cannot write."""
+    if config is None:
+        return None
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}

@@ -17,9 +17,11 @@ from . import portable
 from .errors import ExportError
 from .lora import ADAPTER, has_adapter
 
-# Pipeline components whose weights are rewritten; every other file of the base folder
-# (model_index.json, tokenizer, scheduler, safety checker if any) is copied as it is.
-REWRITTEN = ("unet", "text_encoder", "vae")
+def rewritten(pipe) -> tuple[str, ...]:
+    """The components of ``pipe`` with weights (denoiser, text encoders, VAE) are rewritten;
+    every other file of the base folder (model_index.json, tokenizers, scheduler, safety
+    checker if any) is copied as it is."""
+    return tuple(name for name, module in pipe.components.items() if isinstance(module, torch.nn.Module))
 
 
 def fused_state_dict(module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -72,12 +74,13 @@ def module_from_state_dict(template, state: dict[str, torch.Tensor]):
 
 def write_merged_pipeline(pipe, base_model_dir: Path, out_dir: Path, dtype: torch.dtype) -> Path:
     """`out_dir/` = base folder with UNet (and text encoder when it has an adapter) fused, all
-    weights in `dtype`. Loadable with `StableDiffusionPipeline.from_pretrained(out_dir)`."""
+    weights in `dtype`. Loadable with `<pipeline class>.from_pretrained(out_dir)`."""
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    shutil.copytree(base_model_dir, out_dir, ignore=_skip_rewritten(base_model_dir))
-    for name in REWRITTEN:
+    names = rewritten(pipe)
+    shutil.copytree(base_model_dir, out_dir, ignore=_skip_rewritten(base_model_dir, names))
+    for name in names:
         template = getattr(pipe, name)
         module = module_from_state_dict(template, fused_state_dict(template, dtype))
         module.save_pretrained(out_dir / name, safe_serialization=True)
@@ -88,9 +91,9 @@ def write_merged_pipeline(pipe, base_model_dir: Path, out_dir: Path, dtype: torc
     return out_dir
 
 
-def _skip_rewritten(base_model_dir: Path):
+def _skip_rewritten(base_model_dir: Path, rewritten_names: tuple[str, ...]):
     def ignore(directory: str, names: list[str]) -> list[str]:
-        return [n for n in names if Path(directory) == base_model_dir and n in REWRITTEN]
+        return [n for n in names if Path(directory) == base_model_dir and n in rewritten_names]
     return ignore
 
 

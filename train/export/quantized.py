@@ -12,6 +12,7 @@ the fused fp16 source) whose unet/config.json carries `quantization_config`, so 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -42,40 +43,41 @@ def load_dtype(kind: str) -> torch.dtype:
     return torch.bfloat16 if kind == "int8" else torch.float16
 
 
-def write_quantized_pipeline(source: Path, out_dir: Path, kind: str) -> Path:
-    """Copy the fused pipeline folder `source` to `out_dir` with its UNet quantized as `kind`."""
-    from diffusers import UNet2DConditionModel
+def write_quantized_pipeline(source: Path, out_dir: Path, kind: str, denoiser: str = "unet") -> Path:
+    """Copy the fused pipeline folder `source` to `out_dir` with its denoiser (the UNet, or a
+    family's transformer) quantized as `kind`."""
+    import diffusers
 
     source, out_dir = Path(source), Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    shutil.copytree(source, out_dir, ignore=lambda d, names: ["unet"] if Path(d) == source else [])
+    shutil.copytree(source, out_dir, ignore=lambda d, names: [denoiser] if Path(d) == source else [])
+    model_class = getattr(diffusers, json.loads((source / denoiser / "config.json").read_text())["_class_name"])
     # bitsandbytes places the quantized weights on the current GPU itself (device_map=None).
-    unet = UNet2DConditionModel.from_pretrained(
-        source, subfolder="unet", quantization_config=quantization_config(kind), dtype=load_dtype(kind))
+    model = model_class.from_pretrained(
+        source, subfolder=denoiser, quantization_config=quantization_config(kind), dtype=load_dtype(kind))
     # torchao's tensor subclasses only serialize with pickle; bitsandbytes weights go to safetensors.
-    unet.save_pretrained(out_dir / "unet", safe_serialization=kind != "int8")
-    del unet
+    model.save_pretrained(out_dir / denoiser, safe_serialization=kind != "int8")
+    del model
     return out_dir
 
 
-def load_pipeline(folder: Path, *, device, dtype: torch.dtype):
-    """Load an exported pipeline folder the way a user would. Quantized UNets keep their own
-    compute dtype; they are placed by their quantizer (bitsandbytes weights are already on GPU)."""
-    import json
+def load_pipeline(folder: Path, *, device, dtype: torch.dtype, family=None):
+    """Load an exported pipeline folder the way a user would (with the family's pipeline class;
+    SD when none is given). Quantized denoisers keep their own compute dtype; they are placed by
+    their quantizer (bitsandbytes weights are already on GPU)."""
+    if family is None:
+        from train.families import family_named
 
-    from diffusers import StableDiffusionPipeline
-
-    unet_config = json.loads((Path(folder) / "unet" / "config.json").read_text())
-    quant = unet_config.get("quantization_config", {}).get("quant_method")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder, dtype=dtype if quant is None else _quant_load_dtype(quant),
-        safety_checker=None, requires_safety_checker=False,
-    )
+        family = family_named("sd")
+    config = json.loads((Path(folder) / family.denoiser / "config.json").read_text())
+    quant = config.get("quantization_config", {}).get("quant_method")
+    pipe = family.load_pipeline(folder, dtype=dtype if quant is None else _quant_load_dtype(quant))
     if quant == "bitsandbytes":
         # .to() on a bnb model is refused; move the other components only.
-        for name in ("text_encoder", "vae"):
-            getattr(pipe, name).to(device)
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module) and name != family.denoiser:
+                module.to(device)
         return pipe
     return pipe.to(device)
 

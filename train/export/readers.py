@@ -25,9 +25,3 @@ VERIFIED_READERS: dict[str, tuple[str, ...]] = {
     "triton": ("tritonserver 2.51 (nvidia-pytriton 0.7.0) Python backend, CPU, serving env " + CURRENT
                + " + numpy 1.26",),
 }
-
-LOAD_HINTS: dict[str, str] = {
-    "onnx": "onnxruntime.InferenceSession('{rel}/unet.onnx') (also text_encoder.onnx, vae_decoder.onnx)",
-    "triton": "unpack {rel} into a Triton model repository (or upload it as one model of a SageMaker "
-              "GPU multi-model endpoint); POST /v2/repository/models/{name}/load",
-}

@@ -1,0 +1,64 @@
+"""What callers outside ``train`` use: one typed interface (``Trainer``) and the real one.
+
+The container's warm worker holds a ``Trainer``: it checks each task's config against the
+base model's family before anything loads, loads the base once per host, and runs the tasks
+on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
+with the same three methods. Importing this module is light (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+
+from train.config import TrainConfig
+
+if TYPE_CHECKING:  # heavy modules: only for the annotations
+    from train.pipeline import BaseModel
+    from train.task import TaskResult
+
+
+class Trainer(Protocol):
+    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> None:
+        """Raise ConfigError when ``cfg`` asks for something the base's family cannot do."""
+
+    def load_base(self, model_dir: Path) -> "BaseModel":
+        """Load the base pipeline folder once; every task of the host reuses it."""
+
+    def run_task(self, base: "BaseModel", cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
+                 class_cache_dir: Path | None, stop_requested: Callable[[], bool], task_id: str,
+                 status_extra: Mapping[str, Any] | None) -> "TaskResult":
+        """Train, preview and export one task (train.task.run_task); base is left clean."""
+
+
+@dataclass(frozen=True)
+class LocalTrainer:
+    """train's own Trainer, in this process."""
+
+    mixed_precision: str = "no"   # the job's: the base model is loaded once, in this precision
+    base_quantization: str = "none"  # the job's: nf4/int8 quantize the base once, when it loads
+    quiet_progress_bars: bool = True
+
+    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> None:
+        from train.families import check_for_model
+
+        check_for_model(cfg, model_dir, source=source)
+
+    def load_base(self, model_dir: Path) -> "BaseModel":
+        from train.pipeline import load_base
+
+        if self.quiet_progress_bars:  # the step lines are the progress; loading bars only clutter logs
+            from train.cli import quiet_library_progress_bars
+
+            quiet_library_progress_bars()
+        return load_base(model_dir, mixed_precision=self.mixed_precision, base_quantization=self.base_quantization)
+
+    def run_task(self, base: "BaseModel", cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
+                 class_cache_dir: Path | None, stop_requested: Callable[[], bool], task_id: str,
+                 status_extra: Mapping[str, Any] | None) -> "TaskResult":
+        from train.task import run_task
+
+        return run_task(base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                        class_cache_dir=class_cache_dir, stop_requested=stop_requested, task_id=task_id,
+                        status_extra=status_extra)

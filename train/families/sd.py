@@ -1,0 +1,83 @@
+"""Stable Diffusion 1.x/2.x: one UNet, one CLIP text encoder, ε- or v-prediction (DDPM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from train.families.base import Family, ImageInfo, Noised
+
+
+class DenoisingFamily(Family):
+    """What SD and SDXL share: a DDPM noise schedule, ε/v targets, min-SNR and noise offset."""
+
+    denoiser_targets = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def noise(self, base, cfg, latents, rng) -> Noised:
+        from train.objective import add_noise, snr_weights, target_for
+
+        noisy, noise, timesteps = add_noise(base, cfg, latents, rng)
+        weight = snr_weights(base, timesteps, cfg.snr_gamma).float() if cfg.snr_gamma is not None else None
+        return Noised(model_input=noisy, target=target_for(base, latents, noise, timesteps), timesteps=timesteps,
+                      weight=weight)
+
+    def _load_unet_vae(self, path: Path, device, dtype) -> dict[str, Any]:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+        # Diffusers uses torch's scaled_dot_product_attention (AttnProcessor2_0) by default: make sure.
+        unet.set_attn_processor(AttnProcessor2_0())
+        # Training noise always comes from a DDPM schedule with the pipeline's betas and
+        # prediction type, whatever sampler the folder ships (SDXL ships Euler).
+        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        return {"unet": unet, "vae": vae, "noise_scheduler": noise_scheduler}
+
+
+class StableDiffusion(DenoisingFamily):
+    name = "sd"
+    title = "Stable Diffusion 1.x/2.x"
+    class_names = ("StableDiffusionPipeline",)
+    pipeline_class = "StableDiffusionPipeline"
+    denoiser = "unet"
+    text_encoders = ("text_encoder",)
+    required = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te"}
+
+    def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        modules = self._load_unet_vae(path, device, dtype)
+        modules["text_encoder"] = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
+        modules["tokenizer"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        return modules
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+    def encode_prompts(self, base, captions: Sequence[str], cfg=None) -> dict[str, Any]:
+        tok = base.tokenizer
+        ids = tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(base.device)
+        return {"hidden": base.text_encoder(ids)[0]}
+
+    def denoise(self, base, noised: Noised, prompts: Mapping[str, Any], images: Sequence[ImageInfo], cfg=None):
+        return base.unet(noised.model_input, noised.timesteps, prompts["hidden"]).sample
+
+    def pipeline(self, base, scheduler: Any = None):
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+            scheduler=scheduler or self.preview_scheduler(base),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def save_lora(self, pipe, model_dir: Path, *, save_dtype: str, train_text_encoder: bool, parts=None) -> Path:
+        # The SD file goes through train.export.lora, which knows the older readers' quirks.
+        from train.export import lora
+
+        return lora.save_diffusers_lora(parts, model_dir, save_dtype)

@@ -1,0 +1,91 @@
+"""Hyperparameter values and names: the one decoder of string values, the one unknown-name check.
+
+SageMaker passes every hyperparameter as a string, and the SageMaker Python SDK JSON-encodes
+them (``"400"`` arrives as ``"\\"400\\""``); the CLI, JSON files and tests give typed values.
+``decode`` turns any of these into the declared type, the same way for every consumer
+(``TrainConfig``, ``ExportConfig``, the container's ``ContainerConfig``), so ``"on"`` means
+the same everywhere. ``reject_unknown`` is the one place that refuses names nobody declared,
+listing the valid ones. (``fanout`` cannot import ``train``; its copies are kept equal by tests.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable, Mapping
+
+from train.errors import ConfigError
+
+TRUE = ("true", "1", "yes", "on")
+FALSE = ("false", "0", "no", "off")
+
+
+def unquote(value: str) -> str:
+    """Strip one layer of JSON quoting (the SageMaker SDK's): '"400"' -> '400'."""
+    s = value.strip()
+    if len(s) >= 2 and s[0] == s[-1] == '"':
+        try:
+            decoded = json.loads(s)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
+def decode(value: Any, tp: Any) -> Any:
+    """``value`` (typed, a bare string or a JSON-quoted one) as ``tp``: bool, int, float, str or
+    a tuple of strings. Raises ValueError / TypeError saying what was expected."""
+    if isinstance(value, str):
+        value = unquote(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in TRUE:
+            return True
+        if s in FALSE:
+            return False
+        raise ValueError(f"expected true or false ({'/'.join(TRUE)} or {'/'.join(FALSE)})")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError("expected an integer, got a boolean")
+        number = float(value) if not isinstance(value, int) else value
+        if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
+            raise ValueError("expected a whole number")
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number, got a boolean")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {type(value).__name__}")
+        return value
+    return _strings(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """tuple[str, ...]: a list, a JSON array in a string, or one string."""
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("["):
+            value = json.loads(s)
+        else:
+            return (value,) if value else ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return tuple(value)
+
+
+def reject_unknown(values: Mapping[str, Any] | Iterable[str], valid: Iterable[str], *, source: str,
+                   what: str = "key", hint: str = "", error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` naming ``source`` and every unknown name, listing the valid ones."""
+    valid = set(valid)
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise error(f"{source}: unknown {what}(s) {', '.join(map(repr, unknown))}{hint}; "
+                    f"valid {what}s: {', '.join(sorted(valid))}")
