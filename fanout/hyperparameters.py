@@ -58,10 +58,12 @@ TRAINING_TYPES: dict[str, type] = {
                      "max_train_steps", "min_images", "num_class_images", "num_preview_images", "preview_every",
                      "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size"), int),
     **dict.fromkeys(("adam_weight_decay", "learning_rate", "lora_alpha", "max_grad_norm", "noise_offset",
-                     "preview_guidance_scale", "prior_loss_weight", "snr_gamma"), float),
+                     "preview_guidance_scale", "prior_loss_weight", "snr_gamma",
+                     "logit_mean", "logit_std", "mode_scale", "guidance_scale"), float),
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
-    **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype"), str),
+    **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
+                     "lora_target_modules", "weighting_scheme", "base_quantization"), str),
 }
 OPTIONAL_NAMES = frozenset({"lora_alpha", "snr_gamma"})          # unset (null, "", "none") turns them off
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -69,8 +71,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "fp16", "bf16"),
     "optimizer": ("adamw", "adamw8bit", "prodigy"),
     "save_dtype": ("fp32", "fp16", "bf16"),
+    "weighting_scheme": ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"),
+    "base_quantization": ("none", "nf4", "int8"),
 }
-EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "mme")
+EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton")
 AT_LEAST_ONE = frozenset({"max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                           "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
                           "max_image_pixels", "checkpoints_total_limit", "log_every"})
