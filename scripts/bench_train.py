@@ -54,8 +54,6 @@ FLOW_MATRIX = {
 }
 
 
-
-
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="a diffusers pipeline folder (default: build --arch into a temp dir)")
@@ -257,19 +255,13 @@ def matrix(a, argv) -> list[dict]:
     base_args = [x for x in argv if x not in ("--matrix",)]
     if "--mixed-precision" not in base_args:
         base_args += ["--mixed-precision", "bf16"]
-<<<<<<< HEAD
-    for extra in FLOW_MATRIX.get(a.arch, MATRIX):
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", f.name]
-=======
     work = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
     try:
-        if not a.model:  # one build for the four runs (a full-shape SDXL is ~14 GB)
+        if not a.model:  # one build for all runs (a full-shape SDXL is ~14 GB, FLUX.1-dev more)
             base_args += ["--model", str(build_model(work / "model", a))]
-        for extra in MATRIX:
+        for extra in FLOW_MATRIX.get(a.arch, MATRIX):
             out = work / "result.json"
             cmd = [sys.executable, __file__, *[x for x in base_args if x != "--json"], *extra, "--json", str(out)]
->>>>>>> issue-9
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             results.append(json.loads(out.read_text()))
     finally:

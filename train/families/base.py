@@ -236,14 +236,6 @@ class Family:
         self.pipeline_type().save_lora_weights(model_dir, **kwargs)
         return Path(model_dir) / LORA_WEIGHT_NAME
 
-    def save_kohya(self, pipe, model_dir: Path, name: str, *, train_text_encoder: bool, save_dtype: str) -> Path:
-        """The kohya/ComfyUI copy: diffusers module paths as kohya names (a family with other
-        layer names, as Flux's BFL ones, writes its own)."""
-        from train.export import lora
-
-        return lora.save_kohya(pipe, model_dir, name, train_text_encoder=train_text_encoder, save_dtype=save_dtype,
-                               modules=self.kohya_modules(pipe, train_text_encoder))
-
     def kohya_modules(self, pipe, train_text_encoder: bool) -> list[tuple[str, Any]]:
         """(kohya key prefix, module) for the kohya/ComfyUI copy."""
         return [(self.kohya_prefixes[n], getattr(pipe, n)) for n in self.lora_components(pipe, train_text_encoder)]
