@@ -27,6 +27,32 @@ TINY_HP = {
 }
 
 
+def run_local_job(work: Path, tasks: list[dict], *, model: Path, images: Path, hyperparameters: dict,
+                  instances: int = 1, env: dict | None = None) -> dict:
+    """``fanout local``'s job (the real container, one process per host) over ``tasks`` in
+    ``work``, with one torch thread so isolation checks can expect identical bits. Returns the
+    workdir ``W``, each host's exit code and each host's summary.json."""
+    from fanout.local import LocalJob
+
+    tasks_file = work / "tasks.jsonl"
+    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    extra = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)  # inherited by the host processes
+    try:
+        local = LocalJob(tasks=tasks_file, model=model, images=images, class_images=None, instances=instances,
+                         workdir=work / "W", hyperparameters=hyperparameters, echo=False, sync_interval=1.0)
+        local.prepare()
+        codes = local.run()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    w = work / "W"
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in (w / "s3" / "output").glob("*/summary.json")}
+    return {"W": w, "codes": codes, "summaries": summaries, "tasks_file": tasks_file}
 
 
 def sagemaker_resource_config(host: str, hosts: list[str]) -> dict:

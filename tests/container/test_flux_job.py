@@ -11,8 +11,7 @@ import sys
 import pytest
 from scripts_loader import load_script
 
-from fanout.local import LocalJob
-from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode
+from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, run_local_job
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +36,9 @@ def tiny_flow(tmp_path_factory):
 @pytest.fixture(scope="module", params=sorted(JOBS))
 def job(request, tmp_path_factory, tiny_flow, image_root):
     family = request.param
-    work = tmp_path_factory.mktemp(f"{family}-job")
-    tasks_file = work / "tasks.jsonl"
-    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
-    local = LocalJob(tasks=tasks_file, model=tiny_flow[family], images=image_root, class_images=None, instances=1,
-                     workdir=work / "W", hyperparameters=JOBS[family], echo=False, sync_interval=1.0)
-    local.prepare()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # fixed, so the isolation check can expect identical bits
-        mp.setenv("MKL_NUM_THREADS", "1")
-        codes = local.run()
-    w = work / "W"
-    summary = json.loads(next((w / "s3" / "output").glob("*/summary.json")).read_text())
-    return {"family": family, "W": w, "codes": codes, "summary": summary, "model": tiny_flow[family]}
+    job = run_local_job(tmp_path_factory.mktemp(f"{family}-job"), TASKS, model=tiny_flow[family], images=image_root,
+                        hyperparameters=JOBS[family])
+    return {**job, "family": family, "summary": job["summaries"]["algo-1"], "model": tiny_flow[family]}
 
 
 def test_two_tasks_share_one_base_load_and_the_second_trains_as_if_alone(job, tmp_path, image_root):

@@ -9,16 +9,14 @@ again, alone, and compares the LoRA.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from fanout.local import LocalJob
 from fanout.metrics import LOG_LINE_PATTERN, read_metrics
-from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode
+from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, run_local_job
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +38,10 @@ def job(tmp_path_factory, tiny_model, image_root, moto_s3):
     import boto3
 
     boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="deliveries")
-    work = tmp_path_factory.mktemp("job3")
-    tasks_file = work / "tasks.jsonl"
-    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
-    os.environ["AWS_ENDPOINT_URL"] = moto_s3  # inherited by the hosts: uploads go to moto
-    os.environ["OMP_NUM_THREADS"] = "1"  # fixed, so the isolation test can expect identical bits
-    try:
-        local = LocalJob(tasks=tasks_file, model=tiny_model, images=image_root, class_images=None, instances=3,
-                         workdir=work / "W", hyperparameters=HP, echo=False, sync_interval=1.0)
-        local.prepare()
-        codes = local.run()
-    finally:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        os.environ.pop("OMP_NUM_THREADS", None)
-    w = work / "W"
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in (w / "s3" / "output").glob("*/summary.json")}
-    return {"W": w, "codes": codes, "summaries": summaries, "endpoint": moto_s3, "tasks_file": tasks_file}
+    # AWS_ENDPOINT_URL is inherited by the hosts: uploads go to moto.
+    job = run_local_job(tmp_path_factory.mktemp("job3"), TASKS, model=tiny_model, images=image_root,
+                        hyperparameters=HP, instances=3, env={"AWS_ENDPOINT_URL": moto_s3})
+    return {**job, "endpoint": moto_s3}
 
 
 def _status(job, task_id):

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from fanout.local import LocalJob
-from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, sdk_encode
+from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, sdk_encode, run_local_job
 
 HP = {**TINY_HP, "export": "lora,kohya", "train_text_encoder": True, "lora_alpha": 8}
 TASKS = [
@@ -24,20 +23,10 @@ TASKS = [
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_sdxl_model, image_root):
-    work = tmp_path_factory.mktemp("sdxl-job")
-    tasks_file = work / "tasks.jsonl"
-    tasks_file.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
     # Two good tasks and the refused one on one host: the base is shared by both trainings.
-    local = LocalJob(tasks=tasks_file, model=tiny_sdxl_model, images=image_root, class_images=None, instances=1,
-                     workdir=work / "W", hyperparameters=HP, echo=False, sync_interval=1.0)
-    local.prepare()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # fixed, so the isolation test can expect identical bits
-        mp.setenv("MKL_NUM_THREADS", "1")
-        codes = local.run()
-    w = work / "W"
-    summary = json.loads(next((w / "s3" / "output").glob("*/summary.json")).read_text())
-    return {"W": w, "codes": codes, "summary": summary}
+    job = run_local_job(tmp_path_factory.mktemp("sdxl-job"), TASKS, model=tiny_sdxl_model, images=image_root,
+                        hyperparameters=HP)
+    return {**job, "summary": job["summaries"]["algo-1"]}
 
 
 @pytest.mark.slow

@@ -4,15 +4,10 @@ a function of (seed, step), and the optimizer, schedule and RNG states are resto
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import ROOT, run_cli
-from train_helpers import load_script, lora_tensors, max_abs_diff
+from conftest import run_cli
+from train_helpers import load_script, lora_tensors, max_abs_diff, sigkill_at_state
 
 STEPS = 6
 EXTRA = {"flux": ("--train-text-encoder", "--weighting-scheme", "logit_normal", "--guidance-scale", "3.5"),
@@ -42,16 +37,7 @@ def test_sigkill_then_resume_ends_with_the_same_lora(tiny_flow, demo_data, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *cli_args(model, demo_data, killed, family)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "state" / "step-000002").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_at_state(cli_args(model, demo_data, killed, family), killed, step=2)
     assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()
 
     resumed = run_cli(*cli_args(model, demo_data, killed, family), "--resume")

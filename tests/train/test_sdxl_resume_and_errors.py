@@ -4,17 +4,12 @@ settings and formats a family cannot use, and bases no family handles, fail befo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from test_train_resume import STEPS, cli_args
-from train_helpers import lora_tensors, max_abs_diff
+from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 
 
 @pytest.mark.slow
@@ -26,16 +21,7 @@ def test_sdxl_sigkill_then_resume_ends_with_the_same_lora(tiny_sdxl_model, demo_
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *cli_args(tiny_sdxl_model, demo_data, killed)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "state" / "step-000004").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_at_state(cli_args(tiny_sdxl_model, demo_data, killed), killed, step=4)
     assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()
 
     resumed = run_cli(*cli_args(tiny_sdxl_model, demo_data, killed), "--resume")

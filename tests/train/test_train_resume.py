@@ -4,16 +4,11 @@ a requested stop saves the state and raises Interrupted; old states are pruned."
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT, run_cli
-from train_helpers import lora_tensors, max_abs_diff
+from conftest import FAST, run_cli
+from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 
 STEPS = 8
 
@@ -37,17 +32,8 @@ def test_sigkill_then_resume_ends_with_the_same_lora(tiny_model, demo_data, tmp_
     assert f"task=straight step={STEPS}/{STEPS} loss=" in done.stdout
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *cli_args(tiny_model, demo_data, killed)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill mid-run, as soon as a state exists: mid-step, mid-save or mid-preview.
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "state" / "step-000004").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_at_state(cli_args(tiny_model, demo_data, killed), killed, step=4)
     status = json.loads((killed / "checkpoints" / "status.json").read_text())
     assert status["state"] == "running" and status["attempts"] == 1
     assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()

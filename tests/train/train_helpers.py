@@ -1,10 +1,34 @@
-"""Plain helpers shared by the train tests (rendering, comparing LoRA files)."""
+"""Plain helpers shared by the train tests (rendering, comparing LoRA files, killing a run)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from scripts_loader import load_script  # noqa: F401 (re-exported for the tests here)
+from scripts_loader import ROOT, load_script  # noqa: F401 (load_script re-exported for the tests here)
+
+
+def sigkill_at_state(cli_args: list[str], out: Path, step: int, timeout: float = 240) -> None:
+    """Run ``python -m train *cli_args`` and SIGKILL it as soon as the training state of ``step``
+    exists under ``out/checkpoints/state``: mid-step, mid-save or mid-preview, as a spot
+    interruption would. Fails if the run ends first."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "train", *cli_args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (out / "checkpoints" / "state" / f"step-{step:06d}").exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, f"no state of step {step} after {timeout:.0f} s"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 
