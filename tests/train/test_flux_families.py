@@ -196,7 +196,8 @@ def test_settings_a_flow_matching_family_does_not_support_are_refused(tiny_flow,
         check_for_model(config(demo_data, noise_offset=0.1, pretrained_model=str(tiny_flow["flux2-klein"])))
     with pytest.raises(ConfigError, match=r"train_text_encoder.*FLUX.2 Klein"):
         check_for_model(config(demo_data, train_text_encoder=True, pretrained_model=str(tiny_flow["flux2-klein"])))
-    with pytest.raises(ConfigError, match=r"export format 'merged-fp16' is not available for flux"):
+    with pytest.raises(ConfigError, match=r"export format 'merged-fp16' is not available for flux .*"
+                                          r"needs the full-precision base.*available: lora, kohya"):
         check_for_model(config(demo_data, export="lora,merged-fp16", pretrained_model=str(tiny_flow["flux"])))
     # ... and the reverse: flow-matching settings on a Stable Diffusion base.
     with pytest.raises(ConfigError, match=r"weighting_scheme.*flux.*sd"):

@@ -72,10 +72,21 @@ def formats_for(family_name: str) -> tuple[str, ...]:
     return tuple(f.name for f in TABLE if family_name in f.families)
 
 
+def _why_not(name: str, family_name: str) -> str:
+    """Why ``family_name`` lacks format ``name``, where the list of what it has is not enough."""
+    if name in MERGED_FORMATS and family_name in FLOW:
+        return (" (a merged model needs the full-precision base weights to fuse into; a FLUX base may be "
+                "quantized for the whole job, base_quantization, so these families ship the LoRA files, "
+                "which the family pipeline's load_lora_weights applies over the base)")
+    if name in ("onnx", "mme", "triton"):
+        return " (its exporter and serving handler are written for StableDiffusionPipeline)"
+    return ""
+
+
 def family_format_problems(names, family) -> list[str]:
     """Formats in ``names`` that ``family`` cannot produce (for the config checks)."""
-    return [f"export format {n!r} is not available for {family.name} ({family.title}) models; "
-            f"available: {', '.join(formats_for(family.name))}"
+    return [f"export format {n!r} is not available for {family.name} ({family.title}) models"
+            f"{_why_not(n, family.name)}; available: {', '.join(formats_for(family.name))}"
             for n in names if n in BY_NAME and family.name not in BY_NAME[n].families]
 
 
