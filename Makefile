@@ -46,8 +46,10 @@ $(LOCK_TOOLS)/.installed: Makefile
 	$(LOCK_TOOLS)/bin/python -m pip install -qq pip-tools==$(PIP_TOOLS_VERSION)
 	touch $@
 
+# `make demo DEMO_ARGS="--family flux"` (sd, sdxl, flux, flux2-klein): the same job on another tiny base.
+DEMO_ARGS ?=
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py --workdir build/demo
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py --workdir build/demo $(DEMO_ARGS)
 
 demo-one: install
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo_one.py --workdir build/demo-one

@@ -2,6 +2,7 @@
 """`make demo`: the main job, emulated: six users' LoRAs trained by one 2-instance job, on CPU.
 
     python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 10] [--resume]
+                           [--family sd|sdxl|flux|flux2-klein]
 
 Builds the tiny random-weight pipeline and synthetic subject images for six users under
 WORKDIR/inputs (once), writes a six-task task list, and runs `python -m fanout local` on it:
@@ -11,6 +12,7 @@ and where the previews are. One task points at a folder that does not exist, to 
 bad task fails alone with its reason while the others train.
 
 Every run starts a fresh job unless --resume (which continues a killed one, like a spot restart).
+--family trains the same job on a tiny base of another family (`make demo DEMO_ARGS="--family flux"`).
 """
 
 from __future__ import annotations
@@ -39,17 +41,16 @@ HYPERPARAMETERS = {
     "log_every": 1,
     "learning_rate": 1e-4,
 }
+FAMILIES = ("sd", "sdxl", "flux", "flux2-klein")
 
 
-
-
-def make_inputs(inputs: Path) -> tuple[Path, Path]:
+def make_inputs(inputs: Path, family: str = "sd") -> tuple[Path, Path]:
     """The base model and one image folder per user (built once, reused by later runs)."""
-    model, images = inputs / "model", inputs / "images"
+    model, images = inputs / ("model" if family == "sd" else f"model-{family}"), inputs / "images"
     if not (model / "model_index.json").is_file():
-        print("building the tiny base model ...", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(model)], check=True,
-                       stdout=subprocess.DEVNULL)
+        print(f"building the tiny {family} base model ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(model),
+                        "--family", family], check=True, stdout=subprocess.DEVNULL)
     demo_data = make_demo_data
     for i, user in enumerate(USERS):
         if not (images / user).is_dir():
@@ -78,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=2, help="emulated instances (default: 2)")
     p.add_argument("--steps", type=int, default=10, help="training steps per task (default: 10)")
     p.add_argument("--resume", action="store_true", help="continue the job in WORKDIR/job instead of a fresh one")
+    p.add_argument("--family", choices=FAMILIES, default="sd",
+                   help="the tiny base model's family (default: sd; see docs/families.md)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
     work = a.workdir.resolve()
-    model, images = make_inputs(work / "inputs")
+    model, images = make_inputs(work / "inputs", a.family)
     tasks_file = work / "tasks.jsonl"
     tasks_file.write_text("".join(json.dumps(t) + "\n" for t in task_list(a.steps)))
     job = work / "job"

@@ -126,6 +126,23 @@ def test_klein_comfyui_copy_uses_bfl_names(trained):
     assert all(k.startswith("diffusion_model.") for k in keys)
 
 
+def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_completes(tiny_flow, demo_data, tmp_path):
+    """Default targets (single blocks too) on the tiny FLUX.1: diffusers' kohya converter only
+    splits FLUX.1-dev's widths, so the copy is written with the reason instead of a reload."""
+    from safetensors.torch import load_file
+
+    from train.task import run_task
+
+    cfg = config(demo_data, export="lora,kohya", export_check=True)
+    result = run_task(flow_base(tiny_flow, "flux"), cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    assert result.state == "completed"
+    entries = json.loads((tmp_path / "model" / "manifest.json").read_text())["formats"]
+    assert entries["lora"]["status"] == "ok" and "drift" in entries["lora"]
+    assert entries["kohya"]["status"] == "ok" and "drift" not in entries["kohya"]
+    assert "(3072, 3072, 3072, 12288)" in entries["kohya"]["reload"]
+    assert any(k.startswith("lora_unet_single_blocks_0_linear1.") for k in load_file(tmp_path / "model" / "lora_kohya.safetensors"))
+
+
 def eval_loss(base, cfg, n: int = 6) -> float:
     """The objective on fixed draws (noise, sigmas) over the instance images."""
     from train.data import load_images, to_tensor

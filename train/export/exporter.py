@@ -151,8 +151,12 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
     entry["verified_readers"] = list(readers.VERIFIED_READERS.get(name, ()))
     if packs:
         entry["packs"] = packs
+    unreadable = job.family.unreadable_by_diffusers(job.pipe, name) if reference is not None else None
     if name in CHECKS:  # formats with their own check instead of a diffusers drift render
         entry.update(CHECKS[name](job, path))
+    elif unreadable:
+        log.warning("export %s: %s", name, unreadable)
+        entry["reload"] = unreadable
     elif reference is not None and name in LOADERS:
         entry.update(_measure_drift(job, name, spec, reference))
     log.info("export %s: %s, %.1f MB in %.2f s%s", name, entry["path"], entry["bytes"] / 1e6,

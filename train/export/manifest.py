@@ -5,7 +5,8 @@ Schema (version 1), documented for users in docs/exports.md:
      "lora": {"rank", "lora_alpha", "train_text_encoder", "save_dtype"},
      "hyperparameters": {...}, "export_config": {...},
      "formats": {name: {"status": "ok"|"skipped"|"failed", "path", "reason"?, "seconds",
-                        "bytes", "load_seconds"?, "drift"?: {...}, "flagged"?: bool}},
+                        "bytes", "load_seconds"?, "drift"?: {...}, "flagged"?: bool,
+                        "reload"?: why diffusers could not read it back}},
      "files": [{"path", "bytes", "sha256"}], "timings": {...}}
 """
 

@@ -236,6 +236,11 @@ class Family:
         self.pipeline_type().save_lora_weights(model_dir, **kwargs)
         return Path(model_dir) / LORA_WEIGHT_NAME
 
+    def unreadable_by_diffusers(self, pipe, format_name: str) -> str | None:
+        """Why diffusers cannot read ``format_name`` back for this model, where its own loader
+        is what falls short (the export check then records the reason instead of a reload)."""
+        return None
+
     def kohya_modules(self, pipe, train_text_encoder: bool) -> list[tuple[str, Any]]:
         """(kohya key prefix, module) for the kohya/ComfyUI copy."""
         return [(self.kohya_prefixes[n], getattr(pipe, n)) for n in self.lora_components(pipe, train_text_encoder)]

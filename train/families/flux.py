@@ -24,6 +24,9 @@ from train.families.base import Family, ImageInfo, Noised
 FLUX_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
                 "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                 "ff_context.net.2")
+# The widths diffusers' _convert_kohya_flux_lora_to_diffusers splits a single block's fused linear1
+# into (q, k, v, proj_mlp of FLUX.1-dev / schnell): it reads no other shape.
+KOHYA_CONVERTER_LINEAR1 = (3072, 3072, 3072, 12288)
 PROMPT_TOKENS = 512  # T5 / Qwen sequence length: the pipelines' default, so previews see what training saw
 
 
@@ -247,6 +250,25 @@ class Flux(FlowMatchingFamily):
                             transformer=base.transformer)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def unreadable_by_diffusers(self, pipe, format_name: str) -> str | None:
+        """diffusers' kohya-FLUX.1 converter splits a single block's ``linear1`` at FLUX.1's
+        widths: the kohya copy of a LoRA on single blocks of another width (the tiny test models)
+        is still what ComfyUI / Forge read by BFL names, but diffusers cannot load it."""
+        from train.families.bfl_keys import LAYOUTS, lora_layers
+
+        blocks = pipe.transformer.single_transformer_blocks
+        if format_name != "kohya" or not len(blocks):
+            return None
+        members = next(m for bfl, m in LAYOUTS["flux"][1] if bfl == "linear1")
+        widths = tuple(getattr(blocks[0].get_submodule(m), "base_layer", blocks[0].get_submodule(m)).out_features
+                       for m in members)
+        if widths == KOHYA_CONVERTER_LINEAR1 or not any(
+                k.startswith("single_transformer_blocks.") for k in lora_layers(pipe.transformer)):
+            return None
+        return (f"not reloaded: diffusers' kohya-FLUX.1 converter only splits single blocks of FLUX.1's widths "
+                f"{KOHYA_CONVERTER_LINEAR1}, this transformer's are {widths} (ComfyUI and Forge read the BFL names "
+                "at any width; the 'lora' file loads in diffusers)")
 
     def bfl_state(self, pipe, train_text_encoder: bool) -> dict[str, Any]:
         from train.families.bfl_keys import kohya_flux_state
