@@ -42,6 +42,7 @@ HYPERPARAMETERS = {
     "learning_rate": 1e-4,
 }
 FAMILIES = ("sd", "sdxl", "flux", "flux2-klein")
+FAILS_ON_PURPOSE = "fay-toy"
 
 
 def make_inputs(inputs: Path, family: str = "sd") -> tuple[Path, Path]:
@@ -68,7 +69,7 @@ def task_list(steps: int) -> list[dict]:
              for n, user in enumerate(USERS, 1)]
     tasks[0]["validation_prompts"] = ["a photo of sks toy on a beach", "a sks toy in a forest"]
     tasks[1]["hyperparameters"] = {"max_train_steps": steps * 2, "rank": 8}  # a longer task: the planner balances it
-    tasks.append({"task_id": "fay-toy", "user_id": "fay", "instance_data": "fay-never-uploaded",
+    tasks.append({"task_id": FAILS_ON_PURPOSE, "user_id": "fay", "instance_data": "fay-never-uploaded",
                   "instance_prompt": "a photo of sks toy"})
     return tasks
 
@@ -104,8 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     if grids:
         print(f"latest preview grid of each task, e.g. {grids[-1]}")
     print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
-    print("fay-toy fails on purpose (its image folder was never uploaded); the others do not care.")
-    return rc
+    print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
+    unexpected = unexpected_outcomes(job, task_list(a.steps))
+    if unexpected:
+        print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)
+    return rc or (1 if unexpected else 0)
+
+
+def unexpected_outcomes(job: Path, tasks: list[dict]) -> list[str]:
+    """Every task but the one meant to fail must have completed (what CI checks of the demo)."""
+    outcomes = {t["task_id"]: t for p in (job / "s3" / "output").glob("*/summary.json")
+                for t in json.loads(p.read_text())["tasks"]}
+    problems = []
+    for task in tasks:
+        tid = task["task_id"]
+        want = "failed" if tid == FAILS_ON_PURPOSE else "completed"
+        got = outcomes.get(tid, {}).get("outcome", "missing")
+        if got != want:
+            error = outcomes.get(tid, {}).get("error")
+            problems.append(f"{tid}: {got} (expected {want})" + (f": {error}" if error else ""))
+    return problems
 
 
 if __name__ == "__main__":
