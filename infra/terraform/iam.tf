@@ -7,6 +7,92 @@ locals {
   requests_arn = aws_dynamodb_table.requests.arn
   models_arn   = aws_dynamodb_table.models.arn
   job_arns     = "arn:${local.partition}:sagemaker:${local.region}:${local.account}:training-job/${local.job_prefix}-*"
+
+  # both completion paths register the model
+  register_model = { sid = "RegisterModel", actions = ["dynamodb:PutItem"], resources = [local.models_arn], conditions = [] }
+
+  # Each function's own statements, after the ones every function gets (data.aws_iam_policy_document.handler).
+  handler_statements = {
+    # read request.json, put the new request
+    on_upload = [
+      { sid = "ReadRequests", actions = ["s3:GetObject"], resources = ["${local.bucket_arn}/requests/*"], conditions = [] },
+      { sid = "NewRequest", actions = ["dynamodb:PutItem"], resources = [local.requests_arn], conditions = [] },
+    ]
+    # claim through the status index, list images, write job inputs, create jobs
+    launch_pending = [
+      {
+        sid        = "Claim"
+        actions    = ["dynamodb:Query", "dynamodb:UpdateItem"]
+        resources  = [local.requests_arn, "${local.requests_arn}/index/${local.status_index}"]
+        conditions = []
+      },
+      {
+        sid        = "ListImages"
+        actions    = ["s3:ListBucket"]
+        resources  = [local.bucket_arn]
+        conditions = [{ test = "StringLike", variable = "s3:prefix", values = ["requests/*"] }]
+      },
+      { sid = "JobInputs", actions = ["s3:PutObject"], resources = ["${local.bucket_arn}/jobs/*"], conditions = [] },
+      {
+        sid        = "CreateJobs"
+        actions    = ["sagemaker:CreateTrainingJob"]
+        resources  = [local.job_arns]
+        conditions = [{ test = "ForAllValues:StringEquals", variable = "sagemaker:InstanceTypes", values = [var.instance_type] }]
+      },
+      {
+        sid        = "OwnJobs"
+        actions    = ["sagemaker:DescribeTrainingJob", "sagemaker:ListTags", "sagemaker:AddTags"]
+        resources  = [local.job_arns]
+        conditions = []
+      },
+      {
+        sid        = "PassJobRole"
+        actions    = ["iam:PassRole"]
+        resources  = [aws_iam_role.sagemaker.arn]
+        conditions = [{ test = "StringEquals", variable = "iam:PassedToService", values = ["sagemaker.amazonaws.com"] }]
+      },
+    ]
+    # the job's requests by the job index, each task's status.json
+    on_job_state_change = [
+      {
+        sid        = "JobRequests"
+        actions    = ["dynamodb:Query", "dynamodb:UpdateItem"]
+        resources  = [local.requests_arn, "${local.requests_arn}/index/${local.job_index}"]
+        conditions = []
+      },
+      {
+        sid        = "ListCheckpoints"
+        actions    = ["s3:ListBucket"]
+        resources  = [local.bucket_arn]
+        conditions = [{ test = "StringLike", variable = "s3:prefix", values = ["jobs/*"] }]
+      },
+      {
+        sid        = "ReadStatus"
+        actions    = ["s3:GetObject"]
+        resources  = ["${local.bucket_arn}/jobs/*/checkpoints/*"]
+        conditions = []
+      },
+      local.register_model,
+    ]
+    # read and complete one request; read the task's manifest.json and list its folder to check
+    # that every file the manifest names is there with its size before it registers a model
+    on_task_artifact = [
+      { sid = "CompleteRequest", actions = ["dynamodb:GetItem", "dynamodb:UpdateItem"], resources = [local.requests_arn], conditions = [] },
+      {
+        sid        = "ReadManifest"
+        actions    = ["s3:GetObject"]
+        resources  = ["${local.bucket_arn}/models/*/manifest.json"]
+        conditions = []
+      },
+      {
+        sid        = "ListArtifacts"
+        actions    = ["s3:ListBucket"]
+        resources  = [local.bucket_arn]
+        conditions = [{ test = "StringLike", variable = "s3:prefix", values = ["models/*"] }]
+      },
+      local.register_model,
+    ]
+  }
 }
 
 data "aws_iam_policy_document" "lambda_trust" {
@@ -69,161 +155,21 @@ data "aws_iam_policy_document" "handler" {
     }
   }
 
-  # on_upload: read request.json, put the new request
+  # what each function's own code path calls (local.handler_statements)
   dynamic "statement" {
-    for_each = each.key == "on_upload" ? [1] : []
+    for_each = local.handler_statements[each.key]
     content {
-      sid       = "ReadRequests"
-      actions   = ["s3:GetObject"]
-      resources = ["${local.bucket_arn}/requests/*"]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "on_upload" ? [1] : []
-    content {
-      sid       = "NewRequest"
-      actions   = ["dynamodb:PutItem"]
-      resources = [local.requests_arn]
-    }
-  }
-
-  # launch_pending: claim through the status index, list images, write job inputs, create jobs
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "Claim"
-      actions   = ["dynamodb:Query", "dynamodb:UpdateItem"]
-      resources = [local.requests_arn, "${local.requests_arn}/index/${local.status_index}"]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "ListImages"
-      actions   = ["s3:ListBucket"]
-      resources = [local.bucket_arn]
-      condition {
-        test     = "StringLike"
-        variable = "s3:prefix"
-        values   = ["requests/*"]
+      sid       = statement.value.sid
+      actions   = statement.value.actions
+      resources = statement.value.resources
+      dynamic "condition" {
+        for_each = statement.value.conditions
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
       }
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "JobInputs"
-      actions   = ["s3:PutObject"]
-      resources = ["${local.bucket_arn}/jobs/*"]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "CreateJobs"
-      actions   = ["sagemaker:CreateTrainingJob"]
-      resources = [local.job_arns]
-      condition {
-        test     = "ForAllValues:StringEquals"
-        variable = "sagemaker:InstanceTypes"
-        values   = [var.instance_type]
-      }
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "OwnJobs"
-      actions   = ["sagemaker:DescribeTrainingJob", "sagemaker:ListTags", "sagemaker:AddTags"]
-      resources = [local.job_arns]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "launch_pending" ? [1] : []
-    content {
-      sid       = "PassJobRole"
-      actions   = ["iam:PassRole"]
-      resources = [aws_iam_role.sagemaker.arn]
-      condition {
-        test     = "StringEquals"
-        variable = "iam:PassedToService"
-        values   = ["sagemaker.amazonaws.com"]
-      }
-    }
-  }
-
-  # on_job_state_change: the job's requests by the job index, each task's status.json
-  dynamic "statement" {
-    for_each = each.key == "on_job_state_change" ? [1] : []
-    content {
-      sid       = "JobRequests"
-      actions   = ["dynamodb:Query", "dynamodb:UpdateItem"]
-      resources = [local.requests_arn, "${local.requests_arn}/index/${local.job_index}"]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "on_job_state_change" ? [1] : []
-    content {
-      sid       = "ListCheckpoints"
-      actions   = ["s3:ListBucket"]
-      resources = [local.bucket_arn]
-      condition {
-        test     = "StringLike"
-        variable = "s3:prefix"
-        values   = ["jobs/*"]
-      }
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "on_job_state_change" ? [1] : []
-    content {
-      sid       = "ReadStatus"
-      actions   = ["s3:GetObject"]
-      resources = ["${local.bucket_arn}/jobs/*/checkpoints/*"]
-    }
-  }
-
-  # on_task_artifact: read and complete one request
-  dynamic "statement" {
-    for_each = each.key == "on_task_artifact" ? [1] : []
-    content {
-      sid       = "CompleteRequest"
-      actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
-      resources = [local.requests_arn]
-    }
-  }
-
-  # on_task_artifact reads the task's manifest.json and lists its folder to check that every
-  # file the manifest names is there with its size before it registers a model
-  dynamic "statement" {
-    for_each = each.key == "on_task_artifact" ? [1] : []
-    content {
-      sid       = "ReadManifest"
-      actions   = ["s3:GetObject"]
-      resources = ["${local.bucket_arn}/models/*/manifest.json"]
-    }
-  }
-  dynamic "statement" {
-    for_each = each.key == "on_task_artifact" ? [1] : []
-    content {
-      sid       = "ListArtifacts"
-      actions   = ["s3:ListBucket"]
-      resources = [local.bucket_arn]
-      condition {
-        test     = "StringLike"
-        variable = "s3:prefix"
-        values   = ["models/*"]
-      }
-    }
-  }
-
-  # both completion paths register the model
-  dynamic "statement" {
-    for_each = contains(["on_job_state_change", "on_task_artifact"], each.key) ? [1] : []
-    content {
-      sid       = "RegisterModel"
-      actions   = ["dynamodb:PutItem"]
-      resources = [local.models_arn]
     }
   }
 }
