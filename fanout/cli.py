@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from fanout.errors import FanoutError, TaskListError
-from fanout.hyperparameters import job_name_problems, task_name_problems
+from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
 from fanout.plan import plan_tasks, round_robin
 from fanout.tasks import load_tasks
 
@@ -40,7 +40,10 @@ def cmd_validate(args) -> int:
             print(problem, file=sys.stderr)
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 2
-    problems = job_name_problems(_key_values(args.hp, "--hp"), "--hp") + task_name_problems(tasks, args.file)
+    hp = _key_values(args.hp, "--hp")
+    problems = job_name_problems(hp, "--hp") + task_name_problems(tasks, args.file)
+    # values once the names are right: train's own checks, before anything is paid for
+    problems = problems or job_value_problems(hp, "--hp") + task_value_problems(tasks, args.file, hp)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

@@ -141,7 +141,8 @@ def value_problem(name: str, value: Any) -> str | None:
         return f"{name}: {typed!r} is not one of {', '.join(CHOICES[name])}"
     if name == "export":
         unknown = [f for f in (n.strip() for n in typed.split(",")) if f and f not in EXPORT_FORMATS]
-        return f"export: unknown format(s) {', '.join(unknown)}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
+        shown = ", ".join(f if len(f) <= 40 else f[:37] + "..." for f in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        return f"export: unknown format(s) {shown}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
     if name in AT_LEAST_ONE and typed < 1:
         return f"{name}: must be at least 1, got {typed}"
     if name in AT_LEAST_ZERO and typed < 0:
@@ -151,6 +152,11 @@ def value_problem(name: str, value: Any) -> str | None:
     if name == "resolution" and typed % 8:
         return f"resolution: must be a multiple of 8, got {typed}"
     return None
+
+
+def job_value_problems(values: Mapping[str, Any], where: str = "job hyperparameters") -> list[str]:
+    """One problem per bad value of a job-wide training setting (names already checked)."""
+    return [f"{where}: {p}" for n, v in sorted(values.items()) if n in TRAINING_TYPES and (p := value_problem(n, v))]
 
 
 def task_value_problems(tasks: Iterable, source: str = "<tasks>", job_values: Mapping[str, Any] | None = None) -> list[str]:

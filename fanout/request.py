@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from fanout.errors import RequestError
-from fanout.hyperparameters import job_name_problems, task_name_problems
+from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
 from fanout.metrics import metric_definitions
 from fanout.plan import Plan, PlanConfig, plan_tasks
 from fanout.tasks import TaskSpec, dump_tasks
@@ -218,9 +218,11 @@ def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec]) -> None:
         raise RequestError("warm pools (--warm-pool-seconds) cannot be combined with managed spot (--spot)")
     if not tasks:
         raise RequestError("a job needs at least one task")
-    names = job_name_problems(config.hyperparameters) + task_name_problems(tasks)
-    if names:
-        raise RequestError("; ".join(names))
+    problems = job_name_problems(config.hyperparameters) + task_name_problems(tasks)
+    problems = problems or (job_value_problems(config.hyperparameters)
+                            + task_value_problems(tasks, job_values=config.hyperparameters))
+    if problems:
+        raise RequestError("; ".join(problems))
 
 
 def check_request(request: Mapping[str, Any]) -> None:

@@ -172,3 +172,25 @@ def test_hyperparameter_typos_are_caught_before_anything_is_paid_for(tmp_path, c
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # nothing may be contacted
     code, out, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--hp", "max_train_step=600", "--dry-run")
     assert code == 2 and out == "" and "unknown name(s) max_train_step" in err
+
+
+def test_bad_hyperparameter_values_are_caught_by_validate_and_submit(tmp_path, capsys, task_file, monkeypatch):
+    rows = [{"task_id": "dog", "instance_data": "dog", "instance_prompt": "a photo of sks dog",
+             "hyperparameters": {"resolution": 500, "mixed_precision": "fp8"}},
+            {"task_id": "cat", "instance_data": "cat", "instance_prompt": "a photo of sks cat"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "validate", bad)
+    assert code == 2
+    assert f"{bad}:1: task 'dog' field 'hyperparameters': mixed_precision: 'fp8' is not one of no, fp16, bf16" in err
+    assert f"{bad}:1: task 'dog' field 'hyperparameters': resolution: must be a multiple of 8, got 500" in err
+    assert "'cat'" not in err and "2 problem(s)" in err
+
+    code, _, err = run(capsys, "validate", task_file, "--hp", "learning_rate=fast", "--hp", "export=lora,tensorrt")
+    assert code == 2 and "--hp: learning_rate: 'fast' is not a number" in err
+    assert "--hp: export: unknown format(s) tensorrt; valid: lora, kohya" in err
+    assert run(capsys, "validate", task_file, "--hp", "learning_rate=1e-4", "--hp", "export=lora,kohya")[0] == 0
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # nothing may be contacted
+    code, out, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--hp", "max_train_steps=-5", "--dry-run")
+    assert code == 2 and out == "" and "max_train_steps: must be at least 1, got -5" in err

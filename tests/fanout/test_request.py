@@ -71,7 +71,7 @@ def test_all_options_reach_the_request():
     (dict(spot=True, max_runtime_s=7200, max_wait_s=3600), "MaxWaitTimeInSeconds must be at least"),
     (dict(hyperparameters={f"sagemaker_h{i}": i for i in range(101)}), "101 hyperparameters; at most 100"),
     (dict(hyperparameters={"max_train_step": 400}), "unknown name(s) max_train_step; valid:"),
-    (dict(hyperparameters={"export": "x" * 2501}), "at most 2500 chars"),
+    (dict(hyperparameters={"export": "lora," * 500 + "lora"}), "at most 2500 chars"),  # a valid value, too long
     (dict(warm_pool_s=4000), "0..3600"),
     (dict(spot=True, warm_pool_s=60), "cannot be combined"),
     (dict(subnets=("subnet-1",)), "1-16 subnets and 1-5 security groups"),
