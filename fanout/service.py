@@ -203,6 +203,20 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
     return [t for t in tasks if listed.get(t.instance_data)], listed
 
 
+def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """Tasks whose hyperparameters pass today's checks (the others FAILED with the reason), so
+    that one request accepted under older rules cannot fail every batch it is put in."""
+    good = []
+    for t in tasks:
+        problems = task_name_problems([t], t.task_id) or task_value_problems([t], t.task_id,
+                                                                             svc.settings.job_hyperparameters)
+        if problems:
+            svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer, "; ".join(problems), svc.clock())
+        else:
+            good.append(t)
+    return good
+
+
 def _adopt_created(svc: Service, claimer: str, claimed: dict[str, dict]) -> int:
     """Taken-over claims whose earlier launcher created their job but died before recording
     it: recorded as LAUNCHED in that job (and left out of new batches). Returns how many."""
@@ -223,7 +237,7 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     claimed, collided = _claim(svc, claimer)
     adopted = _adopt_created(svc, claimer, claimed)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
-    tasks, listed = _with_images(svc, claimer, claimed, tasks)
+    tasks, listed = _with_images(svc, claimer, claimed, _valid(svc, claimer, claimed, tasks))
     hp = svc.settings.job_hyperparameters
     result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": len(collided),
                               "failed": len(claimed) - len(tasks), "errors": collided}

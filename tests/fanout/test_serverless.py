@@ -94,6 +94,23 @@ def test_launch_pending_launches_one_job_and_records_it(svc):
     assert handlers.launch_pending({})["launched"] == 0          # nothing left to launch
 
 
+def test_a_queued_request_the_checks_now_refuse_fails_alone_and_its_batch_launches(svc):
+    for i in range(2):
+        handlers.on_upload(upload_request(svc, f"good{i}", "req"))
+    # queued under older rules (the upload check did not know this value was bad)
+    handlers.on_upload(upload_request(svc, "old", "req"))
+    key = "old/req"
+    task = json.loads(svc.requests.get(key)["task"])
+    svc.requests.client.delete_item(TableName=svc.settings.requests_table, Key={"request_key": {"S": key}})
+    svc.requests.put_new("old", "req", {**task, "hyperparameters": {"resolution": 500}}, svc.clock())
+
+    out = handlers.launch_pending(load_event("schedule.json"))
+    assert out["launched"] == 2 and out["failed"] == 1 and len(out["jobs"]) == 1
+    assert statuses(svc) == {"good0/req": LAUNCHED, "good1/req": LAUNCHED, key: FAILED}
+    assert "resolution: must be a multiple of 8, got 500" in svc.requests.get(key)["reason"]
+    assert task_id_for("old", "req") not in job_tasks(svc, out["jobs"][0])
+
+
 def test_two_racing_launchers_put_every_request_in_exactly_one_job(svc):
     for i in range(20):
         upload_request(svc, f"u{i:02d}", "r")
