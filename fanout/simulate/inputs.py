@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fanout.errors import FanoutError
+from fanout.settings import Settings
 from fanout.tasks import TaskSpec
+
+
+def _setting(name: str) -> Any:
+    """launch_pending's own default (fanout.settings.Settings), so the simulated launcher is the deployed one."""
+    return next(f.default for f in fields(Settings) if f.name == name)
 
 
 class SimulationError(FanoutError):
@@ -139,12 +145,12 @@ class Policy:
     on_arrival: bool = _f(False, "also run launch_pending on every arrival (the table's stream)")
     min_batch: int = _f(1, "what-if (launch_pending has no hold; 1 is its behaviour): hold launches while fewer are pending")
     max_wait_s: float = _f(0.0, "... unless the oldest has waited this long")
-    max_tasks_per_job: int = _f(64, "Settings.max_tasks_per_job")
-    max_instances: int = _f(8, "Settings.max_instances (most K per job)")
-    max_jobs_per_run: int = _f(4, "Settings.max_jobs_per_run")
-    launch_rate: float = _f(1.0, "Settings.launch_rate: CreateTrainingJob calls per second per run")
-    warm_pool_s: float = _f(0.0, "Settings.warm_pool_s: KeepAlivePeriodInSeconds (0: off; at most 3600)")
-    spot: bool = _f(False, "Settings.spot: managed spot training")
+    max_tasks_per_job: int = _f(_setting("max_tasks_per_job"), "Settings.max_tasks_per_job")
+    max_instances: int = _f(_setting("max_instances"), "Settings.max_instances (most K per job)")
+    max_jobs_per_run: int = _f(_setting("max_jobs_per_run"), "Settings.max_jobs_per_run")
+    launch_rate: float = _f(_setting("launch_rate"), "Settings.launch_rate: CreateTrainingJob calls per second per run")
+    warm_pool_s: float = _f(_setting("warm_pool_s"), "Settings.warm_pool_s: KeepAlivePeriodInSeconds (0: off; at most 3600)")
+    spot: bool = _f(_setting("spot"), "Settings.spot: managed spot training")
 
     def check(self, aws: Aws) -> None:
         if self.max_instances > aws.instance_quota:
