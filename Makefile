@@ -37,7 +37,7 @@ COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile -q --
 
 lock: $(LOCK_TOOLS)/.installed
 	$(COMPILE) --all-extras -o requirements/dev.lock setup.py
-	$(COMPILE) --extra train --extra container -c requirements/dev.lock -o requirements/image.lock setup.py
+	$(COMPILE) --extra train --extra container --extra report --extra serve -c requirements/dev.lock -o requirements/image.lock setup.py
 	$(COMPILE) -c requirements/dev.lock -o requirements/lambda.lock setup.py
 	rm -rf lora_fanout.egg-info
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQ = ROOT / "requirements"
 # Which extras each lock installs: dev every one (Makefile: --all-extras), the image what the
 # Dockerfile installs, a Lambda zip the bare package.
-IMAGE_EXTRAS = ("train", "container")
+IMAGE_EXTRAS = ("train", "container", "report", "serve")
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s#;]+)")
 TORCH_LIKE = {"torch"}  # the platform's: never in a lock
 
