@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Build a diffusers pipeline with random weights, offline: SD 1.x or SDXL, tiny or full shape.
 
-    python scripts/make_tiny_model.py OUT_DIR [--family sd|sdxl] [--arch tiny|sd15|sdxl]
-                                              [--prediction-type epsilon|v_prediction] [--seed 0]
+    python scripts/make_tiny_model.py OUT_DIR [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
+                                              [--arch tiny|sd15|sdxl|flux-dev|flux2-klein-4b|z-image-6b|qwen-image-20b]
+                                              [--variant base|turbo] [--prediction-type epsilon|v_prediction] [--seed 0]
 
 Nothing is downloaded: the denoiser, VAE and CLIP text encoder(s) are built from small configs
 (or, with ``--arch sd15`` / ``--arch sdxl``, from the published SD 1.5 / SDXL base config
@@ -283,14 +284,33 @@ def _flow_builder(family: str, full_arch: str):
     return build
 
 
+def _dit_builder(family: str, full_arch: str):
+    """Z-Image / Qwen-Image live in scripts/tiny_dit.py (imported late, as tiny_flux)."""
+    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0,
+              variant: str | None = None) -> Path:
+        if prediction_type != "epsilon":
+            raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
+        try:
+            import tiny_dit
+        except ImportError:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import tiny_dit
+        return tiny_dit.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
+    return build
+
+
 # family -> builder; full-shape arch name -> family.
 BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "flux": _flow_builder("flux", "flux-dev"),
-            "flux2-klein": _flow_builder("flux2-klein", "flux2-klein-4b")}
-ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2-klein-4b": "flux2-klein"}
+            "flux2-klein": _flow_builder("flux2-klein", "flux2-klein-4b"),
+            "z-image": _dit_builder("z-image", "z-image-6b"), "qwen-image": _dit_builder("qwen-image", "qwen-image-20b")}
+ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2-klein-4b": "flux2-klein",
+          "z-image-6b": "z-image", "qwen-image-20b": "qwen-image"}
+# Families whose builder takes a variant (z-image: base | turbo).
+VARIANT_FAMILIES = ("z-image",)
 
 
 def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = "epsilon", seed: int = 0,
-                   family: str | None = None) -> Path:
+                   family: str | None = None, variant: str | None = None) -> Path:
     """Build, save and return ``out_dir``. Deterministic for a given (family, arch, prediction_type, seed).
 
     ``arch`` "tiny" builds the tiny model of ``family`` (default sd); a full-shape arch
@@ -305,9 +325,12 @@ def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = 
     family = implied or family or "sd"
     if family not in BUILDERS:
         raise ValueError(f"family {family!r}: valid are {', '.join(BUILDERS)}")
+    if variant is not None and family not in VARIANT_FAMILIES:
+        raise ValueError(f"--variant: {family} models have no variants (only {', '.join(VARIANT_FAMILIES)} do)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return BUILDERS[family](out_dir, full=implied is not None, prediction_type=prediction_type, seed=seed)
+    extra = {"variant": variant} if variant is not None else {}
+    return BUILDERS[family](out_dir, full=implied is not None, prediction_type=prediction_type, seed=seed, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,11 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--family", choices=tuple(BUILDERS), default=None,
                    help="model family of the tiny model (default: sd; a full-shape --arch implies its family)")
     p.add_argument("--arch", choices=tuple(ARCHES), default="tiny",
-                   help="tiny test model, or SD1.5- / SDXL-base-shaped random weights for benchmarks (default: tiny)")
+                   help="tiny test model, or a published shape (random weights) for benchmarks (default: tiny)")
+    p.add_argument("--variant", choices=("base", "turbo"), default=None,
+                   help="z-image only: the published variant to imitate (default base; turbo = the distilled one)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
     a = p.parse_args(argv)
     try:
-        out = build_pipeline(a.out_dir, arch=a.arch, prediction_type=a.prediction_type, seed=a.seed, family=a.family)
+        out = build_pipeline(a.out_dir, arch=a.arch, prediction_type=a.prediction_type, seed=a.seed, family=a.family,
+                             variant=a.variant)
     except ValueError as exc:
         p.error(str(exc))
     print(f"wrote {a.family or ARCHES[a.arch] or 'sd'} {a.arch} pipeline ({a.prediction_type}) to {out}")

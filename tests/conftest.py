@@ -41,3 +41,22 @@ def tiny_model_v(tmp_path_factory, make_tiny_model) -> Path:
 def tiny_sdxl_model(tmp_path_factory, make_tiny_model) -> Path:
     """Path of a tiny epsilon-prediction SDXL pipeline folder (read-only: copy before changing)."""
     return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "sdxl", family="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_z_image(tmp_path_factory, make_tiny_model) -> Path:
+    """Path of a tiny Z-Image (Base) pipeline folder (read-only: copy before changing)."""
+    return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-z-image") / "z-image", family="z-image")
+
+
+@pytest.fixture(scope="session")
+def tiny_z_image_turbo(tmp_path_factory, make_tiny_model) -> Path:
+    """Path of a tiny Z-Image-Turbo pipeline folder (Turbo's model card; same weights as the Base one)."""
+    return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-z-image-turbo") / "z-image-turbo",
+                                          family="z-image", variant="turbo")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image(tmp_path_factory, make_tiny_model) -> Path:
+    """Path of a tiny Qwen-Image pipeline folder (read-only: copy before changing)."""
+    return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-qwen-image") / "qwen-image", family="qwen-image")

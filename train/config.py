@@ -24,7 +24,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
-FLOW_FAMILIES = ("flux", "flux2-klein")
+FLOW_FAMILIES = ("flux", "flux2-klein", "z-image", "qwen-image")
+GUIDANCE_EMBED_FAMILIES = ("flux", "flux2-klein")  # transformers with a guidance input (FLUX.1-dev)
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -34,8 +35,9 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # --- what to train on (paths and prompts: the container derives these per task) ---
-    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1 or "
-                                   "FLUX.2 Klein; the family is read from its model_index.json)")
+    pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1, "
+                                   "FLUX.2 Klein, Z-Image or Qwen-Image; the family is read from its "
+                                   "model_index.json)")
     instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
     instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
     output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")
@@ -66,7 +68,7 @@ class TrainConfig:
                                  families=("sd", "sdxl"))
     noise_offset: float = _f(0.0, "noise offset (e.g. 0.05) for darker darks / brighter brights",
                              families=("sd", "sdxl"))
-    # flow matching (FLUX.1, FLUX.2 Klein): diffusers' Flux DreamBooth scripts' names and defaults
+    # flow matching (FLUX.1, FLUX.2 Klein, Z-Image, Qwen-Image): diffusers' DreamBooth scripts' names and defaults
     weighting_scheme: str = _f("none", "how sigmas are drawn (none: uniform; logit_normal; mode) or the loss "
                                        "weighted (sigma_sqrt, cosmap)", choices=WEIGHTING_SCHEMES,
                                families=FLOW_FAMILIES)
@@ -74,7 +76,7 @@ class TrainConfig:
     logit_std: float = _f(1.0, "standard deviation of the logit_normal weighting scheme", families=FLOW_FAMILIES)
     mode_scale: float = _f(1.29, "scale of the mode weighting scheme", families=FLOW_FAMILIES)
     guidance_scale: float = _f(3.5, "guidance embedding of a guidance-distilled transformer (FLUX.1-dev), in "
-                                    "training and previews", families=FLOW_FAMILIES)
+                                    "training and previews", families=GUIDANCE_EMBED_FAMILIES)
     base_quantization: str = _f("none", "train on a quantized frozen transformer (and FLUX.1's T5): nf4 or int8 "
                                         "(bitsandbytes QLoRA); the base is quantized once per host, so set it "
                                         "for the job", choices=BASE_QUANTIZATIONS, families=FLOW_FAMILIES)

@@ -66,11 +66,8 @@ class Encoder:
     # --- text ---
     def text(self, captions: Sequence[str]) -> dict[str, Any]:
         """The family's prompt embeddings of ``captions`` ({name: tensor}, first dim = len(captions))."""
-        import torch
-
         if self.cache_text:
-            rows = [self._embeddings[c] for c in captions]
-            return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+            return self.family.join_prompts([self._embeddings[c] for c in captions])
         return self.family.encode_prompts(self.base, captions, self.cfg)
 
     def _embed_all(self, captions: Sequence[str]) -> None:

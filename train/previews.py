@@ -45,8 +45,9 @@ def write_previews(base: BaseModel, prompts: Sequence[str], root: Path, step: in
             for i, prompt in enumerate(prompts):
                 prompt_seed = derive_seed(seed, "preview", i)
                 g = torch.Generator(device="cpu").manual_seed(prompt_seed)
-                out = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
-                           width=resolution, num_images_per_prompt=num_images, generator=g).images
+                out = pipe(prompt=prompt, num_inference_steps=steps, height=resolution, width=resolution,
+                           num_images_per_prompt=num_images, generator=g,
+                           **base.family.sampling_kwargs(base, guidance_scale)).images
                 for image in out:
                     name = f"{len(images)}.png"
                     image.save(tmp / name)

@@ -67,9 +67,10 @@ def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None
             n = min(BATCH, count - start)
             # One generator per image: image i is the same whatever the batch size.
             gens = [torch.Generator(device="cpu").manual_seed(derive_seed(0, "class", start + j)) for j in range(n)]
+            guidance = base.family.guidance_for_sampling(cfg, GUIDANCE_SCALE)
             images = pipe(prompt=[cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
-                          guidance_scale=base.family.guidance_for_sampling(cfg, GUIDANCE_SCALE), height=cfg.resolution, width=cfg.resolution,
-                          generator=gens).images
+                          height=cfg.resolution, width=cfg.resolution, generator=gens,
+                          **base.family.sampling_kwargs(base, guidance)).images
             for j, image in enumerate(images):
                 image.save(tmp / f"class-{start + j:05d}.png")
     meta = {"base_model": str(base.path), "base_identity": base.identity(), "class_prompt": cfg.class_prompt,

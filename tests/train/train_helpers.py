@@ -66,3 +66,27 @@ def lora_tensors(model_dir: Path) -> dict:
 def max_abs_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def eval_loss(base, cfg, n: int = 6) -> float:
+    """The family's objective on fixed draws (noise, sigmas) over ``cfg``'s instance images: a
+    deterministic measure of what a LoRA attached to ``base`` has learned."""
+    import torch
+
+    from train.data import load_images, to_tensor
+    from train.objective import weighted_loss
+
+    family = base.family
+    examples = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
+                           max_pixels=cfg.max_image_pixels)
+    pixels = torch.stack([to_tensor(e, cfg.resolution, center_crop=True, random_flip=False) for e in examples])
+    with torch.no_grad(), family.prompt_encoding(base):
+        mean, std = family.encode_pixels(base, pixels)
+        prompts = family.encode_prompts(base, [cfg.instance_prompt] * len(examples))
+        total = 0.0
+        for k in range(n):
+            g = torch.Generator().manual_seed(100 + k)
+            noised = family.noise(base, cfg, family.sample_latents(base, mean, std, g), g)
+            pred = family.denoise(base, noised, prompts, [])
+            total += float(weighted_loss(cfg, pred, noised, n_instance=len(examples))[0])
+    return total / n

@@ -148,7 +148,7 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
              "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
     if path.is_dir():
         entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
-    entry["verified_readers"] = list(readers.VERIFIED_READERS.get(name, ()))
+    entry["verified_readers"] = list(job.family.verified_readers.get(name) or readers.VERIFIED_READERS.get(name, ()))
     if packs:
         entry["packs"] = packs
     unreadable = job.family.unreadable_by_diffusers(job.pipe, name) if reference is not None else None

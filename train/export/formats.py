@@ -26,7 +26,7 @@ class Format:
 
 
 ALL = ("sd", "sdxl")
-FLOW = ("flux", "flux2-klein")  # LoRA files only: merging into a (possibly quantized) base is not done
+FLOW = ("flux", "flux2-klein", "z-image", "qwen-image")  # LoRA files only: no merge into a (maybe quantized) base
 MERGED_HINT = "{pipeline}.from_pretrained({rel!r}{dtype})"
 
 # In writing order: the quantized ones read the merged weights; `mme` and `triton` pack
@@ -75,9 +75,9 @@ def formats_for(family_name: str) -> tuple[str, ...]:
 def _why_not(name: str, family_name: str) -> str:
     """Why ``family_name`` lacks format ``name``, where the list of what it has is not enough."""
     if name in MERGED_FORMATS and family_name in FLOW:
-        return (" (a merged model needs the full-precision base weights to fuse into; a FLUX base may be "
-                "quantized for the whole job, base_quantization, so these families ship the LoRA files, "
-                "which the family pipeline's load_lora_weights applies over the base)")
+        return (" (a merged model needs the full-precision base weights to fuse into; a flow-matching base "
+                "(FLUX, Z-Image, Qwen-Image) may be quantized for the whole job, base_quantization, so these "
+                "families ship the LoRA files, which the family pipeline's load_lora_weights applies over the base)")
     if name in ("onnx", "mme", "triton"):
         return " (its exporter and serving handler are written for StableDiffusionPipeline)"
     return ""

@@ -25,6 +25,8 @@ FAMILY_MODULES: dict[str, str] = {
     "sdxl": "train.families.sdxl:StableDiffusionXL",
     "flux": "train.families.flux:Flux",
     "flux2-klein": "train.families.flux2_klein:Flux2Klein",
+    "z-image": "train.families.z_image:ZImage",
+    "qwen-image": "train.families.qwen_image:QwenImage",
 }
 
 _LOADED: dict[str, Family] = {}

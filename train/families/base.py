@@ -86,6 +86,9 @@ class Family:
     denoiser_targets: ClassVar[tuple[str, ...]] = ()
     text_encoder_targets: ClassVar[tuple[str, ...]] = TEXT_ENCODER_TARGETS
     kohya_prefixes: ClassVar[Mapping[str, str]] = {}  # component -> kohya key prefix ("lora_unet")
+    # format -> the readers this family's file of that format was checked with (manifest
+    # "verified_readers"); formats not named here take train/export/readers.py's entry.
+    verified_readers: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     # --- validation: before any model loads, no torch --------------------------------------
 
@@ -160,6 +163,27 @@ class Family:
         ``cfg`` is the task's TrainConfig (e.g. a family's max sequence length setting)."""
         raise NotImplementedError
 
+    def join_prompts(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One micro-batch from cached per-caption rows ({name: tensor, first dim 1}). Rows whose
+        sequence lengths differ (families that do not pad prompts to a fixed length) are
+        right-padded with zeros; a ``mask`` entry (1 = token, 0 = padding) marks the padding,
+        and columns that are padding in every row are dropped again."""
+        import torch
+        import torch.nn.functional as F
+
+        out = {}
+        for name in rows[0]:
+            parts = [row[name] for row in rows]
+            if len({p.shape[1:] for p in parts}) > 1 and all(p.ndim >= 2 for p in parts):
+                n = max(p.shape[1] for p in parts)
+                parts = [F.pad(p, (0, 0) * (p.ndim - 2) + (0, n - p.shape[1])) for p in parts]
+            out[name] = torch.cat(parts)
+        mask = out.get("mask")
+        if mask is not None and mask.ndim == 2:
+            keep = int(mask.bool().any(dim=0).nonzero().max()) + 1 if mask.bool().any() else mask.shape[1]
+            out = {k: (v[:, :keep] if v.ndim >= 2 and v.shape[1] == mask.shape[1] else v) for k, v in out.items()}
+        return out
+
     # --- images ----------------------------------------------------------------------------------
 
     def encode_pixels(self, base, pixels) -> tuple[Any, Any]:
@@ -199,6 +223,12 @@ class Family:
         """The ``guidance_scale`` to pass the pipeline when sampling previews or class images with
         classifier-free guidance ``cfg_scale`` (a guidance-distilled family passes its own)."""
         return cfg_scale
+
+    def sampling_kwargs(self, base, guidance_scale: float) -> dict[str, Any]:
+        """The keywords of the pipeline call that carry ``guidance_scale`` (previews and class
+        images; most pipelines: ``guidance_scale``; Qwen-Image: ``true_cfg_scale`` and a negative
+        prompt; a CFG-distilled variant samples without guidance)."""
+        return {"guidance_scale": guidance_scale}
 
     def preview_scheduler(self, base):
         """The sampler of previews: a fast multistep one for DDPM-trained models."""

@@ -10,6 +10,9 @@ LoRAs (``_convert_kohya_flux_lora_to_diffusers`` for FLUX.1's kohya copy,
 ``_convert_non_diffusers_flux2_lora_to_diffusers`` for Klein's ComfyUI copy), and ComfyUI
 applies as one ``up @ down`` product. The LoRA scale (alpha / rank) is folded into the up
 matrices of the transformer, so a reader that ignores alpha gets the same result.
+
+Z-Image and Qwen-Image need no fusing: ComfyUI reads their LoRAs by diffusers' layer names
+under ``diffusion_model.`` (``comfy_diffusers_names_state``).
 """
 
 from __future__ import annotations
@@ -142,4 +145,17 @@ def comfy_klein_state(transformer: Any, adapter: str = "default") -> dict[str, A
     state = {}
     for bfl, (down, up) in bfl_lora(transformer, "flux2-klein", adapter).items():
         state.update({f"diffusion_model.{bfl}.lora_A.weight": down, f"diffusion_model.{bfl}.lora_B.weight": up})
+    return state
+
+
+def comfy_diffusers_names_state(transformer: Any, adapter: str = "default",
+                                prefix: str = "diffusion_model.") -> dict[str, Any]:
+    """The ComfyUI file of families whose ComfyUI model reads diffusers' own layer names
+    (Qwen-Image's state dict uses them; Z-Image's LoRA key map translates them, to_q/k/v into
+    its fused qkv): ``diffusion_model.<diffusers path>.lora_A.weight`` / ``.lora_B.weight``, no
+    alpha keys (the scale is in lora_B), as ai-toolkit writes them for these models."""
+    state = {}
+    for name, (down, up, scale) in lora_layers(transformer, adapter).items():
+        state.update({f"{prefix}{name}.lora_A.weight": down.float().cpu(),
+                      f"{prefix}{name}.lora_B.weight": up.float().cpu() * scale})
     return state
