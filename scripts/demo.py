@@ -2,7 +2,7 @@
 """`make demo`: the main job, emulated: six users' LoRAs trained by one 2-instance job, on CPU.
 
     python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 10] [--resume]
-                           [--family sd|sdxl|flux|flux2-klein]
+                           [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
 
 Builds the tiny random-weight pipeline and synthetic subject images for six users under
 WORKDIR/inputs (once), writes a six-task task list, and runs `python -m fanout local` on it:
@@ -41,7 +41,7 @@ HYPERPARAMETERS = {
     "log_every": 1,
     "learning_rate": 1e-4,
 }
-FAMILIES = ("sd", "sdxl", "flux", "flux2-klein")
+FAMILIES = ("sd", "sdxl", "flux", "flux2-klein", "z-image", "qwen-image")
 FAILS_ON_PURPOSE = "fay-toy"
 
 

@@ -9,10 +9,11 @@ family under ``train/families/``, each a subclass of :class:`Family` registered 
     load(path, device, dtype)               once per host: the frozen components
     lora_targets(cfg)                       {component: target module names} for attach_lora
     prompt_encoding(base) / encode_prompts  once per task when the text encoders are frozen
+    join_prompts(rows)                      a micro-batch of cached prompts (pads ragged ones)
     encode_pixels / sample_latents          VAE posterior (cached per task) and a latent sample
     noise(base, cfg, latents, rng)          -> Noised: model input, target, timesteps, loss weight
     denoise(base, noised, prompts, images)  -> the prediction (same layout as noised.target)
-    pipeline(base)                          previews and class images over the in-memory modules
+    pipeline(base), sampling_kwargs         previews and class images over the in-memory modules
     save_lora / kohya_modules               the diffusers LoRA file and the kohya/ComfyUI copy
 
 How to add a family (a new module, nothing else changes in the loop):

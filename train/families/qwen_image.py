@@ -10,10 +10,12 @@ prompt is Qwen2.5-VL's last hidden state after the pipeline's system template, w
 the timestep is sigma; the prediction is the velocity ``noise - latents``. LoRA goes on the
 attention projections ``to_q/k/v``, ``to_out.0`` (the reference's default).
 
-The 7B text encoder (16 GB in bf16) encodes a task's prompts once and waits in CPU memory
-while the transformer trains; ``base_quantization`` nf4/int8 quantizes the 20B transformer
-once per host (41 GB in bf16, ~11.5 GB in NF4), which is what fits a 24 GB GPU. Previews use
-the pipeline's true classifier-free guidance (``true_cfg_scale`` with a blank negative prompt).
+The 7B text encoder (16.6 GB in bf16) encodes a task's prompts once and waits in CPU memory
+while the transformer trains. ``base_quantization`` nf4/int8 quantizes, once per host, the 20B
+transformer (41 GB in bf16, ~11 GB in NF4) and, as FLUX.1's T5, the text encoder, which then
+stays on the GPU (~5 GB in NF4): bringing it in unquantized to encode would alone put the
+transformer and it over 24 GB. That is what fits a 24 GB GPU. Previews use the pipeline's true
+classifier-free guidance (``true_cfg_scale`` with a blank negative prompt).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class QwenImage(FlowMatchingFamily):
     text_encoders = ()                       # Qwen2.5-VL is not trained (as in the reference)
     required = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     denoiser_targets = QWEN_IMAGE_TARGETS
-    quantized_components = ("transformer",)
-    offloaded_components = ("text_encoder",)
+    quantized_components = ("transformer", "text_encoder")
+    offloaded_components = ("text_encoder",)   # parked in CPU memory when not quantized
     kohya_prefixes = {"transformer": "diffusion_model"}
     verified_readers = {
         "lora": ("diffusers 0.42.1 QwenImagePipeline.load_lora_weights (rendered against the in-memory LoRA)",),
@@ -71,7 +73,7 @@ class QwenImage(FlowMatchingFamily):
         "weighting_scheme": "train_dreambooth_lora_qwen_image.py default (none)",
         "gradient_checkpointing": "ai-toolkit train_lora_qwen_image_24gb.yaml ('need the on')",
         "base_quantization": "diffusers README_qwen.md bitsandbytes example (nf4): the 20B transformer is 41 GB "
-                             "in bf16, ~11.5 GB in NF4",
+                             "in bf16, ~11 GB in NF4 (and Qwen2.5-VL ~5 GB)",
         "preview_inference_steps": "ai-toolkit train_lora_qwen_image_24gb.yaml (sample_steps 25)",
         "preview_guidance_scale": "QwenImagePipeline default true_cfg_scale=4.0 (Qwen-Image model card)",
     }
@@ -127,12 +129,13 @@ class QwenImage(FlowMatchingFamily):
         return {"hidden": hidden, "mask": mask}
 
     def encode_pixels(self, base, pixels) -> tuple[Any, Any]:
-        """Posterior (mean, std) of one-frame videos, as (B, C, H, W)."""
+        """Posterior (mean, std) of each image as a one-frame video, as (B, C, H, W). One image at a
+        time: the video VAE's 3D convolutions at 1024 px are the largest activations of a task."""
         import torch
 
         with torch.no_grad():
-            dist = base.vae.encode(pixels.unsqueeze(2).to(base.device, base.vae.dtype)).latent_dist
-        return dist.mean[:, :, 0], dist.std[:, :, 0]
+            dists = [base.vae.encode(p[None, :, None].to(base.device, base.vae.dtype)).latent_dist for p in pixels]
+        return torch.cat([d.mean[:, :, 0] for d in dists]), torch.cat([d.std[:, :, 0] for d in dists])
 
     def sample_latents(self, base, mean, std, rng):
         """A posterior sample (the reference's ``latent_dist.sample()``), per-channel normalised."""
