@@ -32,11 +32,11 @@ except ImportError:  # pragma: no cover - imported as scripts.tiny_dit
 
 ARCHES = {"z-image": ("tiny", "z-image-6b"), "qwen-image": ("tiny", "qwen-image-20b")}
 VARIANTS = {"z-image": ("base", "turbo"), "qwen-image": ("",)}
-# The first lines of the published model cards (Hugging Face snapshots carry them as README.md).
-MODEL_CARDS = {
-    "base": "---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n---\n# Z-Image\n",
-    "turbo": "---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n---\n# Z-Image-Turbo\n",
-}
+# A model card as Hugging Face snapshots carry it (README.md): front matter, title, usage example.
+MODEL_CARD = ("---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n---\n"
+              "<h1 align=\"center\">{title}</h1>\n\nThe Z-Image family: Z-Image, Z-Image-Turbo, Z-Image-Edit.\n\n"
+              "```python\npipe = ZImagePipeline.from_pretrained(\"Tongyi-MAI/{title}\", torch_dtype=torch.bfloat16)\n```\n")
+MODEL_CARDS = {"base": MODEL_CARD.format(title="Z-Image"), "turbo": MODEL_CARD.format(title="Z-Image-Turbo")}
 
 
 # --- configs ---------------------------------------------------------------------------------

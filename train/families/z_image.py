@@ -33,6 +33,8 @@ TURBO_WARNING = ("{path}: a Z-Image-Turbo base (step- and CFG-distilled). It tra
                  "train_dreambooth_lora_z_image.py trains it, but a LoRA trained directly on Turbo erodes its "
                  "8-step, no-CFG sampling the longer it trains; for LoRAs prefer the Z-Image (Base) checkpoint "
                  "(the LoRA then also applies over Turbo), or keep Turbo runs short")
+# A model card's own usage example loads the card's repository: the first one it loads says which.
+CARD_LOAD = re.compile(r"from_pretrained\(\s*[\"']([\w.-]+/Z-Image[\w.-]*)[\"']", re.IGNORECASE)
 CARD_TITLE = re.compile(r"^\s*(?:#|<h1[^>]*>)\s*(.+?)\s*(?:</h1>)?\s*$", re.MULTILINE)
 
 
@@ -89,19 +91,21 @@ class ZImage(FlowMatchingFamily):
 
     def detect_variant(self, path: Path, index: Mapping[str, Any]) -> str:
         """``turbo`` or ``base``: ``model_index.json``'s ``_variant`` when set (diffusers ignores
-        ``_`` keys), else the title of the folder's model card (``README.md`` of a Hugging Face
-        snapshot: "# Z-Image-Turbo"), else a folder name with "turbo" in it (the Hub cache's
+        ``_`` keys); else the folder's model card (``README.md`` of a Hugging Face snapshot): the
+        repository its usage example loads (``from_pretrained("Tongyi-MAI/Z-Image-Turbo")``), or
+        its title; else a folder name with "turbo" in it (the Hub cache's
         ``models--Tongyi-MAI--Z-Image-Turbo``); a folder that says nothing is Base."""
         stated = str(index.get("_variant", "")).strip().lower()
         if stated in self.variants:
             return stated
         try:
-            card = (Path(path) / "README.md").read_text(errors="replace")[:20000]
+            card = (Path(path) / "README.md").read_text(errors="replace")[:50000]
         except OSError:
             card = ""
-        title = CARD_TITLE.search(card.split("\n---", 1)[-1] if card.startswith("---") else card)
-        if title is not None:
-            return "turbo" if "turbo" in title.group(1).lower() else "base"
+        body = card.split("\n---", 1)[-1] if card.startswith("---") else card  # past the YAML front matter
+        said = CARD_LOAD.search(body) or CARD_TITLE.search(body)
+        if said is not None:
+            return "turbo" if "turbo" in said.group(1).lower() else "base"
         return "turbo" if any("turbo" in part.lower() for part in Path(path).resolve().parts[-4:]) else "base"
 
     def check_components(self, path: Path, index: Mapping[str, Any]) -> None:
@@ -166,8 +170,8 @@ class ZImage(FlowMatchingFamily):
         hidden, mask = prompts["hidden"], prompts["mask"].bool()
         captions = [h[m] for h, m in zip(hidden, mask)]
         latents = list(x.unsqueeze(2).unbind(dim=0))            # (C, 1, H, W) per image
-        t = (1000 - noised.timesteps) / 1000                     # Z-Image runs its clock backwards
-        out = base.transformer(latents, t.to(x.dtype), captions, return_dict=False)[0]
+        t = (1000 - noised.timesteps.float()) / 1000             # Z-Image runs its clock backwards (fp32, as the reference)
+        out = base.transformer(latents, t, captions, return_dict=False)[0]
         return -torch.stack(out, dim=0).squeeze(2)                # its output is -(noise - x)
 
     # --- sampling ------------------------------------------------------------------------------
