@@ -77,7 +77,8 @@ class TrainConfig:
     mode_scale: float = _f(1.29, "scale of the mode weighting scheme", families=FLOW_FAMILIES)
     guidance_scale: float = _f(3.5, "guidance embedding of a guidance-distilled transformer (FLUX.1-dev), in "
                                     "training and previews", families=GUIDANCE_EMBED_FAMILIES)
-    base_quantization: str = _f("none", "train on a quantized frozen transformer (and FLUX.1's T5): nf4 or int8 "
+    base_quantization: str = _f("none", "train on a quantized frozen transformer (and FLUX.1's T5, Qwen-Image's "
+                                        "Qwen2.5-VL): nf4 or int8 "
                                         "(bitsandbytes QLoRA); the base is quantized once per host, so set it "
                                         "for the job", choices=BASE_QUANTIZATIONS, families=FLOW_FAMILIES)
     center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")

@@ -12,7 +12,8 @@ from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 STEPS = 6
 SETTINGS = dict(resolution=32, max_train_steps=STEPS, checkpoint_every=2, preview_every=0, learning_rate=5e-3,
                 lora_alpha=8.0, random_flip=True, gradient_accumulation_steps=2, lr_scheduler="cosine",
-                export_check=False, export="lora", log_every=1)
+                export_check=False, export="lora", log_every=1, rank=4, optimizer="adamw", mixed_precision="no",
+                lr_warmup_steps=0, gradient_checkpointing=False)  # stated, not left to the GPU recipes
 EXTRA = {"z-image": dict(weighting_scheme="logit_normal"),
          "qwen-image": dict(weighting_scheme="mode", base_quantization="nf4")}
 
@@ -24,8 +25,8 @@ def cli_args(model, demo_data, out, family):
         flag = "--" + name.replace("_", "-")
         if value is True:
             args.append(flag)
-        elif name == "export_check":
-            args.append("--no-export-check")
+        elif value is False:
+            args.append("--no-" + name.replace("_", "-"))
         else:
             args += [flag, str(value)]
     return args
