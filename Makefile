@@ -77,8 +77,8 @@ clean:
 # .venv), and the offline Terraform tests (also part of `make test`; ~80 s)
 .PHONY: lambda-zip infra-tools infra-test
 
-lambda-zip:
-	$(PY) scripts/build_lambda_zip.py --out build/lambda/fanout.zip
+lambda-zip: install
+	$(BIN)/python scripts/build_lambda_zip.py --out build/lambda/fanout.zip
 
 infra-tools:
 	$(PY) scripts/infra_tools.py all

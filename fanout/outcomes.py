@@ -34,16 +34,16 @@ def event(svc: "Service", detail_type: str, item: dict, now: str, **fields: Any)
     return lc.build(detail_type, item, now, **fields).encode() if svc.events else None
 
 
-def publish(svc: "Service", key: str, written: dict | None, stale: bool = False, quiet: bool = False) -> None:
-    """Publish the outbox of ``written`` (the item as a write returned it). ``stale``: an item
-    read before (an index copy): its outbox is re-read consistently before anything is sent.
-    ``quiet`` (the launcher, whose source is a schedule): a PublishError is logged, not raised;
-    the events stay in the outbox for the next runs' sweep, and EventPublishFailures counts it."""
+def publish(svc: "Service", key: str, written: dict | None, quiet: bool = False) -> None:
+    """Publish the outbox of ``written``: the item as a write returned it or, after a write that
+    lost, as it was read (a `by-job` index copy may lag by a moment: an event published twice
+    keeps its event_id, which is what consumers deduplicate on). ``quiet`` (the launcher, whose
+    source is a schedule): a PublishError is logged, not raised; the events stay in the outbox
+    for the next runs' sweep, and EventPublishFailures counts it."""
     if not svc.events or not written or not written.get("outbox"):
         return
-    pending = (svc.requests.get(key) or {}).get("outbox") if stale else written["outbox"]
     try:
-        svc.events.publish(key, pending or ())
+        svc.events.publish(key, written["outbox"])
     except PublishError as exc:
         if not quiet:
             raise
@@ -54,7 +54,7 @@ def catch_up(svc: "Service", item: dict, written: dict | None) -> list[str]:
     """Publish what a write left pending or, when it lost (a redelivery), what ``item`` still
     has pending; the PublishError's text when EventBridge would not take it (else [])."""
     try:
-        publish(svc, item["request_key"], written or item, stale=not written)
+        publish(svc, item["request_key"], written or item)
     except PublishError as exc:
         return [str(exc)]
     return []
@@ -178,7 +178,7 @@ def record_preview(svc: "Service", bucket: str, key: str) -> str:
         return "unknown"                 # not a request of ours, or its job is over
     item = items[0]
     if item.get("preview_job") == job:   # this job's first preview is already recorded
-        publish(svc, item["request_key"], item, stale=True)
+        publish(svc, item["request_key"], item)
         return "duplicate"
     now, uri = svc.clock(), f"s3://{bucket}/{key}"
     written = svc.requests.note_preview(item["request_key"], job, uri, now, event(
@@ -188,7 +188,7 @@ def record_preview(svc: "Service", bucket: str, key: str) -> str:
         age = _age_s(svc, item.get("created_at"), now)
         if age is not None:
             svc.telemetry.seconds("UploadToPreviewTime", age)
-    publish(svc, item["request_key"], written or item, stale=not written)
+    publish(svc, item["request_key"], written or item)
     return "recorded" if written else "duplicate"
 
 

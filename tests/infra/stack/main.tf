@@ -36,6 +36,7 @@ provider "aws" {
   skip_get_ec2_platforms      = true
   s3_force_path_style         = true
   endpoints {
+    cloudwatch       = var.endpoint
     cloudwatchevents = var.endpoint
     cloudwatchlogs   = var.endpoint
     dynamodb         = var.endpoint
@@ -46,6 +47,7 @@ provider "aws" {
     lambda           = var.endpoint
     s3               = var.endpoint
     sagemaker        = var.endpoint
+    sns              = var.endpoint
     sqs              = var.endpoint
     sts              = var.endpoint
   }
@@ -83,6 +85,46 @@ module "fanout" {
   tags                 = { project = "fanout-test" }
 }
 
+# The app's side of the lifecycle events (docs/fanout.md#lifecycle-events): a rule on the
+# module's bus sending every `fanout` event to the app's queue, which lets EventBridge write.
+resource "aws_sqs_queue" "app" {
+  name = "fanout-test-app-events"
+}
+
+resource "aws_cloudwatch_event_rule" "app" {
+  name           = "fanout-test-app"
+  event_bus_name = module.fanout.event_bus
+  event_pattern  = jsonencode({ source = ["fanout"] })
+}
+
+resource "aws_cloudwatch_event_target" "app" {
+  rule           = aws_cloudwatch_event_rule.app.name
+  event_bus_name = module.fanout.event_bus
+  target_id      = "app-queue"
+  arn            = aws_sqs_queue.app.arn
+}
+
+data "aws_iam_policy_document" "app_queue" {
+  statement {
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.app.arn]
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.app.arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "app" {
+  queue_url = aws_sqs_queue.app.id
+  policy    = data.aws_iam_policy_document.app_queue.json
+}
+
 output "stack" {
   value = {
     bucket         = module.fanout.bucket
@@ -95,5 +137,10 @@ output "stack" {
     environment    = module.fanout.environment
     subnet_id      = aws_subnet.test.id
     security_group = aws_security_group.test.id
+    event_bus      = module.fanout.event_bus
+    event_bus_arn  = module.fanout.event_bus_arn
+    alarm_topic    = module.fanout.alarm_topic_arn
+    dashboard      = module.fanout.dashboard_name
+    app_queue      = aws_sqs_queue.app.id
   }
 }
