@@ -73,6 +73,9 @@ class Settings:
             raise SettingsError(f"missing setting(s) {names}; see docs/fanout.md for every FANOUT_* variable")
         settings.job_hyperparameters   # a malformed FANOUT_HYPERPARAMETERS fails here, before any claim
         settings.vpc     # subnets without security groups (or the reverse) fail here, before any claim
+        if not settings.metrics_namespace or settings.metrics_namespace.startswith("AWS/"):
+            raise SettingsError(f"FANOUT_METRICS_NAMESPACE must be a CloudWatch namespace of your own (not AWS/...), "
+                                f"got {settings.metrics_namespace!r}")
         if settings.retry_mode not in ("standard", "adaptive", "legacy"):
             raise SettingsError(f"FANOUT_RETRY_MODE must be standard, adaptive or legacy, got {settings.retry_mode!r}")
         return settings

@@ -56,3 +56,17 @@ def test_every_handler_resolves_in_the_zip_and_a_typo_does_not(lambda_zip):
         assert check_stack.handler_problem(lambda_zip, handler) is None, handler
     assert "on_uplaod is not a function" in check_stack.handler_problem(lambda_zip, "fanout.handlers.on_uplaod")
     assert "No module named" in check_stack.handler_problem(lambda_zip, "fanout.handler.on_upload")
+
+
+def test_byte_code_for_the_runtime_goes_in_and_is_used_from_a_read_only_task_root(tmp_path):
+    """--compile-with: unchecked-hash pycs, used as they are (here: even over a broken source)."""
+    built = build.build_zip(tmp_path / "compiled.zip", compile_with=sys.executable)
+    tag = sys.implementation.cache_tag
+    names = zipfile.ZipFile(built).namelist()
+    assert f"fanout/__pycache__/handlers.{tag}.pyc" in names and f"aws_lambda_powertools/metrics/__pycache__/metrics.{tag}.pyc" in names
+    task = tmp_path / "task"
+    zipfile.ZipFile(built).extractall(task)
+    (task / "fanout" / "lifecycle.py").write_text("this is not python")
+    run = subprocess.run([sys.executable, "-I", "-B", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                          "import fanout.lifecycle as l; print(l.SOURCE)", str(task)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "fanout", run.stderr[-1000:]
