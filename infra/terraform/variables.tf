@@ -182,7 +182,7 @@ variable "tags" {
   default     = {}
 }
 
-# --- lifecycle events, metrics, alarms, dashboard (docs/infra.md#events-metrics-alarms-dashboard)
+# --- lifecycle events, metrics, alarms, dashboard (docs/infra.md#events-metrics-alarms-and-the-dashboard)
 
 variable "lifecycle_events" {
   description = "Publish every request state change to EventBridge (FANOUT_EVENT_BUS) for the SaaS app."
