@@ -190,6 +190,6 @@ def format_events(events: list[Event], example: str = MODEL_READY) -> str:
         lines.append(f"  {e.detail_type:<18} {d['request_key']:<22} event_id={d['event_id'][:12]}… {extra}"[:200])
     full = next((e for e in events if e.detail_type == example), events[0] if events else None)
     if full:
-        lines.append(f"one in full, as a rule's target receives it under \"detail\":\n"
+        lines.append("one in full, as a rule's target receives it under \"detail\":\n"
                      + json.dumps({"source": SOURCE, "detail-type": full.detail_type, "detail": full.detail}, indent=2))
     return "\n".join(lines)

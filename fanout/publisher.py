@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fanout.errors import PublishError
 from fanout.lifecycle import Event
+from fanout.store import OUTBOX_INDEX
 
 RETRYABLE_ENTRY_CODES = ("ThrottlingException", "InternalFailure", "InternalException", "ServiceUnavailable",
                          "ServiceUnavailableException")
@@ -87,7 +88,15 @@ class EventPublisher:
         """Publish the events of items whose outbox has waited since before ``before`` (a handler
         died between its write and its publish, or its retries ran out): (published, errors)."""
         published, errors = 0, []
-        for key in self.requests.with_pending_events(before, limit):
+        try:
+            keys = self.requests.with_pending_events(before, limit)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                raise
+            # a table made before the index existed: launching goes on, the operator is told
+            return 0, [f"the requests table has no {OUTBOX_INDEX} index, so events left by a failed publish are "
+                       f"only sent on their record's redelivery; add it (terraform apply, or docs/fanout.md): {exc}"]
+        for key in keys:
             item = self.requests.get(key)                # consistent: the index may lag
             if not item or not item.get("outbox"):
                 self.requests.drop_outbox_marker(key)

@@ -15,8 +15,9 @@ from test_serverless import job_tasks, statuses, upload_artifacts, upload_reques
 
 from fanout import handlers
 from fanout import lifecycle as lc
+from fanout.bootstrap import requests_table_spec
 from fanout.errors import EventError
-from fanout.service import Service, launch_pending, task_id_for
+from fanout.service import Service, task_id_for
 from fanout.store import COMPLETED, FAILED, LAUNCHED, NEEDS_REVIEW, PENDING
 
 BUS, BUCKET = "fanout-events", "fanout-test"
@@ -282,3 +283,15 @@ def test_a_manifest_with_a_huge_quality_list_gives_an_event_under_the_limits(svc
     assert len(json.dumps(review["detail"])) < lc.MAX_EVENT_BYTES < lc.MAX_ENTRY_BYTES
     [model] = svc.models.models_of("u1")
     assert len(model["quality_reasons"]) == 20 and all(len(r) <= 300 for r in model["quality_reasons"])
+
+
+def test_a_requests_table_made_before_the_outbox_index_still_launches_and_says_why(settings, app_queue, monkeypatch):
+    spec = requests_table_spec("old-requests")
+    spec["GlobalSecondaryIndexes"] = [i for i in spec["GlobalSecondaryIndexes"] if i["IndexName"] != "by-outbox"]
+    spec["AttributeDefinitions"] = [a for a in spec["AttributeDefinitions"] if a["AttributeName"] != "outbox_at"]
+    settings.client("dynamodb").create_table(**spec)
+    svc = make_svc(settings, monkeypatch, requests_table="old-requests")
+    handlers.on_upload(upload_request(svc, "u1", "r1"))
+    out = handlers.launch_pending({})
+    assert out["launched"] == 1 and "the requests table has no by-outbox index" in out["errors"][0]
+    assert by_request(received(app_queue)) == {"u1/r1": [lc.REQUEST_ACCEPTED, lc.REQUEST_LAUNCHED]}
