@@ -60,10 +60,12 @@ def stack(terraform, moto_url, lambda_zip, tmp_path_factory):
     tf("validate")
     tf("plan", "-input=false", "-out=plan.bin", "-detailed-exitcode", ok=(2,))
     plan = json.loads(tf("show", "-json", "plan.bin").stdout)
+    tf("plan", "-input=false", "-out=off.bin", "-var=lifecycle_events=false", "-var=monitoring=false")
+    plan_off = json.loads(tf("show", "-json", "off.bin").stdout)
     tf("apply", "-input=false", "plan.bin")
     outputs = json.loads(tf("output", "-json").stdout)["stack"]["value"]
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-    state = {"tf": tf, "init": init.stdout, "plan": plan, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
+    state = {"tf": tf, "init": init.stdout, "plan": plan, "plan_off": plan_off, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
              "client": lambda service: make_client(service, "us-east-1", moto_url, session=session)}
     yield state
     if not state["destroyed"]:
@@ -90,6 +92,18 @@ def test_plan_creates_the_whole_stack(stack):
     assert count("aws_cloudwatch_metric_alarm") == 6 and count("aws_cloudwatch_dashboard") == 1
     assert stack["out"]["image_uri"].endswith(".dkr.ecr.us-east-1.amazonaws.com/fanout-test-trainer:1")
     assert stack["out"]["event_bus"] == f"{PREFIX}-events" and stack["out"]["environment"]["FANOUT_EVENT_BUS"] == f"{PREFIX}-events"
+
+
+def test_events_alarms_and_the_dashboard_are_optional(stack):
+    """lifecycle_events = false, alarms = false, dashboard = false: planned without any of them."""
+    created = [r["address"] for r in stack["plan_off"]["resource_changes"] if r["change"]["actions"] == ["create"]]
+    count = lambda kind: sum(f"module.fanout.{kind}." in a for a in created)   # noqa: E731
+    assert count("aws_lambda_function") == 5 and count("aws_dynamodb_table") == 2
+    assert count("aws_cloudwatch_event_bus") == count("aws_sns_topic") == count("aws_cloudwatch_metric_alarm") == 0
+    assert count("aws_cloudwatch_dashboard") == 0
+    off, on = stack["plan_off"]["planned_values"]["outputs"], stack["plan"]["planned_values"]["outputs"]
+    assert off["planned_event_bus"]["value"] == off["planned_alarm_topic"]["value"] == ""      # FANOUT_EVENT_BUS unset
+    assert on["planned_event_bus"]["value"] == f"{PREFIX}-events"
 
 
 def test_second_plan_shows_no_changes(stack):
