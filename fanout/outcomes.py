@@ -60,7 +60,7 @@ def catch_up(svc: "Service", item: dict, written: dict | None) -> list[str]:
     return []
 
 
-def _age_s(svc: "Service", since: str | None, now: str) -> float | None:
+def _age_s(since: str | None, now: str) -> float | None:
     try:
         return (dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(since)).total_seconds() if since else None
     except ValueError:
@@ -92,7 +92,7 @@ def mark_launched(svc: "Service", item: dict, claimer: str, job_name: str) -> di
                                          event(svc, lc.REQUEST_LAUNCHED, item, now, key_parts=[job_name], job_name=job_name))
     if written:
         svc.telemetry.count("RequestsLaunched")
-        age = _age_s(svc, item.get("created_at"), now)
+        age = _age_s(item.get("created_at"), now)
         if age is not None:
             svc.telemetry.seconds("UploadToLaunchTime", age)
         publish(svc, item["request_key"], written, quiet=True)
@@ -159,7 +159,7 @@ def settle(svc: "Service", item: dict, raw_quality: Any, job_name: str | None = 
     if written:
         svc.telemetry.count("RequestsNeedingReview" if quality.failed else "RequestsCompleted")
         svc.telemetry.count("QualityVerdicts", Verdict=quality.verdict)
-        age = _age_s(svc, item.get("created_at"), now)
+        age = _age_s(item.get("created_at"), now)
         if age is not None:
             svc.telemetry.seconds("UploadToReadyTime", age)
     register = bool(written) or job_name is not None or item.get("status") in SETTLED
@@ -185,7 +185,7 @@ def record_preview(svc: "Service", bucket: str, key: str) -> str:
         svc, lc.PREVIEW_READY, item, now, key_parts=[job], job_name=job, preview_uri=uri, preview_step=int(match["step"])))
     if written:
         svc.telemetry.count("PreviewsReady")
-        age = _age_s(svc, item.get("created_at"), now)
+        age = _age_s(item.get("created_at"), now)
         if age is not None:
             svc.telemetry.seconds("UploadToPreviewTime", age)
     publish(svc, item["request_key"], written or item)
@@ -195,7 +195,7 @@ def record_preview(svc: "Service", bucket: str, key: str) -> str:
 def observe_pending(svc: "Service") -> tuple[int, float]:
     """The launcher's gauge after its run: requests still PENDING and the oldest one's age."""
     count, oldest = svc.requests.pending_summary()
-    age = _age_s(svc, oldest, svc.clock()) or 0.0
+    age = _age_s(oldest, svc.clock()) or 0.0
     svc.telemetry.gauge("PendingRequests", count)
     svc.telemetry.gauge("OldestPendingAge", age, SECONDS)
     return count, age
