@@ -77,8 +77,11 @@ clean:
 # .venv), and the offline Terraform tests (also part of `make test`; ~80 s)
 .PHONY: lambda-zip infra-tools infra-test
 
-lambda-zip:
-	$(PY) scripts/build_lambda_zip.py --out build/lambda/fanout.zip
+# LAMBDA_PYTHON=python3.12 (the functions' runtime version) puts its byte code in the zip: a task
+# root is read-only, so without it every cold start compiles the sources (docs/infra.md).
+LAMBDA_PYTHON ?=
+lambda-zip: install
+	$(BIN)/python scripts/build_lambda_zip.py --out build/lambda/fanout.zip $(if $(LAMBDA_PYTHON),--compile-with $(LAMBDA_PYTHON))
 
 infra-tools:
 	$(PY) scripts/infra_tools.py all

@@ -9,7 +9,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from fanout.settings import Settings
-from fanout.store import JOB_INDEX, STATUS_INDEX
+from fanout.store import JOB_INDEX, OUTBOX_INDEX, STATUS_INDEX
 
 ALREADY = ("BucketAlreadyOwnedByYou", "ResourceInUseException")
 
@@ -18,19 +18,21 @@ def _string_attrs(*names: str) -> list[dict]:
     return [{"AttributeName": n, "AttributeType": "S"} for n in names]
 
 
-def _index(name: str, hash_key: str, range_key: str | None = None) -> dict:
+def _index(name: str, hash_key: str, range_key: str | None = None, projection: str = "ALL") -> dict:
     schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
     if range_key:
         schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
-    return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
+    return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": projection}}
 
 
 def requests_table_spec(name: str) -> dict:
-    """The `requests` table: one item per request; indexes by status and by job."""
+    """The `requests` table: one item per request; indexes by status and by job, and the
+    sparse `by-outbox` (keys only) of requests whose lifecycle events wait to be published."""
     return {"TableName": name, "BillingMode": "PAY_PER_REQUEST",
-            "AttributeDefinitions": _string_attrs("request_key", "status", "updated_at", "job_name"),
+            "AttributeDefinitions": _string_attrs("request_key", "status", "updated_at", "job_name", "outbox_at"),
             "KeySchema": [{"AttributeName": "request_key", "KeyType": "HASH"}],
-            "GlobalSecondaryIndexes": [_index(STATUS_INDEX, "status", "updated_at"), _index(JOB_INDEX, "job_name")]}
+            "GlobalSecondaryIndexes": [_index(STATUS_INDEX, "status", "updated_at"), _index(JOB_INDEX, "job_name"),
+                                       _index(OUTBOX_INDEX, "outbox_at", projection="KEYS_ONLY")]}
 
 
 def models_table_spec(name: str) -> dict:

@@ -92,11 +92,11 @@ def cmd_status(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"{info['job']}: {info['state']} ({info['secondary']})" + (f" - {info['failure_reason']}" if info["failure_reason"] else ""))
-    print(f"{'task':<32} {'state':<10} {'host':>4} {'step':>6} {'loss':>8}  error")
+    print(f"{'task':<32} {'state':<10} {'host':>4} {'step':>6} {'loss':>8}  {'verdict':<14} error")
     for row in info["tasks"]:
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         print(f"{row['task_id']:<32} {row['state']:<10} {row['host'] if row['host'] is not None else '':>4} "
-              f"{row['step'] if row['step'] is not None else '':>6} {loss:>8}  {row['error'] or ''}")
+              f"{row['step'] if row['step'] is not None else '':>6} {loss:>8}  {row.get('verdict') or '':<14} {row['error'] or ''}")
     return 0
 
 

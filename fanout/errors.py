@@ -50,3 +50,8 @@ class SettingsError(FanoutError):
 
 class EventError(FanoutError):
     """An event (or one of its records) a handler cannot act on: not the shape AWS delivers."""
+
+
+class PublishError(FanoutError):
+    """Lifecycle events EventBridge did not take after retries; they stay in the request's
+    outbox (a redelivery or the scheduled launcher publishes them), and the record is failed."""

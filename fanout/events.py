@@ -20,6 +20,9 @@ from fanout.errors import EventError
 REQUEST_KEY = re.compile(r"^requests/(?P<user>[^/]+)/(?P<request>[^/]+)/request\.json$")
 # Only the task's own manifest (the top of its output_uri), not one an export writes in a subfolder.
 ARTIFACT_KEY = re.compile(r"^models/(?P<user>[^/]+)/(?P<request>[^/]+)/manifest\.json$")
+# A task's preview grid, as SageMaker syncs the checkpoints (train/previews.py writes
+# previews/step-<N>/grid.png; the .tmp-* folder it renames from does not match).
+PREVIEW_KEY = re.compile(r"^jobs/(?P<job>[^/]+)/checkpoints/(?P<task>[^/]+)/previews/step-(?P<step>[0-9]+)/grid\.png$")
 TERMINAL_STATES = ("Completed", "Failed", "Stopped")
 CREATED, REMOVED, OTHER = "created", "removed", "other"
 JOB_STATE_DETAIL_TYPE = "SageMaker Training Job State Change"

@@ -9,6 +9,11 @@ raises after every item was tried, so Lambda retries the event and then hands it
 function's on-failure destination. A request that cannot be accepted is not a failure here:
 register_upload records it FAILED with the reason. Every function below is idempotent under
 redelivery, so items that already succeeded answer `duplicate` on a retry.
+
+Each transition publishes its lifecycle event (FANOUT_EVENT_BUS) after its write committed; an
+event EventBridge would not take fails the record like any other error (the event waits in
+the request's outbox for the redelivery). Each invocation ends by writing its metrics as
+CloudWatch embedded-metric-format lines (fanout/telemetry.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from fanout.errors import EventError
 from fanout.events import CREATED, REMOVED, BadRecord, delivered_by_sqs, failures, job_state_change, s3_objects
+from fanout.outcomes import record_preview
 from fanout.service import Service, launch_pending as _launch_pending, record_job_state, record_task_artifact, register_upload
 from fanout.settings import Settings
 
@@ -55,21 +61,51 @@ def _each_object(event: dict, action) -> dict[str, Any]:
     return {"results": results, **failures(failed)}
 
 
+def _flush_metrics() -> None:
+    """This invocation's metrics as EMF lines; never what fails an invocation."""
+    if _service is not None:
+        try:
+            _service.telemetry.flush()
+        except Exception:                  # a metric lost is logged, the work stays done
+            log.exception("metrics were not written")
+
+
 def on_upload(event: dict, context: Any = None) -> dict[str, Any]:
     """S3 ObjectCreated of requests/<user>/<request>/request.json -> one PENDING request."""
-    return _each_object(event, register_upload)
+    try:
+        return _each_object(event, register_upload)
+    finally:
+        _flush_metrics()
 
 
 def launch_pending(event: dict, context: Any = None) -> dict[str, Any]:
     """Schedule or DynamoDB stream: the event only wakes us; the queue is the table."""
-    return _launch_pending(service())
+    try:
+        return _launch_pending(service())
+    finally:
+        _flush_metrics()
 
 
 def on_job_state_change(event: dict, context: Any = None) -> dict[str, Any]:
     """EventBridge "SageMaker Training Job State Change" -> per-task outcomes."""
-    return record_job_state(service(), job_state_change(event))
+    try:
+        return record_job_state(service(), job_state_change(event))
+    finally:
+        _flush_metrics()
 
 
 def on_task_artifact(event: dict, context: Any = None) -> dict[str, Any]:
     """S3 ObjectCreated of models/<user>/<request>/manifest.json -> COMPLETED at once."""
-    return _each_object(event, record_task_artifact)
+    try:
+        return _each_object(event, record_task_artifact)
+    finally:
+        _flush_metrics()
+
+
+def on_preview(event: dict, context: Any = None) -> dict[str, Any]:
+    """S3 ObjectCreated of jobs/<job>/checkpoints/<task>/previews/step-<N>/grid.png -> the
+    request's first preview of this job recorded ("Preview Ready")."""
+    try:
+        return _each_object(event, record_preview)
+    finally:
+        _flush_metrics()

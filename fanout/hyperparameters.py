@@ -23,6 +23,7 @@ TRAINING_NAMES = frozenset({
     "train_batch_size", "train_text_encoder",
     "lora_target_modules",
     "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
+    "quality_gate", "on_quality_fail",        # issue 17's names (train's TrainConfig gains them on that branch)
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
@@ -63,8 +64,11 @@ TRAINING_TYPES: dict[str, type] = {
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
-                     "lora_target_modules", "weighting_scheme", "base_quantization"), str),
+                     "lora_target_modules", "weighting_scheme", "base_quantization", "on_quality_fail"), str),
+    "quality_gate": dict,
 }
+# quality_gate: score name -> minimum (maximum for drift and copying), issue 17's interface
+QUALITY_GATE_SCORES = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
 OPTIONAL_NAMES = frozenset({"lora_alpha", "snr_gamma"})          # unset (null, "", "none") turns them off
 CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"),
@@ -73,6 +77,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "save_dtype": ("fp32", "fp16", "bf16"),
     "weighting_scheme": ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"),
     "base_quantization": ("none", "nf4", "int8"),
+    "on_quality_fail": ("keep", "retry"),
 }
 EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton")
 AT_LEAST_ONE = frozenset({"max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
@@ -99,6 +104,8 @@ def _unquote(value: str) -> str:
 def decode_value(name: str, value: Any) -> Any:
     """A hyperparameter's typed value from JSON or SageMaker's strings; ValueError if it has none."""
     kind = TRAINING_TYPES[name]
+    if kind is dict:
+        return _decode_object(value)
     if isinstance(value, str):
         value = _unquote(value)
         if name in OPTIONAL_NAMES and value.strip().lower() in ("", "none", "null"):
@@ -129,6 +136,26 @@ def decode_value(name: str, value: Any) -> Any:
     return int(number) if kind is int else float(number)
 
 
+def _decode_object(value: Any) -> dict:
+    """A JSON object given as one, or as its JSON text (SageMaker's strings, the SDK's quoting)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(_unquote(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{value!r} is not a JSON object")
+    return value
+
+
+def _gate_problem(gate: dict) -> str | None:
+    unknown = sorted(str(k) for k in gate if k not in QUALITY_GATE_SCORES)
+    if unknown:
+        return f"quality_gate: unknown score(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_GATE_SCORES)}"
+    bad = sorted(k for k, v in gate.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
+    return f"quality_gate: threshold of {', '.join(bad)} must be a finite number" if bad else None
+
+
 def value_problem(name: str, value: Any) -> str | None:
     """Why ``value`` is not valid for ``name`` (None: valid), in train.config's terms."""
     try:
@@ -137,6 +164,8 @@ def value_problem(name: str, value: Any) -> str | None:
         return f"{name}: {exc}"
     if typed is None:
         return None
+    if name == "quality_gate":
+        return _gate_problem(typed)
     if name in CHOICES and typed not in CHOICES[name]:
         return f"{name}: {typed!r} is not one of {', '.join(CHOICES[name])}"
     if name == "export":

@@ -16,19 +16,23 @@ import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from fanout.errors import TaskListError
+from fanout import outcomes
+from fanout.errors import PublishError, TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
 from fanout.hyperparameters import task_name_problems, task_value_problems
 from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
 from fanout.plan import claim_limit, launch_batches
+from fanout.publisher import SWEEP_AFTER_S, EventPublisher
+from fanout.quality import Quality, model_fields
 from fanout.request import LaunchConfig, prepare_job
 from fanout.settings import Settings
 from fanout.status import read_statuses
-from fanout.store import COMPLETED, ModelStore, RequestStore
+from fanout.store import ModelStore, RequestStore
 from fanout.tasks import TASK_ID_PATTERN, TaskSpec, parse_tasks
+from fanout.telemetry import Telemetry, reason_class, watch_launches
 
 log = logging.getLogger("fanout")
 PARALLEL_WRITES = 8
@@ -53,13 +57,19 @@ class Service:
     launcher: Launcher
     objects: S3Objects
     clock: Callable[[], str] = utc_now
+    events: EventPublisher | None = None          # None: FANOUT_EVENT_BUS unset, no lifecycle events
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     @classmethod
     def from_settings(cls, settings: Settings, session=None) -> "Service":
         s3, dynamodb = settings.client("s3", session), settings.client("dynamodb", session)
         launcher = Launcher(settings.client("sagemaker", session), s3, RateLimiter(settings.launch_rate))
-        return cls(settings, RequestStore(dynamodb, settings.requests_table),
-                   ModelStore(dynamodb, settings.models_table), launcher, S3Objects(s3))
+        requests, telemetry = RequestStore(dynamodb, settings.requests_table), Telemetry(settings.metrics_namespace, settings.job_prefix)
+        watch_launches(launcher.sagemaker, telemetry)
+        events = EventPublisher(settings.client("events", session), settings.event_bus, requests,
+                                max_attempts=settings.max_attempts, telemetry=telemetry) if settings.event_bus else None
+        return cls(settings, requests, ModelStore(dynamodb, settings.models_table), launcher, S3Objects(s3),
+                   events=events, telemetry=telemetry)
 
     def uri(self, *parts: str) -> str:
         return "s3://" + "/".join([self.settings.bucket, *parts])
@@ -140,9 +150,9 @@ def register_upload(svc: Service, bucket: str, key: str) -> str:
         task = request_task(svc, user_id, request_id, _read_request(svc, bucket, key))
     except TaskListError as exc:
         # recorded, not raised: a retry cannot fix the file, the user can read why
-        svc.requests.put_new(user_id, request_id, {}, svc.clock(), status="FAILED", reason=str(exc))
+        outcomes.record_new(svc, user_id, request_id, {}, reason=str(exc))
         return "invalid"
-    return "created" if svc.requests.put_new(user_id, request_id, task, svc.clock()) else "duplicate"
+    return "created" if outcomes.record_new(svc, user_id, request_id, task) else "duplicate"
 
 
 def _launch_config(svc: Service, count: int) -> LaunchConfig:
@@ -198,8 +208,8 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
     """Tasks that have images (the others FAILED with the reason) and every task's image keys."""
     listed = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
     for t in [t for t in tasks if not listed.get(t.instance_data)]:
-        svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer,
-                                  f"no images under {svc.uri('requests', t.instance_data)}/ (upload images before request.json)", svc.clock())
+        outcomes.fail_claimed(svc, claimed[t.task_id], claimer, f"no images under {svc.uri('requests', t.instance_data)}/ "
+                              "(upload images before request.json)", "no_images")
     return [t for t in tasks if listed.get(t.instance_data)], listed
 
 
@@ -211,7 +221,7 @@ def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[Tas
         problems = task_name_problems([t], t.task_id) or task_value_problems([t], t.task_id,
                                                                              svc.settings.job_hyperparameters)
         if problems:
-            svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer, "; ".join(problems), svc.clock())
+            outcomes.fail_claimed(svc, claimed[t.task_id], claimer, "; ".join(problems), "invalid_hyperparameters")
         else:
             good.append(t)
     return good
@@ -225,7 +235,7 @@ def _adopt_created(svc: Service, claimer: str, claimed: dict[str, dict]) -> int:
         job_name = item.get("launching_job")
         if job_name and svc.launcher.job_exists(job_name):
             del claimed[task_id]
-            adopted += svc.requests.mark_launched(item["request_key"], claimer, job_name, svc.clock())
+            adopted += bool(outcomes.mark_launched(svc, item, claimer, job_name))
     return adopted
 
 
@@ -234,13 +244,15 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
 
     A job that cannot be created hands its claims back (PENDING, with the reason)."""
     claimer = claimer or uuid.uuid4().hex
+    republished, unpublished = svc.events.sweep(svc.ago(SWEEP_AFTER_S)) if svc.events else (0, [])
     claimed, collided = _claim(svc, claimer)
     adopted = _adopt_created(svc, claimer, claimed)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
     tasks, listed = _with_images(svc, claimer, claimed, _valid(svc, claimer, claimed, tasks))
     hp = svc.settings.job_hyperparameters
     result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": len(collided),
-                              "failed": len(claimed) - len(tasks), "errors": collided}
+                              "failed": len(claimed) - len(tasks), "errors": collided + unpublished,
+                              "republished": republished}
     for batch, count in launch_batches(tasks, svc.settings.max_tasks_per_job, svc.settings.max_instances, hp):
         keys = [claimed[t.task_id]["request_key"] for t in batch]
         # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
@@ -254,25 +266,33 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
                 svc.requests.release(key, claimer, f"launch failed: {exc}", svc.clock())
             result["released"] += len(keys)
             result["errors"].append(f"{type(exc).__name__}: {exc}")
+            svc.telemetry.count("LaunchFailures", ReasonClass=reason_class(str(exc), "launch_error"))
             continue
-        marked = [k for k, ok in zip(keys, _each(lambda k: svc.requests.mark_launched(
-            k, claimer, launched.job_name, svc.clock()), keys)) if ok]
+        marked = [k for k, ok in zip(keys, _each(lambda t: outcomes.mark_launched(
+            svc, claimed[t.task_id], claimer, launched.job_name), batch)) if ok]
         result["jobs"].append(launched.job_name)
         result["launched"] += len(marked)
+        svc.telemetry.count("JobsLaunched")
+        svc.telemetry.gauge("TasksPerJob", len(batch))
         if len(marked) < len(keys):      # our claim went stale and was taken over meanwhile
             result["errors"].append(f"{len(keys) - len(marked)} claim(s) lost before {launched.job_name} was recorded")
+    outcomes.observe_pending(svc)
     return result
 
 
-def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None) -> None:
+def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None,
+              quality: Quality | None = None) -> None:
     task = json.loads(item["task"])
     svc.models.register(item["user_id"], item["request_id"], now, artifact_uri=task.get("output_uri"),
                         model_tar_uri=model_tar, task_id=task["task_id"], job_name=job_name,
-                        base_model=svc.settings.model_uri or None, request_key=item["request_key"])
+                        base_model=svc.settings.model_uri or None, request_key=item["request_key"],
+                        **(model_fields(quality) if quality else {}))
 
 
 def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
-    """A job ended: each of its requests COMPLETED (+ registered), retried or FAILED."""
+    """A job ended: each of its requests COMPLETED or NEEDS_REVIEW (+ registered), retried
+    (failed, or its model failed the quality gate and it asked for a retrain) or FAILED.
+    Events EventBridge would not take raise PublishError once every request was recorded."""
     if not change.terminal:
         return {"job": change.job_name, "status": change.status, "ignored": True}
     items = svc.requests.by_job(change.job_name)
@@ -280,19 +300,26 @@ def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
         return {"job": change.job_name, "status": change.status, "ignored": True, "reason": "no request of ours is in this job"}
     # Our own layout, not the event's CheckpointConfig: we know where our jobs checkpoint.
     statuses = read_statuses(svc.objects, svc.uri("jobs", change.job_name, "checkpoints"))
-    counts = {"completed": 0, "PENDING": 0, "FAILED": 0, "unchanged": 0}
+    counts = {"completed": 0, "needs_review": 0, "quality_retried": 0, "PENDING": 0, "FAILED": 0, "unchanged": 0}
+    unpublished: list[str] = []
     for item in items:
         task_id = json.loads(item["task"])["task_id"]
         status = statuses.get(task_id, {})
-        now = svc.clock()
         if status.get("state") == "completed":
-            if svc.requests.complete(item["request_key"], now, change.job_name):
-                counts["completed"] += 1
-            _register(svc, item, change.job_name, now, change.model_artifacts)
+            settled = outcomes.settle(svc, item, status.get("quality"), change.job_name)
+            counts[settled.outcome] += 1
+            if settled.register:
+                _register(svc, item, change.job_name, svc.clock(), change.model_artifacts, settled.quality)
+            unpublished += outcomes.catch_up(svc, item, settled.written)
             continue
         reason = status.get("error") or f"job {change.status}: {change.failure_reason or 'task did not finish'}"
-        outcome = svc.requests.fail_or_retry(item["request_key"], change.job_name, reason, svc.settings.max_retries, now)
-        counts[outcome or "unchanged"] += 1
+        fallback = "task_error" if status.get("error") else ("job_stopped" if change.status == "Stopped" else "job_failed")
+        written = outcomes.fail_or_retry(svc, item, change.job_name, reason, fallback)
+        counts[written["status"] if written else "unchanged"] += 1
+        unpublished += outcomes.catch_up(svc, item, written)
+    if unpublished:          # recorded, not published: the event's redelivery publishes them
+        raise PublishError(f"job {change.job_name}: {len(unpublished)} request(s) with unpublished events: "
+                           + "; ".join(unpublished)[:2000])
     return {"job": change.job_name, "status": change.status, **counts}
 
 
@@ -306,22 +333,26 @@ def record_task_artifact(svc: Service, bucket: str, key: str) -> str:
     item = svc.requests.get(f"{match['user']}/{match['request']}")
     if item is None or not item.get("task"):
         return "unknown"
-    if item.get("status") != COMPLETED:
-        problem = _manifest_problem(svc, bucket, key, json.loads(item["task"])["task_id"])
+    manifest: dict = {}
+    if item.get("status") not in outcomes.SETTLED:
+        problem = _manifest_problem(svc, bucket, key, json.loads(item["task"]), manifest)
         if problem:
             log.warning("request %s: %s", item["request_key"], problem)
             svc.requests.note_launched(item["request_key"], f"artifact not accepted: {problem}", svc.clock())
             return "invalid"
-    now = svc.clock()
-    done = svc.requests.complete(item["request_key"], now)
-    if done or item.get("status") == COMPLETED:
-        _register(svc, item, item.get("job_name"), now)
-    return "completed" if done else "duplicate"
+    settled = outcomes.settle(svc, item, manifest.get("quality"))
+    if settled.register:
+        _register(svc, item, item.get("job_name"), svc.clock(), quality=settled.quality)
+    unpublished = outcomes.catch_up(svc, item, settled.written)
+    if unpublished:          # recorded, not published: the record fails, its redelivery publishes them
+        raise PublishError(unpublished[0])
+    return "duplicate" if settled.outcome == "unchanged" else settled.outcome
 
 
-def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str | None:
-    """Why the manifest at ``key`` does not vouch for a trained model of ``task_id`` (None: it does)."""
-    uri = f"s3://{bucket}/{key}"
+def _manifest_problem(svc: Service, bucket: str, key: str, task: dict, found: dict) -> str | None:
+    """Why the manifest at ``key`` does not vouch for a trained model of ``task`` (None: it
+    does, and ``found`` then holds it)."""
+    uri, task_id = f"s3://{bucket}/{key}", task["task_id"]
     try:
         raw = _read_bounded(svc, bucket, key, MAX_MANIFEST_BYTES)
     except svc.objects.s3.exceptions.NoSuchKey:
@@ -334,6 +365,11 @@ def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str 
         return f"{uri} is not a JSON manifest object" + (f" (larger than {MAX_MANIFEST_BYTES} bytes)" if raw is None else "")
     if manifest.get("task_id") != task_id:
         return f"{uri} is the manifest of task {manifest.get('task_id')!r}, not of {task_id!r}"
+    # a retrained request (quality retry) trains with another seed: an earlier attempt's
+    # manifest arriving late must not settle the new attempt
+    wanted, got = (task.get("hyperparameters") or {}).get("seed"), (manifest.get("hyperparameters") or {}).get("seed")
+    if wanted is not None and got is not None and str(got) != str(wanted):
+        return f"{uri} is from an earlier attempt (seed {got}; the request now trains with seed {wanted})"
     files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
     listed = {f.get("path"): f.get("bytes") for f in files if isinstance(f, dict)}
     if LORA_FILE not in listed:
@@ -343,6 +379,7 @@ def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str 
     missing = sorted(str(p) for p, size in listed.items() if p not in present or size not in (None, present[p]))
     if missing:
         return f"{uri} lists file(s) missing or of another size under s3://{bucket}/{prefix}: {', '.join(missing[:5])}"
+    found.update(manifest)
     return None
 
 

@@ -49,6 +49,10 @@ class Settings:
     kms_key: str = _s("", "KMS key for job output and volumes (empty: AWS managed)")
     subnets: str = _s("", "comma-separated VPC subnet ids for the training jobs (with FANOUT_SECURITY_GROUPS)")
     security_groups: str = _s("", "comma-separated VPC security group ids for the training jobs (with FANOUT_SUBNETS)")
+    event_bus: str = _s("", "EventBridge bus (name or ARN) for the requests' lifecycle events (empty: no events)")
+    max_quality_retries: int = _s(1, "times a request whose model failed its quality gate is retrained "
+                                     "(on_quality_fail=retry) before it is NEEDS_REVIEW")
+    metrics_namespace: str = _s("Fanout", "CloudWatch namespace of the handlers' embedded-metric-format metrics")
     region: str = _s("", "AWS region (empty: boto3's default chain)")
     endpoint_url: str = _s("", "AWS endpoint override (tests: a moto server)")
 
@@ -69,6 +73,9 @@ class Settings:
             raise SettingsError(f"missing setting(s) {names}; see docs/fanout.md for every FANOUT_* variable")
         settings.job_hyperparameters   # a malformed FANOUT_HYPERPARAMETERS fails here, before any claim
         settings.vpc     # subnets without security groups (or the reverse) fail here, before any claim
+        if not settings.metrics_namespace or settings.metrics_namespace.startswith("AWS/"):
+            raise SettingsError(f"FANOUT_METRICS_NAMESPACE must be a CloudWatch namespace of your own (not AWS/...), "
+                                f"got {settings.metrics_namespace!r}")
         if settings.retry_mode not in ("standard", "adaptive", "legacy"):
             raise SettingsError(f"FANOUT_RETRY_MODE must be standard, adaptive or legacy, got {settings.retry_mode!r}")
         return settings

@@ -1,8 +1,8 @@
 """Reading a job's per-task status.json files from its checkpoint prefix (`fanout status`).
 
 Layout written by the container: `<checkpoint_s3_uri>/<task_id>/status.json` with state, step,
-loss, started_at, finished_at, attempts, host, error. Hosts sync checkpoints continuously, so
-this is live while the job runs.
+loss, started_at, finished_at, attempts, host, error, and `quality` (issue 17) once a task
+was evaluated. Hosts sync checkpoints continuously, so this is live while the job runs.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def read_statuses(objects: S3Objects, checkpoint_uri: str) -> dict[str, dict[str
     return statuses
 
 
+def verdict_of(status: dict[str, Any]) -> str | None:
+    """A task's quality verdict: its status.json's `quality.verdict`; `not_evaluated` for a
+    completed task without one (no scorers); None while it has no model."""
+    quality = status.get("quality")
+    if isinstance(quality, dict) and isinstance(quality.get("verdict"), str):
+        return quality["verdict"]
+    return "not_evaluated" if status.get("state") == "completed" else None
+
+
 def _job_tasks(objects: S3Objects, description: dict) -> list[str]:
     """Task ids from the job's `tasks` channel (so tasks not started yet show as pending)."""
     for channel in description.get("InputDataConfig", []):
@@ -54,5 +63,6 @@ def job_status(sagemaker, objects: S3Objects, job_name: str) -> dict[str, Any]:
     tasks = [{"task_id": tid, **{f: statuses.get(tid, {}).get(f) for f in STATUS_FIELDS}} for tid in order]
     for row in tasks:
         row["state"] = row["state"] or "pending"
+        row["verdict"] = verdict_of(statuses.get(row["task_id"], {}))
     return {"job": job_name, "state": job.get("TrainingJobStatus"), "secondary": job.get("SecondaryStatus"),
             "failure_reason": job.get("FailureReason"), "checkpoints": checkpoint, "tasks": tasks}

@@ -1,10 +1,17 @@
 """DynamoDB adapters for the `requests` queue and the `models` registry (receive their client).
 
 requests: key `request_key` = "<user_id>/<request_id>"; status PENDING -> CLAIMED -> LAUNCHED
--> COMPLETED | FAILED (FAILED -> never again; LAUNCHED -> PENDING while retries remain).
-Index `by-status` (status, updated_at) finds work; index `by-job` (job_name) finds a job's
-requests. Every transition is one conditional write: Lambdas run concurrently and events
-arrive more than once, so the condition, not the caller, decides who wins.
+-> COMPLETED | NEEDS_REVIEW | FAILED (FAILED -> never again; LAUNCHED -> PENDING while retries
+remain, or when a model that failed the quality gate is retrained). Index `by-status` (status,
+updated_at) finds work; index `by-job` (job_name) finds a job's requests. Every transition is
+one conditional write: Lambdas run concurrently and events arrive more than once, so the
+condition, not the caller, decides who wins.
+
+Outbox: a transition may carry its lifecycle event (fanout/lifecycle.py, encoded). It is added
+to the item's `outbox` string set in the same write, with `outbox_at`, so the event exists
+exactly when the transition committed; the publisher deletes it once EventBridge took it. A
+string set vanishes when its last member goes, and `outbox_at` with it, so the sparse index
+`by-outbox` holds only items whose events wait: what the scheduled launcher re-publishes.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 PENDING, CLAIMED, LAUNCHED, COMPLETED, FAILED = "PENDING", "CLAIMED", "LAUNCHED", "COMPLETED", "FAILED"
-STATUS_INDEX, JOB_INDEX = "by-status", "by-job"
+NEEDS_REVIEW = "NEEDS_REVIEW"          # trained, but the model failed its quality gate
+STATUS_INDEX, JOB_INDEX, OUTBOX_INDEX = "by-status", "by-job", "by-outbox"
 MAX_REASON = 1000   # characters of a stored reason: items stay far below DynamoDB's 400 KB
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
@@ -48,26 +56,35 @@ class RequestStore:
     def __init__(self, client, table: str):
         self.client, self.table = client, table
 
-    def _update(self, key: str, update: str, condition: str, values: dict[str, Any]) -> bool:
-        """One conditional UpdateItem; False when the condition lost (someone else won)."""
+    def _update(self, key: str, update: str, condition: str, values: dict[str, Any],
+                outbox: str | None = None) -> dict[str, Any] | None:
+        """One conditional UpdateItem: the item as written, or None when the condition lost
+        (someone else won). ``outbox``: an encoded event committed with the transition."""
+        if outbox is not None:
+            # every transition has a SET clause; the event joins the set in the same write
+            update = update.replace("SET ", "SET outbox_at = :outbox_at, ", 1) + " ADD outbox :outbox"
+            values = {**values, ":outbox": {outbox}, ":outbox_at": values[":now"]}
         names = {"#s": "status"} if "#s" in update + condition else {}
         try:
-            self.client.update_item(TableName=self.table, Key=_item({"request_key": key}), UpdateExpression=update,
-                                    ConditionExpression=condition, ExpressionAttributeValues=_item(values),
-                                    **({"ExpressionAttributeNames": names} if names else {}))
-            return True
+            found = self.client.update_item(
+                TableName=self.table, Key=_item({"request_key": key}), UpdateExpression=update,
+                ConditionExpression=condition, ExpressionAttributeValues=_item(values), ReturnValues="ALL_NEW",
+                **({"ExpressionAttributeNames": names} if names else {}))
+            return _plain(found["Attributes"])
         except ClientError as exc:
             if _lost_race(exc):
-                return False
+                return None
             raise
 
     def put_new(self, user_id: str, request_id: str, task: dict, now: str,
-                status: str = PENDING, reason: str | None = None) -> bool:
+                status: str = PENDING, reason: str | None = None, outbox: str | None = None) -> bool:
         """A new request; False when it exists. Race: S3 delivers an upload event more than
         once (and retries failed invocations); without the condition a late duplicate would
         reset a LAUNCHED or COMPLETED request to PENDING and train it twice."""
         item = {"request_key": f"{user_id}/{request_id}", "user_id": user_id, "request_id": request_id,
                 "status": status, "task": json.dumps(task, sort_keys=True), "retries": 0, "reason": reason[:MAX_REASON] if reason else reason, "created_at": now, "updated_at": now}
+        if outbox is not None:
+            item.update(outbox={outbox}, outbox_at=now)
         return _put_new(self.client, self.table, item, "request_key")
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -75,9 +92,10 @@ class RequestStore:
         return _plain(found["Item"]) if "Item" in found else None
 
     def _query(self, index: str, condition: str, values: dict, names: dict | None = None,
-               limit: int | None = None) -> Iterator[dict[str, Any]]:
+               limit: int | None = None, projection: str | None = None) -> Iterator[dict[str, Any]]:
         kwargs = {"TableName": self.table, "IndexName": index, "KeyConditionExpression": condition,
-                  "ExpressionAttributeValues": _item(values), **({"ExpressionAttributeNames": names} if names else {})}
+                  "ExpressionAttributeValues": _item(values), **({"ExpressionAttributeNames": names} if names else {}),
+                  **({"ProjectionExpression": projection} if projection else {})}
         count = 0
         for page in self.client.get_paginator("query").paginate(**kwargs):
             for raw in page.get("Items", []):
@@ -115,14 +133,15 @@ class RequestStore:
         return self._update(key, "SET launching_job = :job, updated_at = :now", "#s = :claimed AND claimed_by = :me",
                             {":job": job_name, ":now": now, ":claimed": CLAIMED, ":me": claimer})
 
-    def mark_launched(self, key: str, claimer: str, job_name: str, now: str) -> bool:
+    def mark_launched(self, key: str, claimer: str, job_name: str, now: str, outbox: str | None = None) -> dict | None:
         """CLAIMED by us -> LAUNCHED in ``job_name``. Race: our claim went stale and another
         launcher re-claimed the request; its record must not be overwritten by ours."""
         # launching_job goes: once recorded, a later retry of this request is a new launch
         return self._update(key, "SET #s = :launched, job_name = :job, updated_at = :now, launched_at = :now "
                             "REMOVE launching_job",
                             "#s = :claimed AND claimed_by = :me",
-                            {":launched": LAUNCHED, ":job": job_name, ":now": now, ":claimed": CLAIMED, ":me": claimer})
+                            {":launched": LAUNCHED, ":job": job_name, ":now": now, ":claimed": CLAIMED, ":me": claimer},
+                            outbox)
 
     def release(self, key: str, claimer: str, reason: str, now: str) -> bool:
         """CLAIMED by us -> PENDING with the reason (launch failed). Race: never release a
@@ -131,11 +150,12 @@ class RequestStore:
                             "#s = :claimed AND claimed_by = :me",
                             {":pending": PENDING, ":why": reason[:1000], ":now": now, ":claimed": CLAIMED, ":me": claimer})
 
-    def fail_claimed(self, key: str, claimer: str, reason: str, now: str) -> bool:
+    def fail_claimed(self, key: str, claimer: str, reason: str, now: str, outbox: str | None = None) -> dict | None:
         """CLAIMED by us -> FAILED (the request can never run, e.g. no images). Race as release."""
         return self._update(key, "SET #s = :failed, reason = :why, updated_at = :now",
                             "#s = :claimed AND claimed_by = :me",
-                            {":failed": FAILED, ":why": reason[:1000], ":now": now, ":claimed": CLAIMED, ":me": claimer})
+                            {":failed": FAILED, ":why": reason[:1000], ":now": now, ":claimed": CLAIMED, ":me": claimer},
+                            outbox)
 
     def note_launched(self, key: str, reason: str, now: str) -> bool:
         """LAUNCHED: record why something about it was refused (an artifact whose manifest
@@ -144,27 +164,105 @@ class RequestStore:
         return self._update(key, "SET reason = :why, updated_at = :now", "#s = :launched",
                             {":why": reason[:MAX_REASON], ":now": now, ":launched": LAUNCHED})
 
-    def complete(self, key: str, now: str, job_name: str | None = None) -> bool:
-        """LAUNCHED -> COMPLETED. Race: the task's artifact event and its job's state-change
-        event both complete it; the second write finds COMPLETED and does nothing. With
+    def complete(self, key: str, now: str, job_name: str | None = None, *, status: str = COMPLETED,
+                 verdict: str | None = None, outbox: str | None = None) -> dict | None:
+        """LAUNCHED -> COMPLETED (or NEEDS_REVIEW: trained, the quality gate failed it), with
+        the model's quality verdict. Race: the task's artifact event and its job's state-change
+        event both complete it; the second write finds it settled and does nothing. With
         ``job_name``, a late event of an older job cannot complete a retried request."""
         condition = "#s = :launched" + (" AND job_name = :job" if job_name else "")
-        values = {":done": COMPLETED, ":now": now, ":launched": LAUNCHED, ":job": job_name}
-        return self._update(key, "SET #s = :done, updated_at = :now, completed_at = :now", condition, values)
+        values = {":done": status, ":now": now, ":launched": LAUNCHED, ":job": job_name, ":verdict": verdict}
+        update = "SET #s = :done, updated_at = :now, completed_at = :now" + (", verdict = :verdict" if verdict else "")
+        return self._update(key, update, condition, values, outbox)
 
-    def fail_or_retry(self, key: str, job_name: str, reason: str, max_retries: int, now: str) -> str | None:
-        """LAUNCHED in ``job_name`` -> PENDING (retries left) or FAILED; None if already moved.
-        Race: EventBridge may deliver a job's state change twice; the job_name/LAUNCHED
-        condition makes the second delivery a no-op instead of a second retry."""
+    def fail_or_retry(self, key: str, job_name: str, reason: str, max_retries: int, now: str,
+                      retry_outbox: str | None = None, fail_outbox: str | None = None) -> dict | None:
+        """LAUNCHED in ``job_name`` -> PENDING (retries left) or FAILED: the item as written
+        (its `status` says which), None if already moved. Race: EventBridge may deliver a job's
+        state change twice; the job_name/LAUNCHED condition makes the second delivery a no-op
+        instead of a second retry."""
         base = {":why": reason[:1000], ":now": now, ":launched": LAUNCHED, ":job": job_name}
-        if self._update(key, "SET #s = :pending, reason = :why, updated_at = :now, retries = retries + :one REMOVE job_name",
-                        "#s = :launched AND job_name = :job AND retries < :max",
-                        {**base, ":pending": PENDING, ":one": 1, ":max": max_retries}):
-            return PENDING
-        if self._update(key, "SET #s = :failed, reason = :why, updated_at = :now",
-                        "#s = :launched AND job_name = :job", {**base, ":failed": FAILED}):
-            return FAILED
-        return None
+        return (self._update(key, "SET #s = :pending, reason = :why, updated_at = :now, retries = retries + :one REMOVE job_name",
+                             "#s = :launched AND job_name = :job AND retries < :max",
+                             {**base, ":pending": PENDING, ":one": 1, ":max": max_retries}, retry_outbox)
+                or self._update(key, "SET #s = :failed, reason = :why, updated_at = :now",
+                                "#s = :launched AND job_name = :job", {**base, ":failed": FAILED}, fail_outbox))
+
+    def retry_for_quality(self, key: str, job_name: str | None, task: dict, reason: str, attempt: str,
+                          max_quality_retries: int, now: str, outbox: str | None = None) -> dict | None:
+        """LAUNCHED (in ``job_name`` when given) -> PENDING with the retrained ``task`` (new seed
+        and steps) and this attempt's record (JSON) appended to `attempts`. Race as complete:
+        the artifact and job events both see the failed model; one retrain only, and never more
+        than ``max_quality_retries``."""
+        condition = ("#s = :launched" + (" AND job_name = :job" if job_name else "")
+                     + " AND (attribute_not_exists(quality_retries) OR quality_retries < :max)")
+        return self._update(
+            key, "SET #s = :pending, task = :task, reason = :why, updated_at = :now, "
+            "quality_retries = if_not_exists(quality_retries, :zero) + :one, "
+            "attempts = list_append(if_not_exists(attempts, :none), :attempt) REMOVE job_name",
+            condition, {":pending": PENDING, ":task": json.dumps(task, sort_keys=True), ":why": reason[:MAX_REASON],
+                        ":now": now, ":zero": 0, ":one": 1, ":none": [], ":attempt": [attempt], ":launched": LAUNCHED,
+                        ":job": job_name, ":max": max_quality_retries}, outbox)
+
+    def note_preview(self, key: str, job_name: str, uri: str, now: str, outbox: str | None = None) -> dict | None:
+        """LAUNCHED in ``job_name``: its first preview is at ``uri``. Race: every preview image
+        of every step notifies; only the first one of each job (attempt) is recorded."""
+        return self._update(key, "SET preview_job = :job, preview_uri = :uri, preview_at = :now",
+                            "#s = :launched AND job_name = :job AND (attribute_not_exists(preview_job) OR preview_job <> :job)",
+                            {":job": job_name, ":uri": uri, ":now": now, ":launched": LAUNCHED}, outbox)
+
+    # -- outbox and gauges ------------------------------------------------------------------
+
+    def events_published(self, key: str, published: set[str], pending: set[str]) -> None:
+        """Drop published events from the outbox. When they were all it held (``pending``), the
+        marker goes in the same write; if one was added meanwhile, that one's writer (or the
+        sweep) still has to publish it, so only the published members go."""
+        if not published:
+            return
+        values = _item({":p": published})
+        try:
+            if published == pending:
+                self.client.update_item(TableName=self.table, Key=_item({"request_key": key}),
+                                        UpdateExpression="DELETE outbox :p REMOVE outbox_at",
+                                        ConditionExpression="outbox = :p", ExpressionAttributeValues=values)
+                return
+        except ClientError as exc:
+            if not _lost_race(exc):
+                raise
+        self.client.update_item(TableName=self.table, Key=_item({"request_key": key}),
+                                UpdateExpression="DELETE outbox :p", ExpressionAttributeValues=values)
+
+    def drop_outbox_marker(self, key: str) -> None:
+        """`outbox_at` of an item whose outbox is already empty (it would stay in the index)."""
+        try:
+            self.client.update_item(TableName=self.table, Key=_item({"request_key": key}), UpdateExpression="REMOVE outbox_at",
+                                    ConditionExpression="attribute_not_exists(outbox)")
+        except ClientError as exc:
+            if not _lost_race(exc):
+                raise
+
+    def with_pending_events(self, before: str, limit: int) -> list[str]:
+        """Keys of items whose events have waited since before ``before`` (the sparse index)."""
+        keys: list[str] = []
+        pages = self.client.get_paginator("scan").paginate(
+            TableName=self.table, IndexName=OUTBOX_INDEX, FilterExpression="outbox_at < :t",
+            ExpressionAttributeValues=_item({":t": before}))
+        for page in pages:
+            keys += [_plain(raw)["request_key"] for raw in page.get("Items", [])]
+            if len(keys) >= limit:
+                break
+        return keys[:limit]
+
+    def pending_summary(self) -> tuple[int, str | None]:
+        """(how many requests are PENDING, the oldest one's created_at): the launcher's gauge.
+        created_at, not updated_at: a request handed back after a failed launch keeps its age."""
+        count, oldest = 0, None
+        for item in self._query(STATUS_INDEX, "#s = :s", {":s": PENDING}, {"#s": "status"}, projection="created_at"):
+            count += 1
+            created = item.get("created_at")
+            if created and (oldest is None or created < oldest):
+                oldest = created
+        return count, oldest
 
 
 class ModelStore:

@@ -1,10 +1,11 @@
 """Read a deployed fanout stack back through the AWS APIs and check it is what the handlers read.
 
     python scripts/check_stack.py --prefix NAME_PREFIX [--zip build/lambda/fanout.zip] \
-        [--region R] [--endpoint-url URL]
+        [--region R] [--endpoint-url URL] [--no-monitoring]
 
 Read-only (GetFunctionConfiguration, GetFunctionEventInvokeConfig, GetPolicy, GetBucketNotificationConfiguration,
-DescribeTable, ListRuleNamesByTarget, DescribeRule, GetRole): safe against a real account.
+DescribeTable, ListRuleNamesByTarget, DescribeRule, GetRole, DescribeEventBus, DescribeAlarms,
+GetDashboard): safe against a real account.
 The offline test runs it against the stack Terraform applied to moto. Checked:
 - each function exists with its handler string, and (with --zip) that zip is the deployed code
   (CodeSha256) and the handler resolves in it;
@@ -17,7 +18,11 @@ The offline test runs it against the stack Terraform applied to moto. Checked:
 - the rule targeting on_job_state_change matches SageMaker's state-change events for this
   stack's jobs in every terminal state (the handler parses each), a schedule wakes
   launch_pending, and EventBridge may invoke both;
-- FANOUT_ROLE_ARN trusts sagemaker.amazonaws.com.
+- FANOUT_ROLE_ARN trusts sagemaker.amazonaws.com;
+- FANOUT_EVENT_BUS (when set) is a bus that exists;
+- unless --no-monitoring (alarms = false, dashboard = false): every alarm of the module exists,
+  notifies a topic, and watches the metrics the handlers write (FANOUT_METRICS_NAMESPACE,
+  service = FANOUT_JOB_PREFIX); the dashboard exists and shows that namespace and service.
 Prints one line per check; exit status 1 when any failed.
 """
 
@@ -38,13 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fanout.bootstrap import models_table_spec, requests_table_spec  # noqa: E402
-from fanout.events import ARTIFACT_KEY, REQUEST_KEY, TERMINAL_STATES, job_state_change  # noqa: E402
+from fanout.events import ARTIFACT_KEY, PREVIEW_KEY, REQUEST_KEY, TERMINAL_STATES, job_state_change  # noqa: E402
 from fanout.request import job_name_for  # noqa: E402
 from fanout.settings import Settings, describe, make_client  # noqa: E402
 
 HANDLERS = {"on_upload": "fanout.handlers.on_upload", "launch_pending": "fanout.handlers.launch_pending",
             "on_job_state_change": "fanout.handlers.on_job_state_change",
-            "on_task_artifact": "fanout.handlers.on_task_artifact"}
+            "on_task_artifact": "fanout.handlers.on_task_artifact", "on_preview": "fanout.handlers.on_preview"}
 SETTING_NAMES = frozenset(name for name, _, _ in describe())
 # (handler, its key pattern, keys it accepts, keys it ignores: these need not reach it)
 S3_ROUTES = (
@@ -54,7 +59,14 @@ S3_ROUTES = (
     # cannot express depth; the handler itself ignores it, so it is in neither list.
     ("on_task_artifact", ARTIFACT_KEY, ["models/u1/r1/manifest.json"],
      ["models/u1/r1/pytorch_lora_weights.safetensors", "requests/u1/r1/request.json"]),
+    # The .tmp-* folder a preview is written in before its rename passes the filters; the handler ignores it.
+    ("on_preview", PREVIEW_KEY, ["jobs/fanout-0123456789abcdef/checkpoints/u1.r1/previews/step-000100/grid.png"],
+     ["jobs/fanout-0123456789abcdef/checkpoints/u1.r1/status.json",
+      "jobs/fanout-0123456789abcdef/checkpoints/u1.r1/previews/step-000100/0.png", "models/u1/r1/manifest.json"]),
 )
+# The module's alarms (infra/terraform/monitoring.tf): <prefix>-<name>; whether each watches our EMF metrics
+ALARMS = {"oldest-pending": True, "dead-letters": False, "launcher-errors": False, "launch-throttling": True,
+          "failure-rate": True, "events-unpublished": True}
 
 
 def function_names(prefix: str) -> dict[str, str]:
@@ -278,7 +290,49 @@ def check_role(report: Report, iam, role_arn: str) -> None:
     report.check("sagemaker.amazonaws.com" in services, f"{role_arn} trusts sagemaker.amazonaws.com", f"it trusts {services}")
 
 
-def check_stack(client: Callable[[str], Any], names: dict[str, str], zip_path: Path | None = None) -> Report:
+def check_events(report: Report, events, settings: Settings) -> None:
+    if not settings.event_bus:
+        return
+    try:
+        events.describe_event_bus(Name=settings.event_bus)
+        report.check(True, f"FANOUT_EVENT_BUS {settings.event_bus} exists")
+    except events.exceptions.ResourceNotFoundException:
+        report.check(False, f"FANOUT_EVENT_BUS {settings.event_bus} exists", "no such bus: every PutEvents would fail")
+
+
+def _watches_ours(alarm: dict, settings: Settings) -> bool:
+    """The alarm's metric(s) are the handlers' own: their namespace, service = the job prefix."""
+    stats = [q["MetricStat"]["Metric"] for q in alarm.get("Metrics", []) if q.get("MetricStat")]
+    metrics = stats or [{"Namespace": alarm.get("Namespace"), "Dimensions": alarm.get("Dimensions", [])}]
+    return all(m.get("Namespace") == settings.metrics_namespace and
+               {"Name": "service", "Value": settings.job_prefix} in m.get("Dimensions", []) for m in metrics)
+
+
+def check_monitoring(report: Report, cloudwatch, prefix: str, settings: Settings) -> None:
+    found = {a["AlarmName"]: a for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"{prefix}-")
+             for a in page.get("MetricAlarms", [])}
+    for name, ours in ALARMS.items():
+        if name == "events-unpublished" and not settings.event_bus:
+            continue
+        alarm = found.get(f"{prefix}-{name}")
+        if not report.check(alarm, f"alarm {prefix}-{name} exists", "not found (deployed with alarms = false? then --no-monitoring)"):
+            continue
+        report.check(alarm.get("AlarmActions"), f"alarm {prefix}-{name} notifies a topic", "no alarm action")
+        if ours:
+            report.check(_watches_ours(alarm, settings), f"alarm {prefix}-{name} watches the handlers' metrics",
+                         f"not {settings.metrics_namespace} with service={settings.job_prefix}")
+    try:
+        body = cloudwatch.get_dashboard(DashboardName=f"{prefix}-pipeline")["DashboardBody"]
+    except cloudwatch.exceptions.ResourceNotFound:
+        report.check(False, f"dashboard {prefix}-pipeline exists", "not found")
+        return
+    shown = f'"{settings.metrics_namespace}"' in body and f'"{settings.job_prefix}"' in body
+    report.check(shown, f"dashboard {prefix}-pipeline shows the handlers' metrics",
+                 f"no {settings.metrics_namespace} metric with service {settings.job_prefix}")
+
+
+def check_stack(client: Callable[[str], Any], names: dict[str, str], zip_path: Path | None = None,
+                monitoring: bool = True, prefix: str | None = None) -> Report:
     """Every check above; ``client(service)`` gives a boto3 client."""
     report, lam = Report(), client("lambda")
     configs = check_functions(report, lam, names, zip_path)
@@ -292,6 +346,9 @@ def check_stack(client: Callable[[str], Any], names: dict[str, str], zip_path: P
     check_tables(report, client("dynamodb"), settings)
     check_rules(report, client("events"), lam, configs, settings)
     check_role(report, client("iam"), settings.role_arn)
+    check_events(report, client("events"), settings)
+    if monitoring:
+        check_monitoring(report, client("cloudwatch"), prefix or settings.job_prefix, settings)
     return report
 
 
@@ -301,9 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zip", type=Path, default=None, help="the Lambda zip that should be deployed")
     parser.add_argument("--region", default="", help="AWS region (default: boto3's chain)")
     parser.add_argument("--endpoint-url", default="", help="AWS endpoint override (tests: a moto server)")
+    parser.add_argument("--no-monitoring", action="store_true",
+                        help="the stack was deployed with alarms = false and dashboard = false")
     args = parser.parse_args(argv)
     report = check_stack(lambda service: make_client(service, args.region, args.endpoint_url),
-                         function_names(args.prefix), args.zip)
+                         function_names(args.prefix), args.zip, monitoring=not args.no_monitoring, prefix=args.prefix)
     for ok, text in report.lines:
         print(("ok   " if ok else "FAIL ") + text)
     print(f"{len(report.lines) - len(report.failures)} checks ok, {len(report.failures)} failed")

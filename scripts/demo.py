@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latest preview grid of each task, e.g. {grids[-1]}")
     print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
+    from fanout.lifecycle import format_events, local_job_events   # the app's view (docs/fanout.md#lifecycle-events)
+    print("\n" + format_events(local_job_events(job, task_list(a.steps))))
     unexpected = unexpected_outcomes(job, task_list(a.steps))
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)

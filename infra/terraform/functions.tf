@@ -76,7 +76,7 @@ resource "aws_lambda_function_event_invoke_config" "handler" {
 }
 
 resource "aws_lambda_permission" "s3" {
-  for_each       = toset(["on_upload", "on_task_artifact"])
+  for_each       = toset(["on_upload", "on_task_artifact", "on_preview"])
   statement_id   = "s3-${aws_s3_bucket.data.id}"
   action         = "lambda:InvokeFunction"
   function_name  = aws_lambda_function.handler[each.key].function_name

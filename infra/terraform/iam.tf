@@ -92,7 +92,28 @@ locals {
       },
       local.register_model,
     ]
+    # the request of a job's task by the job index; its first preview recorded
+    on_preview = [
+      {
+        sid        = "JobRequests"
+        actions    = ["dynamodb:Query", "dynamodb:UpdateItem"]
+        resources  = [local.requests_arn, "${local.requests_arn}/index/${local.job_index}"]
+        conditions = []
+      },
+    ]
   }
+  # With lifecycle events: published events leave the request's outbox (UpdateItem, which the
+  # others have anyway); a redelivered upload reads its request back for events that may still
+  # wait; the launcher sweeps the sparse outbox index and reads each request it finds.
+  event_statements = {
+    on_upload = [{ sid = "PendingEvents", actions = ["dynamodb:GetItem", "dynamodb:UpdateItem"], resources = [local.requests_arn], conditions = [] }]
+    launch_pending = [
+      { sid = "SweepEvents", actions = ["dynamodb:Scan"], resources = ["${local.requests_arn}/index/${local.outbox_index}"], conditions = [] },
+      { sid = "PendingEvents", actions = ["dynamodb:GetItem"], resources = [local.requests_arn], conditions = [] },
+    ]
+  }
+  statements = { for k, _ in local.handlers : k => concat(local.handler_statements[k],
+  local.event_bus_arn != "" ? lookup(local.event_statements, k, []) : []) }
 }
 
 data "aws_iam_policy_document" "lambda_trust" {
@@ -155,9 +176,19 @@ data "aws_iam_policy_document" "handler" {
     }
   }
 
-  # what each function's own code path calls (local.handler_statements)
+  # every function publishes its transitions' lifecycle events, to that bus only
   dynamic "statement" {
-    for_each = local.handler_statements[each.key]
+    for_each = local.event_bus_arn != "" ? [local.event_bus_arn] : []
+    content {
+      sid       = "LifecycleEvents"
+      actions   = ["events:PutEvents"]
+      resources = [statement.value]
+    }
+  }
+
+  # what each function's own code path calls (local.statements)
+  dynamic "statement" {
+    for_each = local.statements[each.key]
     content {
       sid       = statement.value.sid
       actions   = statement.value.actions

@@ -29,6 +29,7 @@ locals {
   models_table   = "${var.name_prefix}-models"
   status_index   = "by-status"
   job_index      = "by-job"
+  outbox_index   = "by-outbox"
   job_prefix     = var.name_prefix
 
   handlers = {
@@ -36,6 +37,7 @@ locals {
     launch_pending      = "fanout.handlers.launch_pending"
     on_job_state_change = "fanout.handlers.on_job_state_change"
     on_task_artifact    = "fanout.handlers.on_task_artifact"
+    on_preview          = "fanout.handlers.on_preview"
   }
   function_names = { for k, _ in local.handlers : k => "${var.name_prefix}-${replace(k, "_", "-")}" }
   timeouts = {
@@ -43,11 +45,12 @@ locals {
     launch_pending      = var.launch_timeout_s
     on_job_state_change = 300
     on_task_artifact    = 60
+    on_preview          = 60
   }
 
   # Exactly fanout.settings.Settings names (the stack check parses them with Settings.from_env);
   # empty values are left out, as from_env treats them as unset.
-  settings = {
+  settings = merge({
     FANOUT_BUCKET            = local.bucket
     FANOUT_REQUESTS_TABLE    = local.requests_table
     FANOUT_MODELS_TABLE      = local.models_table
@@ -69,7 +72,7 @@ locals {
     FANOUT_SUBNETS           = join(",", var.subnet_ids)
     FANOUT_SECURITY_GROUPS   = join(",", var.security_group_ids)
     FANOUT_REGION            = local.region
-  }
+  }, local.lifecycle_settings)
   environment = { for k, v in local.settings : k => v if v != "" }
 }
 

@@ -47,3 +47,23 @@ output "environment" {
   description = "The FANOUT_* settings every function runs with (also for `fanout bootstrap/status` by hand)."
   value       = local.environment
 }
+
+output "event_bus" {
+  description = "FANOUT_EVENT_BUS: where the lifecycle events go (empty when lifecycle_events is false); subscribe with a rule on it."
+  value       = local.event_bus
+}
+
+output "event_bus_arn" {
+  description = "ARN of that bus (the functions may PutEvents there only)."
+  value       = local.event_bus_arn
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic the alarms notify (subscribe your e-mail, chat or pager to it); empty when alarms is false."
+  value       = local.alarm_topic
+}
+
+output "dashboard_name" {
+  description = "The CloudWatch dashboard (empty when dashboard is false)."
+  value       = join("", aws_cloudwatch_dashboard.pipeline[*].dashboard_name)
+}

@@ -48,8 +48,9 @@ resource "aws_s3_bucket_policy" "data" {
   depends_on = [aws_s3_bucket_public_access_block.data]
 }
 
-# The filters are the literal parts of fanout.events.REQUEST_KEY and ARTIFACT_KEY; the handlers
-# ignore any other key that passes them (the stack check tests both against sample keys).
+# The filters are the literal parts of fanout.events.REQUEST_KEY, ARTIFACT_KEY and PREVIEW_KEY;
+# the handlers ignore any other key that passes them (the stack check tests each against sample
+# keys). Previews: one grid per preview step of each task, as SageMaker syncs the checkpoints.
 resource "aws_s3_bucket_notification" "data" {
   bucket = aws_s3_bucket.data.id
   lambda_function {
@@ -66,6 +67,13 @@ resource "aws_s3_bucket_notification" "data" {
     filter_prefix       = "models/"
     filter_suffix       = "/manifest.json"
   }
+  lambda_function {
+    id                  = "previews"
+    lambda_function_arn = aws_lambda_function.handler["on_preview"].arn
+    events              = ["s3:ObjectCreated:*"]
+    filter_prefix       = "jobs/"
+    filter_suffix       = "/grid.png"
+  }
   depends_on = [aws_lambda_permission.s3]
 }
 
@@ -76,7 +84,7 @@ resource "aws_dynamodb_table" "requests" {
   hash_key     = "request_key"
 
   dynamic "attribute" {
-    for_each = ["request_key", "status", "updated_at", "job_name"]
+    for_each = ["request_key", "status", "updated_at", "job_name", "outbox_at"]
     content {
       name = attribute.value
       type = "S"
@@ -92,6 +100,12 @@ resource "aws_dynamodb_table" "requests" {
     name            = local.job_index
     hash_key        = "job_name"
     projection_type = "ALL"
+  }
+  # sparse: only requests whose lifecycle events wait to be published (the launcher's sweep)
+  global_secondary_index {
+    name            = local.outbox_index
+    hash_key        = "outbox_at"
+    projection_type = "KEYS_ONLY"
   }
   point_in_time_recovery {
     enabled = true

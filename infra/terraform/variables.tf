@@ -181,3 +181,75 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+# --- lifecycle events, metrics, alarms, dashboard (docs/infra.md#events-metrics-alarms-and-the-dashboard)
+
+variable "lifecycle_events" {
+  description = "Publish every request state change to EventBridge (FANOUT_EVENT_BUS) for the SaaS app."
+  type        = bool
+  default     = true
+}
+
+variable "event_bus_name" {
+  description = "Existing EventBridge bus (name, or ARN for another account's) to publish to; empty creates <name_prefix>-events."
+  type        = string
+  default     = ""
+}
+
+variable "max_quality_retries" {
+  description = "Retrains of a request whose model failed its quality gate (on_quality_fail=retry) before it is NEEDS_REVIEW."
+  type        = number
+  default     = 1
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the handlers' embedded-metric-format metrics (dimension service = name_prefix)."
+  type        = string
+  default     = "Fanout"
+}
+
+variable "alarms" {
+  description = "CloudWatch alarms on the pipeline, notifying an SNS topic (subscriptions are yours)."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_topic_arn" {
+  description = "Existing SNS topic for the alarms; empty creates <name_prefix>-alarms."
+  type        = string
+  default     = ""
+}
+
+variable "alarm_oldest_pending_minutes" {
+  description = "Alarm when the oldest PENDING request has waited longer than this (minutes)."
+  type        = number
+  default     = 60
+}
+
+variable "alarm_failure_rate_percent" {
+  description = "Alarm when more than this share of the requests that ended in an hour FAILED (percent)."
+  type        = number
+  default     = 20
+}
+
+variable "alarm_failure_min_requests" {
+  description = "The failure-rate alarm looks only at hours with at least this many ended requests."
+  type        = number
+  default     = 10
+}
+
+variable "alarm_throttle_minutes" {
+  description = "Alarm when CreateTrainingJob has been throttled in every 5-minute period for this long (minutes)."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.alarm_throttle_minutes >= 5 && var.alarm_throttle_minutes <= 1440
+    error_message = "The alarm_throttle_minutes must be 5-1440 (CloudWatch evaluates at most a day of 5-minute periods)."
+  }
+}
+
+variable "dashboard" {
+  description = "A CloudWatch dashboard <name_prefix>-pipeline with the pipeline's numbers and the training jobs' metrics."
+  type        = bool
+  default     = true
+}

@@ -72,6 +72,64 @@ class SageMakerFaults:
         return None
 
 
+class EventBridgeFaults:
+    """PutEvents as EventBridge answers it under load, injected into a real boto3 client:
+    - ``throttle``: the next N calls are answered 400 ThrottlingException before reaching moto
+      (botocore's retry mode retries them, as against AWS);
+    - ``fail_entries``: the next N entries are answered with an ErrorCode inside a 200 answer
+      (a partial failure: botocore does not retry it) and never reach moto; the other entries
+      of the call are delivered (the request body is rewritten without the failed ones and
+      the answer rebuilt in the original order, by a before-send and an after-call hook).
+    """
+
+    def __init__(self, throttle: int = 0, fail_entries: int = 0, code: str = "ThrottlingException"):
+        self.throttle, self.fail_entries, self.code = throttle, fail_entries, code
+        self.calls = self.throttled = self.failed = 0
+        self._failed_at: list[int] = []
+
+    def attach(self, client):
+        client.meta.events.register("before-send.eventbridge.PutEvents", self.before_send)
+        client.meta.events.register("after-call.eventbridge.PutEvents", self.after_call)
+        return self
+
+    def _failure(self) -> dict:
+        return {"ErrorCode": self.code, "ErrorMessage": "injected: " + self.code}
+
+    def before_send(self, request, **kwargs):
+        self.calls += 1
+        self._failed_at = []
+        if self.throttle:
+            self.throttle -= 1
+            self.throttled += 1
+            return error_response(request.url, "ThrottlingException", "Rate exceeded")
+        body = json.loads(request.body)
+        entries = body["Entries"]
+        while self.fail_entries and len(self._failed_at) < len(entries):
+            self._failed_at.append(len(self._failed_at))
+            self.fail_entries -= 1
+        self.failed += len(self._failed_at)
+        if not self._failed_at:
+            return None
+        kept = [e for i, e in enumerate(entries) if i not in self._failed_at]
+        if not kept:              # nothing goes to moto: the whole answer is the failures
+            answer = json.dumps({"FailedEntryCount": len(entries), "Entries": [self._failure() for _ in entries]}).encode()
+            self._failed_at = []
+            return AWSResponse(request.url, 200, {"Content-Type": "application/x-amz-json-1.1",
+                                                  "Content-Length": str(len(answer))}, _Raw(answer))
+        request.body = json.dumps({**body, "Entries": kept}).encode()
+        request.headers["Content-Length"] = str(len(request.body))
+        return None
+
+    def after_call(self, parsed, **kwargs):
+        if not self._failed_at or "Entries" not in parsed:
+            return
+        delivered = iter(parsed["Entries"])
+        total = len(parsed["Entries"]) + len(self._failed_at)
+        parsed["Entries"] = [self._failure() if i in self._failed_at else next(delivered) for i in range(total)]
+        parsed["FailedEntryCount"] = parsed.get("FailedEntryCount", 0) + len(self._failed_at)
+        self._failed_at = []
+
+
 class AtomicMotoServer:
     """ThreadedMotoServer whose requests are processed one at a time.
 

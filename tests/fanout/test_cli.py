@@ -117,8 +117,10 @@ def test_submit_refuses_a_task_without_images(capsys, task_file, ops_bucket):
 
 def test_status_shows_each_task_from_its_status_file(capsys, task_file, ops_bucket):
     name = run(capsys, "submit", task_file, "-k", 2, *SUBMIT)[1].strip()
+    quality = {"verdict": "failed_quality", "reasons": ["subject DINO 0.41 < 0.55"], "scores": {"dino": 0.41}}
     ops_bucket.put_object(Bucket="ops", Key=f"jobs/{name}/checkpoints/dog/status.json",
-                          Body=json.dumps({"state": "completed", "step": 400, "loss": 0.0812, "host": 1}).encode())
+                          Body=json.dumps({"state": "completed", "step": 400, "loss": 0.0812, "host": 1,
+                                           "quality": quality}).encode())
     ops_bucket.put_object(Bucket="ops", Key=f"jobs/{name}/checkpoints/cat/status.json",
                           Body=json.dumps({"state": "failed", "step": 12, "host": 0, "error": "CUDA out of memory"}).encode())
     code, out, _ = run(capsys, "status", name, "--json")
@@ -127,8 +129,10 @@ def test_status_shows_each_task_from_its_status_file(capsys, task_file, ops_buck
     rows = {r["task_id"]: r for r in info["tasks"]}
     assert (rows["dog"]["state"], rows["cat"]["state"], rows["owl"]["state"]) == ("completed", "failed", "pending")
     assert rows["cat"]["error"] == "CUDA out of memory"
+    assert (rows["dog"]["verdict"], rows["cat"]["verdict"], rows["owl"]["verdict"]) == ("failed_quality", None, None)
     code, out, _ = run(capsys, "status", name)
     assert "0.0812" in out and "CUDA out of memory" in out and "owl" in out
+    assert "failed_quality" in next(line for line in out.splitlines() if line.startswith("dog"))
 
 
 def test_bootstrap_creates_then_finds(capsys, aws_env, monkeypatch):

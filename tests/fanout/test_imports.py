@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["fanout", "fanout.cli", "fanout.handlers", "fanout.service", "fanout.tasks", "fanout.plan",
            "fanout.request", "fanout.launcher", "fanout.store", "fanout.bootstrap", "fanout.status",
-           "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit",
+           "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit", "fanout.lifecycle",
+           "fanout.publisher", "fanout.telemetry", "fanout.quality", "fanout.outcomes",
            "fanout.simulate", "fanout.simulate.cli"]
 HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib"]
 

@@ -19,6 +19,8 @@ def test_settings_read_and_convert_fanout_variables():
     ({"FANOUT_BUCKET": "b", "FANOUT_MAX_INSTANCES": "many"}, "FANOUT_MAX_INSTANCES must be int, got 'many'"),
     ({"FANOUT_BUCKET": "b", "FANOUT_SPOT": "maybe"}, "FANOUT_SPOT must be true or false"),
     ({"FANOUT_BUCKET": "b", "FANOUT_RETRY_MODE": "aggressive"}, "standard, adaptive or legacy"),
+    ({"FANOUT_BUCKET": "b", "FANOUT_METRICS_NAMESPACE": "AWS/Lambda"}, "FANOUT_METRICS_NAMESPACE must be a CloudWatch namespace of your own"),
+    ({"FANOUT_BUCKET": "b", "FANOUT_MAX_QUALITY_RETRIES": "twice"}, "FANOUT_MAX_QUALITY_RETRIES must be int, got 'twice'"),
     ({"FANOUT_BUCKET": "b", "FANOUT_HYPERPARAMETERS": "max_train_steps=400"}, "FANOUT_HYPERPARAMETERS must be a JSON object"),
     ({"FANOUT_BUCKET": "b", "FANOUT_HYPERPARAMETERS": "{\"max_train_step\": 400}"}, "FANOUT_HYPERPARAMETERS: unknown name(s) max_train_step"),
 ])

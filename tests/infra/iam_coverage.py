@@ -31,6 +31,9 @@ def needed(call: dict[str, Any], region: str, account: str) -> list[tuple[str, s
         if op == "CreateTrainingJob" and p.get("Tags"):
             extra.append(("sagemaker:AddTags", arn))      # tagging on create needs AddTags too
         return [(action, arn), *extra]
+    if service == "events" and op == "PutEvents":         # each entry's bus, by name or ARN
+        buses = {e.get("EventBusName") or "default" for e in p["Entries"]}
+        return [(action, b if b.startswith("arn:") else f"arn:aws:events:{region}:{account}:event-bus/{b}") for b in sorted(buses)]
     return [(action, "*")]
 
 

@@ -1,6 +1,7 @@
 """The Terraform module, offline: init from the local provider mirror -> validate -> plan ->
 apply to a moto server on 127.0.0.1 -> a second plan with no changes -> the stack check -> a
-request through the deployed stack -> destroy. About 80 s on 2 cores (most of it apply)."""
+request through the deployed stack (its lifecycle events read from the app's queue) ->
+destroy. About 100 s on 2 cores (most of it apply)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from lambda_runner import DeployedStack
 from scripts_loader import load_script
 
+from fanout import lifecycle
 from fanout.service import task_id_for
 from fanout.settings import make_client
 
@@ -58,10 +60,12 @@ def stack(terraform, moto_url, lambda_zip, tmp_path_factory):
     tf("validate")
     tf("plan", "-input=false", "-out=plan.bin", "-detailed-exitcode", ok=(2,))
     plan = json.loads(tf("show", "-json", "plan.bin").stdout)
+    tf("plan", "-input=false", "-out=off.bin", "-var=lifecycle_events=false", "-var=monitoring=false")
+    plan_off = json.loads(tf("show", "-json", "off.bin").stdout)
     tf("apply", "-input=false", "plan.bin")
     outputs = json.loads(tf("output", "-json").stdout)["stack"]["value"]
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-    state = {"tf": tf, "init": init.stdout, "plan": plan, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
+    state = {"tf": tf, "init": init.stdout, "plan": plan, "plan_off": plan_off, "out": outputs, "work": work, "destroyed": False, "endpoint": moto_url,
              "client": lambda service: make_client(service, "us-east-1", moto_url, session=session)}
     yield state
     if not state["destroyed"]:
@@ -77,14 +81,29 @@ def test_init_takes_the_provider_from_the_local_mirror_at_the_locked_hash(stack)
 
 def test_plan_creates_the_whole_stack(stack):
     created = [r["address"] for r in stack["plan"]["resource_changes"] if r["change"]["actions"] == ["create"]]
-    count = lambda kind: sum(f".{kind}." in a for a in created)   # noqa: E731
-    assert count("aws_lambda_function") == 4 and count("aws_iam_role") == 5 and count("aws_iam_role_policy") == 5
+    count = lambda kind: sum(f"module.fanout.{kind}." in a for a in created)   # noqa: E731
+    assert count("aws_lambda_function") == 5 and count("aws_iam_role") == 6 and count("aws_iam_role_policy") == 6
     assert count("aws_dynamodb_table") == 2 and count("aws_s3_bucket_notification") == 1
     assert count("aws_cloudwatch_event_rule") == 2 and count("aws_cloudwatch_event_target") == 2
-    assert count("aws_lambda_permission") == 4 and count("aws_cloudwatch_log_group") == 4
+    assert count("aws_lambda_permission") == 5 and count("aws_cloudwatch_log_group") == 5
     assert count("aws_ecr_repository") == 1 and count("aws_sqs_queue") == 1
-    assert count("aws_lambda_function_event_invoke_config") == 4
+    assert count("aws_lambda_function_event_invoke_config") == 5
+    assert count("aws_cloudwatch_event_bus") == 1 and count("aws_sns_topic") == 1
+    assert count("aws_cloudwatch_metric_alarm") == 6 and count("aws_cloudwatch_dashboard") == 1
     assert stack["out"]["image_uri"].endswith(".dkr.ecr.us-east-1.amazonaws.com/fanout-test-trainer:1")
+    assert stack["out"]["event_bus"] == f"{PREFIX}-events" and stack["out"]["environment"]["FANOUT_EVENT_BUS"] == f"{PREFIX}-events"
+
+
+def test_events_alarms_and_the_dashboard_are_optional(stack):
+    """lifecycle_events = false, alarms = false, dashboard = false: planned without any of them."""
+    created = [r["address"] for r in stack["plan_off"]["resource_changes"] if r["change"]["actions"] == ["create"]]
+    count = lambda kind: sum(f"module.fanout.{kind}." in a for a in created)   # noqa: E731
+    assert count("aws_lambda_function") == 5 and count("aws_dynamodb_table") == 2
+    assert count("aws_cloudwatch_event_bus") == count("aws_sns_topic") == count("aws_cloudwatch_metric_alarm") == 0
+    assert count("aws_cloudwatch_dashboard") == 0
+    off, on = stack["plan_off"]["planned_values"]["outputs"], stack["plan"]["planned_values"]["outputs"]
+    assert off["planned_event_bus"]["value"] == off["planned_alarm_topic"]["value"] == ""      # FANOUT_EVENT_BUS unset
+    assert on["planned_event_bus"]["value"] == f"{PREFIX}-events"
 
 
 def test_second_plan_shows_no_changes(stack):
@@ -95,7 +114,10 @@ def test_second_plan_shows_no_changes(stack):
 def test_stack_check_reads_back_what_the_handlers_expect(stack, lambda_zip):
     report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip)
     assert report.failures == []
-    assert len(report.lines) >= 40
+    assert len(report.lines) >= 60
+    checked = "\n".join(text for _, text in report.lines)
+    assert f"FANOUT_EVENT_BUS {PREFIX}-events exists" in checked and f"alarm {PREFIX}-failure-rate watches the handlers' metrics" in checked
+    assert f"dashboard {PREFIX}-pipeline shows the handlers' metrics" in checked and "on_preview filters pass the keys it accepts" in checked
     cli = _check_cli(stack, lambda_zip)
     assert cli.returncode == 0 and cli.stdout.splitlines()[-1] == f"{len(report.lines)} checks ok, 0 failed"
 
@@ -123,6 +145,8 @@ def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, 
                                          json.dumps({"instance_prompt": f"a photo of sks {user}"}).encode())
         assert fn == arn["on_upload"] and result["results"] == {f"requests/{user}/r1/request.json": "created"}
         assert _status(client, user, "r1") == "PENDING"
+    [(_, again)] = deployed.upload(BUCKET, "requests/alice/r1/request.json", b'{"instance_prompt": "a photo of sks alice"}')
+    assert again["results"] == {"requests/alice/r1/request.json": "duplicate"}       # S3 delivers at least once
 
     [(fn, launched)] = deployed.schedule(f"{PREFIX}-launch-pending")
     assert fn == arn["launch_pending"] and launched["launched"] == 2 and launched["errors"] == []
@@ -132,6 +156,12 @@ def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, 
     assert desc["VpcConfig"] == {"Subnets": [out["subnet_id"]], "SecurityGroupIds": [out["security_group"]]}
     assert desc["RoleArn"] == out["sagemaker_role"] and desc["AlgorithmSpecification"]["TrainingImage"] == out["image_uri"]
     assert desc["ResourceConfig"]["InstanceCount"] == 2 and desc["HyperParameters"]["max_train_steps"] == "400"
+
+    # bob's first preview grid lands in the synced checkpoints (the images beside it reach nothing)
+    step = f"jobs/{job}/checkpoints/bob.r1/previews/step-000005"
+    assert deployed.upload(BUCKET, f"{step}/0.png", b"png") == []
+    [(fn, shown)] = deployed.upload(BUCKET, f"{step}/grid.png", b"png")
+    assert fn == arn["on_preview"] and shown["results"] == {f"{step}/grid.png": "recorded"}
 
     # alice's artifacts land first: COMPLETED and registered before the job ends
     # what the container uploads to output_uri: the LoRA (no notification for it), manifest.json last
@@ -152,6 +182,30 @@ def test_a_request_goes_through_the_deployed_stack(stack, lambda_zip, moto_url, 
     assert _status(client, "bob", "r1") == "COMPLETED"
     models = client("dynamodb").scan(TableName=f"{PREFIX}-models")["Items"]
     assert sorted((m["user_id"]["S"], m["job_name"]["S"]) for m in models) == [("alice", job), ("bob", job)]
+
+    # a handler killed between its write and its publish left carol's event in her outbox:
+    # the next scheduled run publishes it
+    ready = lifecycle.build(lifecycle.MODEL_READY, {"request_key": "carol/r1", "user_id": "carol", "request_id": "r1"},
+                            "2026-12-01T10:00:00.000+00:00", job_name=job)
+    client("dynamodb").put_item(TableName=f"{PREFIX}-requests", Item={
+        "request_key": {"S": "carol/r1"}, "user_id": {"S": "carol"}, "request_id": {"S": "r1"}, "status": {"S": "COMPLETED"},
+        "updated_at": {"S": "2026-12-01T10:00:00.000+00:00"}, "outbox": {"SS": [ready.encode()]},
+        "outbox_at": {"S": "2026-12-01T10:00:00.000+00:00"}})
+    [(_, swept)] = deployed.schedule(f"{PREFIX}-launch-pending")
+    assert swept["republished"] == 1 and swept["errors"] == []
+
+    # what the app's queue (a rule on the stack's bus) received, per request, in order
+    got: dict[str, list[str]] = {}
+    sqs = client("sqs")
+    while messages := sqs.receive_message(QueueUrl=out["app_queue"], MaxNumberOfMessages=10).get("Messages", []):
+        for m in messages:
+            event = json.loads(m["Body"])
+            assert event["source"] == "fanout"
+            got.setdefault(event["detail"]["request_key"], []).append(event["detail-type"])
+            sqs.delete_message(QueueUrl=out["app_queue"], ReceiptHandle=m["ReceiptHandle"])
+    assert got == {"alice/r1": ["Request Accepted", "Request Launched", "Model Ready"],
+                   "bob/r1": ["Request Accepted", "Request Launched", "Preview Ready", "Model Ready"],
+                   "carol/r1": ["Model Ready"]}
     stack["deployed"] = deployed
 
 
@@ -212,3 +266,7 @@ def test_destroy_leaves_nothing(stack):
     assert client("s3").list_buckets()["Buckets"] == []
     assert [r["RoleName"] for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith(PREFIX)] == []
     assert client("events").list_rules()["Rules"] == []
+    assert [b["Name"] for b in client("events").list_event_buses()["EventBuses"]] == ["default"]
+    assert client("cloudwatch").describe_alarms()["MetricAlarms"] == []
+    assert client("cloudwatch").list_dashboards()["DashboardEntries"] == []
+    assert client("sns").list_topics()["Topics"] == []

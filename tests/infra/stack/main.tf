@@ -25,6 +25,17 @@ variable "lambda_zip" {
   type = string
 }
 
+# the module's options the test also plans switched off (test_stack.py)
+variable "lifecycle_events" {
+  type    = bool
+  default = true
+}
+
+variable "monitoring" {
+  type    = bool
+  default = true
+}
+
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "testing"
@@ -36,6 +47,7 @@ provider "aws" {
   skip_get_ec2_platforms      = true
   s3_force_path_style         = true
   endpoints {
+    cloudwatch       = var.endpoint
     cloudwatchevents = var.endpoint
     cloudwatchlogs   = var.endpoint
     dynamodb         = var.endpoint
@@ -46,6 +58,7 @@ provider "aws" {
     lambda           = var.endpoint
     s3               = var.endpoint
     sagemaker        = var.endpoint
+    sns              = var.endpoint
     sqs              = var.endpoint
     sts              = var.endpoint
   }
@@ -81,6 +94,54 @@ module "fanout" {
   lambda_zip           = var.lambda_zip
   lambda_runtime       = "python3.8"
   tags                 = { project = "fanout-test" }
+  lifecycle_events     = var.lifecycle_events
+  alarms               = var.monitoring
+  dashboard            = var.monitoring
+}
+
+# The app's side of the lifecycle events (docs/fanout.md#lifecycle-events): a rule on the
+# module's bus sending every `fanout` event to the app's queue, which lets EventBridge write.
+resource "aws_sqs_queue" "app" {
+  count = var.lifecycle_events ? 1 : 0
+  name  = "fanout-test-app-events"
+}
+
+resource "aws_cloudwatch_event_rule" "app" {
+  count          = var.lifecycle_events ? 1 : 0
+  name           = "fanout-test-app"
+  event_bus_name = module.fanout.event_bus
+  event_pattern  = jsonencode({ source = ["fanout"] })
+}
+
+resource "aws_cloudwatch_event_target" "app" {
+  count          = var.lifecycle_events ? 1 : 0
+  rule           = aws_cloudwatch_event_rule.app[0].name
+  event_bus_name = module.fanout.event_bus
+  target_id      = "app-queue"
+  arn            = aws_sqs_queue.app[0].arn
+}
+
+data "aws_iam_policy_document" "app_queue" {
+  count = var.lifecycle_events ? 1 : 0
+  statement {
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.app[0].arn]
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.app[0].arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "app" {
+  count     = var.lifecycle_events ? 1 : 0
+  queue_url = aws_sqs_queue.app[0].id
+  policy    = data.aws_iam_policy_document.app_queue[0].json
 }
 
 output "stack" {
@@ -95,5 +156,19 @@ output "stack" {
     environment    = module.fanout.environment
     subnet_id      = aws_subnet.test.id
     security_group = aws_security_group.test.id
+    event_bus      = module.fanout.event_bus
+    event_bus_arn  = module.fanout.event_bus_arn
+    alarm_topic    = module.fanout.alarm_topic_arn
+    dashboard      = module.fanout.dashboard_name
+    app_queue      = join("", aws_sqs_queue.app[*].id)
   }
+}
+
+# known when planned (the stack output above is not, before apply): what the optional parts resolve to
+output "planned_event_bus" {
+  value = module.fanout.event_bus
+}
+
+output "planned_alarm_topic" {
+  value = module.fanout.alarm_topic_arn
 }
