@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latest preview grid of each task, e.g. {grids[-1]}")
     print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
+    if (job / "report.html").is_file():  # written by `fanout local` (report/: every task, its page, the cost)
+        print(f"job report (open it in a browser): {job / 'report.html'}")
     unexpected = unexpected_outcomes(job, task_list(a.steps))
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)

@@ -9,7 +9,8 @@ MODULES = ["fanout", "fanout.cli", "fanout.handlers", "fanout.service", "fanout.
            "fanout.request", "fanout.launcher", "fanout.store", "fanout.bootstrap", "fanout.status",
            "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit",
            "fanout.simulate", "fanout.simulate.cli"]
-HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib"]
+HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib",
+         "report", "jinja2"]
 
 
 def test_importing_fanout_leaves_the_training_stack_out():
