@@ -90,6 +90,7 @@ def timeline_chart(lanes: Sequence[Lane], salt: str = "timeline") -> str | None:
     fig = Figure(figsize=(9.0, 0.9 + 0.42 * len(lanes)))
     ax = fig.add_subplot()
     label_min = end / 25  # a bar this wide has room for its task id
+    labelled = sum(len(lane.tasks) for lane in lanes) <= 300  # beyond that, ids are the table's job
     for y, lane in enumerate(lanes):
         if lane.idle:
             ax.broken_barh([(s, e - s) for s, e in lane.idle], (y - 0.35, 0.7), facecolors=IDLE_COLOUR,
@@ -98,7 +99,7 @@ def timeline_chart(lanes: Sequence[Lane], salt: str = "timeline") -> str | None:
             width = max(stop - start, end / 400)
             ax.broken_barh([(start, width)], (y - 0.35, 0.7), facecolors=OUTCOME_COLOURS.get(outcome, "#546e7a"),
                            edgecolor="white", linewidth=0.5)
-            if width >= label_min and len(lanes) * len(lane.tasks) <= 400:
+            if labelled and width >= label_min:
                 ax.text(start + width / 2, y, task_id, ha="center", va="center", fontsize=7, color="white",
                         clip_on=True)
     ax.set_yticks(range(len(lanes)), [lane.host for lane in lanes])

@@ -47,7 +47,11 @@ class LocalFiles:
         self.root = Path(root)
 
     def read_bytes(self, rel: str) -> bytes | None:
-        path = self.root / rel
+        """None also for a path that leads outside the folder ('..', a link out): a page reads
+        its own task's files and nothing else."""
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            return None
         try:
             return path.read_bytes() if path.is_file() else None
         except OSError:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 from urllib.parse import quote
 
 from report.cost import default_instance_type, price_for
 from report.errors import ReportError
-from report.files import Files, LocalFiles, S3Files, read_json
-from report.jobview import JobInputs, read_job
-from report.render import render, write_page
+from report.files import LocalFiles, S3Files, read_json
+from report.jobview import JobInputs, read_job, tasks_with_status
+from report.render import now_text, render, write_page
 from report.task import PAGE_NAME, render_task, write_task_page
 from report.taskview import read_task
 
@@ -33,9 +34,7 @@ def render_job(inputs: JobInputs, *, price_per_hour: float | None = None) -> str
         as_if = f" (as if on {instance_type})"
     price = price_for(instance_type, price_per_hour)
     view = read_job(inputs, price, as_if=as_if)
-    from report.task import _now
-
-    return render("job.html", job=view, price=price, as_if=as_if, generated_at=_now())
+    return render("job.html", job=view, price=price, as_if=as_if, generated_at=now_text())
 
 
 # -- fanout local ------------------------------------------------------------------------------
@@ -44,9 +43,10 @@ def write_local_job_page(workdir: Path, *, price_per_hour: float | None = None) 
     """``W/report.html``; a task with a status but no page yet (a killed run's) gets one too."""
     inputs = local_inputs(workdir)
     checkpoints = Path(workdir) / "s3" / "checkpoints"
-    for task_id in _tasks_with_status(inputs.checkpoints):
-        if not (checkpoints / task_id / PAGE_NAME).is_file():
-            write_task_page(checkpoints / task_id, task_id=task_id, job_href="../../../report.html")
+    missing = [t for t in tasks_with_status(inputs.checkpoints) if not (checkpoints / t / PAGE_NAME).is_file()]
+    _say_pages(len(missing))
+    for task_id in missing:
+        write_task_page(checkpoints / task_id, task_id=task_id, job_href="../../../report.html")
     return write_page(Path(workdir) / PAGE_NAME, render_job(inputs, price_per_hour=price_per_hour))
 
 
@@ -91,7 +91,9 @@ def write_s3_job_page(sagemaker, s3, job_name: str, out_dir: Path, *, upload: bo
     folder = checkpoint_uri.rstrip("/").rsplit("/", 1)[-1] or "checkpoints"
     out_dir = Path(out_dir)
     pages = {}
-    for task_id in _tasks_with_status(inputs.checkpoints):
+    with_status = tasks_with_status(inputs.checkpoints)
+    print(f"reading {len(with_status)} task(s) from {inputs.source} ...", file=sys.stderr, flush=True)
+    for task_id in with_status:
         pages[task_id] = _task_page_from_s3(inputs.checkpoints.sub(task_id), task_id,
                                             out_dir / folder / task_id / PAGE_NAME)
     inputs.task_href = lambda tid: f"{folder}/{quote(tid)}/{PAGE_NAME}" if tid in pages else None
@@ -187,9 +189,11 @@ def _task_page_from_s3(files: S3Files, task_id: str, target: Path) -> Path:
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _tasks_with_status(files: Files) -> list[str]:
-    return sorted({p.split("/", 1)[0] for p in files.paths() if p.count("/") == 1 and p.endswith("/status.json")
-                   and not p.startswith("_")})
+def _say_pages(count: int) -> None:
+    """Rendering a page takes a fraction of a second; hundreds of them deserve a line first."""
+    if count > 20:
+        print(f"writing {count} task pages the job did not write (about {count * 0.3:.0f} s) ...",
+              file=sys.stderr, flush=True)
 
 
 def _task_list(text: str, name: str):

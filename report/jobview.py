@@ -8,6 +8,7 @@ from ``report.job`` (a `fanout local` workdir or a SageMaker job's S3 prefixes) 
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class JobView:
 
 def read_job(inputs: JobInputs, price: Price | None, *, as_if: str = "") -> JobView:
     outcomes = _outcomes(inputs.summaries)
-    ids = list(dict.fromkeys([*inputs.task_ids, *outcomes, *_checkpoint_tasks(inputs.checkpoints)]))
+    ids = list(dict.fromkeys([*inputs.task_ids, *outcomes, *tasks_with_status(inputs.checkpoints)]))
     with ThreadPoolExecutor(max_workers=8) as pool:  # S3 round trips dominate a large job
         rows = list(pool.map(lambda tid: _row(tid, outcomes.get(tid), inputs), ids))
     lanes, t0, end = timeline(inputs, rows, outcomes)
@@ -139,7 +140,7 @@ def _outcomes(summaries: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
-def _checkpoint_tasks(files: Files) -> list[str]:
+def tasks_with_status(files: Files) -> list[str]:
     """Task folders in the prefix (names starting with '_' are the hosts' caches, never tasks)."""
     found = {p.split("/", 1)[0] for p in files.paths() if p.endswith("/status.json") and p.count("/") == 1}
     return sorted(t for t in found if not t.startswith("_"))
@@ -173,7 +174,7 @@ def last_preview(folder: Files) -> Thumb | None:
     images = index.get("images") if isinstance(index, dict) else None
     if not images or not isinstance(images[0], dict):
         return None
-    rel = steps[-1][1].rsplit("/", 1)[0] + "/" + str(images[0].get("file"))
+    rel = steps[-1][1].rsplit("/", 1)[0] + "/" + posixpath.basename(str(images[0].get("file")))
     return thumbnail(folder.read_bytes(rel), ROW_THUMB, alt=f"step {steps[-1][0]}: {images[0].get('prompt', '')}")
 
 

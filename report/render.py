@@ -57,6 +57,13 @@ def write_page(path: Path, html: str) -> Path:
     return path
 
 
+def now_text() -> str:
+    """When a page was written, as its footer says it."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
 def human_size(n: Any) -> str:
     if not isinstance(n, (int, float)):
         return "-"

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from report.files import LocalFiles
 from report.logtail import LOG_TAIL_NAME
-from report.render import render, write_page
+from report.render import now_text, render, write_page
 from report.taskview import read_task
 
 PAGE_NAME = "report.html"
@@ -33,7 +33,7 @@ def write_task_page(checkpoint_dir: Path, *, model_dir: Path | None = None, task
 
 
 def render_task(view, *, job_href: str | None = None) -> str:
-    return render("task.html", task=view, job_href=job_href, generated_at=_now())
+    return render("task.html", task=view, job_href=job_href, generated_at=now_text())
 
 
 def task_ended(checkpoint_dir: Path, *, model_dir: Path | None = None, log_lines: Sequence[str] = (),
@@ -59,8 +59,3 @@ def _write_text(path: Path, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())

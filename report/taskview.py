@@ -144,7 +144,8 @@ def preview_grid(files: Files, links: bool = True, size: int = TASK_THUMB) -> Pr
             prompt = str(image.get("prompt", ""))
             if prompt not in prompts:
                 prompts.append(prompt)
-            firsts.setdefault((step, prompt), posixpath.join(posixpath.dirname(index_path), str(image.get("file"))))
+            name = posixpath.basename(str(image.get("file")))  # an index names files beside it, nothing else
+            firsts.setdefault((step, prompt), posixpath.join(posixpath.dirname(index_path), name))
     cells = []
     for prompt in prompts:
         row = []
@@ -270,9 +271,7 @@ def read_quality(status: dict, manifest: dict, files: Files, model: Files, model
 
 def _evaluation_image(image: dict, files: Files, model: Files, model_href: str | None) -> Thumb | None:
     """Paths are relative to the manifest's folder; the images also live in ``evaluation/``."""
-    rel = posixpath.normpath(image["path"]).lstrip("/")
-    if rel.startswith(".."):
-        return None  # never read outside the task's folders
+    rel = posixpath.normpath(image["path"]).lstrip("/")  # (LocalFiles refuses a path out of its folder)
     alt = f"{image.get('kind', 'evaluation')}: {image.get('prompt', '')}"
     candidates = [(model, rel, (model_href + rel) if model_href is not None else None),
                   (files, rel, rel if model_href is not None else None),
