@@ -108,3 +108,24 @@ def test_fanout_report_without_the_report_extra_says_what_to_install():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2
     assert "needs the report extra" in proc.stderr and "pip install 'lora-fanout[report]'" in proc.stderr
+
+
+def test_the_log_tail_keeps_what_a_task_printed_and_logged_and_still_passes_it_on(capsys):
+    import logging
+
+    from report.logtail import LogTail
+
+    logger = logging.getLogger("container.worker")
+    logger.setLevel(logging.INFO)
+    with LogTail(max_lines=3) as tail:
+        print("task=t1 step=1/2 loss=0.5")
+        print("progress 10%\rprogress 100%")        # a bar's redraws: only what was last shown
+        sys.stderr.write("a warning without its newline yet")
+        logger.warning("task t1 failed: boom")
+    assert len(tail.lines) == 3                                  # the last max_lines only
+    first, logged, last = tail.lines
+    assert first == "progress 100%" and "container.worker" in logged and "task t1 failed: boom" in logged
+    assert last == "a warning without its newline yet"
+    out = capsys.readouterr()
+    assert "task=t1 step=1/2" in out.out and "a warning without" in out.err   # nothing swallowed
+    assert type(sys.stdout).__name__ != "_Tee" and type(sys.stderr).__name__ != "_Tee"   # put back as found
