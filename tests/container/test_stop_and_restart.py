@@ -41,6 +41,8 @@ def test_sigterm_saves_state_marks_the_task_and_exits_promptly(tmp_path, tiny_mo
     assert time.monotonic() - sent < 30  # well inside SageMaker's 120 s before SIGKILL
     status = json.loads((base / "checkpoints/long/status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] >= 3
+    page = (base / "checkpoints/long/report.html").read_text()   # written as the task ended, whatever its state
+    assert "task long: interrupted" in page and "stop requested" in page
     state = base / "checkpoints/long/state" / f"step-{status['step']:06d}"
     assert (state / "meta.json").is_file() and (state / "lora.safetensors").is_file()
     summary = json.loads((base / "output/data/algo-1/summary.json").read_text())
