@@ -23,8 +23,8 @@ from train.optim import make_accelerator, make_lr_scheduler, make_optimizer
 from train.pipeline import BaseModel, attach_lora, detach_lora, lora_state, trained_modules
 from train.previews import write_previews
 from train.prior import class_examples
-from train.redaction import shown
 from train.progress import Progress
+from train.redaction import shown
 from train.state import (StatusFile, latest_state, load_state, prune_states, remove_leftovers, save_state,
                          set_rng_states)
 
