@@ -6,6 +6,7 @@ dependencies) and imports this module only when `report` is run.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def run(args) -> int:
             page = write_local_job_page(target, price_per_hour=args.price_per_hour)
             print(f"job report: {page}")
             return 0
+        from fanout.request import JOB_NAME_PATTERN
+
+        if not re.match(JOB_NAME_PATTERN, args.job):
+            raise ReportError(f"{args.job} is neither a folder (a `fanout local` workdir) nor a SageMaker "
+                              "training job name (letters, digits and '-', at most 63)")
         return _from_s3(args)
     except ReportError as exc:
         print(f"fanout report: error: {exc}", file=sys.stderr)

@@ -129,3 +129,13 @@ def test_the_log_tail_keeps_what_a_task_printed_and_logged_and_still_passes_it_o
     out = capsys.readouterr()
     assert "task=t1 step=1/2" in out.out and "a warning without" in out.err   # nothing swallowed
     assert type(sys.stdout).__name__ != "_Tee" and type(sys.stderr).__name__ != "_Tee"   # put back as found
+
+
+def test_fanout_report_of_something_that_is_neither_a_workdir_nor_a_job_says_so(tmp_path, capsys):
+    from fanout.cli import main
+
+    assert main(["report", str(tmp_path / "no-such-workdir")]) == 2
+    assert "is neither a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "is not a `fanout local` workdir" in capsys.readouterr().err
