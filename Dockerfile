@@ -23,6 +23,7 @@ COPY setup.py ./
 COPY fanout ./fanout
 COPY train ./train
 COPY container ./container
+COPY report ./report
 # sagemaker-training is an sdist with a small C extension (gethostname): it needs a C compiler
 # and Python.h. Only what the base lacks is installed; g++ is not needed. The pip cache is a
 # build cache, never in a layer: a rebuild reuses the wheels built from sdists (and downloads,
@@ -72,6 +73,7 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels \
     python -m pip check; \
     cd /; \
     python -c "import train, torch, torchao, diffusers, peft, bitsandbytes, sagemaker_training, fanout, container.entry; assert 'site-packages' in container.entry.__file__, container.entry.__file__"; \
+    python -c "import report.render; report.render.environment().get_template('task.html')"; \
     command -v train
 
 # SageMaker mounts its tree here; the container never writes outside it.

@@ -69,6 +69,7 @@ bench: install
 	$(BIN)/python scripts/bench_plan.py
 	$(BIN)/python scripts/bench_launch.py
 	$(BIN)/python -m fanout simulate --plots build/simulate
+	$(BIN)/python scripts/bench_report.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -62,6 +62,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["train", "train.*", "container", "container.*", "fanout", "fanout.*",
                                     "report", "report.*", "serve", "serve.*"]),
+    # the report pages' templates, stylesheet and script (report/templates/) travel with the package
+    package_data={"report": ["templates/*"]},
     install_requires=BASE,
     extras_require={"train": TRAIN, "container": CONTAINER, "report": REPORT, "serve": SERVE, "dev": DEV},
     entry_points={

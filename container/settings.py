@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from container.errors import JobConfigError
+from train.redaction import shown
 
 ON_TASK_FAILURE = ("continue", "fail")
 
@@ -41,7 +42,7 @@ class ContainerConfig:
         on_failure = _decode(values.get("on_task_failure", cls.on_task_failure), str, "on_task_failure", source)
         if on_failure not in ON_TASK_FAILURE:
             raise JobConfigError(
-                f"{source}: on_task_failure={on_failure!r} is not one of {list(ON_TASK_FAILURE)}"
+                f"{source}: on_task_failure={shown(on_failure)} is not one of {list(ON_TASK_FAILURE)}"
             )
         isolation = _decode(values.get("network_isolation", cls.network_isolation), bool, "network_isolation", source)
         return cls(on_task_failure=on_failure, network_isolation=isolation)
@@ -57,4 +58,4 @@ def _decode(value: Any, tp: type, name: str, source: str) -> Any:
     try:
         return decode(value, tp)
     except (TypeError, ValueError) as exc:
-        raise JobConfigError(f"{source}: {name}={value!r} is not valid ({exc})") from None
+        raise JobConfigError(f"{source}: {name}={shown(value)} is not valid ({exc})") from None

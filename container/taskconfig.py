@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from container.errors import TaskPathError
 from container.settings import CONTAINER_HYPERPARAMETER_NAMES
+from train.redaction import shown
 
 if TYPE_CHECKING:
     from fanout.tasks import TaskSpec
@@ -25,11 +26,11 @@ def resolve_in(root: Path, relative: str, *, what: str) -> Path:
     if not isinstance(relative, str) or not relative.strip():
         raise TaskPathError(f"{what} is empty; give a folder relative to the channel")
     if os.path.isabs(relative) or relative.startswith("~"):
-        raise TaskPathError(f"{what}={relative!r} must be relative to its channel, not an absolute path")
+        raise TaskPathError(f"{what}={shown(relative)} must be relative to its channel, not an absolute path")
     base = root.resolve()
     target = (base / relative).resolve()
     if target != base and base not in target.parents:
-        raise TaskPathError(f"{what}={relative!r} points outside its channel ({root})")
+        raise TaskPathError(f"{what}={shown(relative)} points outside its channel ({root})")
     return target
 
 

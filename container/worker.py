@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from container.env import SageMakerEnv
 from container.errors import ContainerError, TaskPathError, TaskSpecError
 from container.final import final_is_complete, keep_final, restore_final
-from container.records import HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
+from container.pages import task_log, write_task_page
+from container.records import STATUS_FILE, HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
+from train.timings import record_phase
 
 if TYPE_CHECKING:
     from fanout.tasks import TaskSpec
@@ -110,16 +112,18 @@ class Worker:
         outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id)
         t0 = time.monotonic()
         loads_before = self.summary.base_model_seconds if self.summary else 0.0
-        try:
-            if final_is_complete(checkpoint_dir) and _status_state(checkpoint_dir) == "completed":
-                self._restore(task, model_dir, checkpoint_dir, outcome)
-            else:
-                self._train(task, model_dir, checkpoint_dir, outcome)
-        finally:
-            # The one-time base model load is the host's cost, not this task's (summary has it).
-            loaded = (self.summary.base_model_seconds - loads_before) if self.summary else 0.0
-            outcome.seconds = round(time.monotonic() - t0 - loaded, 3)
-            outcome.finished_at = now_iso()
+        with task_log() as tail:  # the page of a failed task shows the lines before its error
+            try:
+                if final_is_complete(checkpoint_dir) and _status_state(checkpoint_dir) == "completed":
+                    self._restore(task, model_dir, checkpoint_dir, outcome)
+                else:
+                    self._train(task, model_dir, checkpoint_dir, outcome)
+            finally:
+                # The one-time base model load is the host's cost, not this task's (summary has it).
+                loaded = (self.summary.base_model_seconds - loads_before) if self.summary else 0.0
+                outcome.seconds = round(time.monotonic() - t0 - loaded, 3)
+                outcome.finished_at = now_iso()
+        write_task_page(checkpoint_dir, tail, outcome)  # checkpoints/<task>/report.html, whatever the state
         return outcome
 
     # -- one task ---------------------------------------------------------------------------
@@ -235,8 +239,10 @@ class Worker:
             outcome.error = f"output_uri {task.output_uri} not uploaded: the job runs with network isolation"
             log.warning("task %s: %s", task.task_id, outcome.error)
             return
+        t0 = time.monotonic()
         try:
             keys = self._transfer().upload_folder(model_dir, task.output_uri)
+            record_phase(checkpoint_dir / STATUS_FILE, "upload", time.monotonic() - t0)
         except S3TransferError as exc:
             # The LoRA still reaches model.tar.gz; the summary says what the consumer missed.
             outcome.error = str(exc)

@@ -1,4 +1,4 @@
-"""`fanout validate | plan | submit | status | bootstrap | local | simulate` (python -m fanout ...).
+"""`fanout validate | plan | submit | status | bootstrap | local | simulate | report` (python -m fanout ...).
 
 Each subcommand turns its arguments into the library's config objects and calls one
 function; FanoutError becomes one line on stderr and exit status 2.
@@ -131,6 +131,30 @@ def _add_local(sub) -> None:
         pass                      # main() reports it when `local` is actually asked for
 
 
+def cmd_report(args) -> int:
+    try:
+        report_cli = importlib.import_module("report.cli")
+        importlib.import_module("report.render").environment()  # Jinja2 and the templates, before any work
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise FanoutError(f"`fanout report` needs the report extra (Jinja2, matplotlib, Pillow), which is not "
+                          f"installed ({exc}); pip install 'lora-fanout[report]'") from exc
+    return report_cli.run(args)
+
+
+def _add_report(sub) -> None:
+    # Declared here, not in report/: `fanout --help` and the Lambda zip never need the report extra.
+    p = sub.add_parser("report", help="write a job's report.html (a SageMaker job from S3, or a `fanout local` workdir)")
+    p.add_argument("job", help="training job name, or the --workdir of a `fanout local` run")
+    p.add_argument("--out", help="folder for a SageMaker job's page and its task pages (default: ./JOB_NAME-report)")
+    p.add_argument("--upload", action="store_true",
+                   help="also put the page beside the job's checkpoint prefix in S3 (its task links resolve there)")
+    p.add_argument("--price-per-hour", type=float, default=None,
+                   help="$ per instance-hour (default: the simulator's price table for the instance type)")
+    _aws_args(p)
+    p.set_defaults(func=cmd_report)
+
+
 def cmd_simulate(args) -> int:
     from fanout.simulate.cli import run
     return run(args)
@@ -176,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
     _add_local(sub)
     _add_simulate(sub)
+    _add_report(sub)
     return parser
 
 

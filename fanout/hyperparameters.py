@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any, Iterable, Mapping
 
+from fanout.redaction import shown, shown_name
+
 # train.config.HYPERPARAMETER_NAMES: how one LoRA trains (job-wide defaults, per-task overrides).
 TRAINING_NAMES = frozenset({
     "adam_weight_decay", "center_crop", "checkpoint_every", "checkpoints_total_limit", "class_inference_steps",
@@ -33,7 +35,7 @@ SDK_PREFIX = "sagemaker_"
 
 def job_name_problems(values: Mapping[str, Any], where: str = "job hyperparameters") -> list[str]:
     unknown = sorted(k for k in values if k not in TRAINING_NAMES | CONTAINER_NAMES and not k.startswith(SDK_PREFIX))
-    return [f"{where}: unknown name(s) {', '.join(unknown)}; valid: {', '.join(sorted(TRAINING_NAMES | CONTAINER_NAMES))}"] if unknown else []
+    return [f"{where}: unknown name(s) {', '.join(map(shown_name, unknown))}; valid: {', '.join(sorted(TRAINING_NAMES | CONTAINER_NAMES))}"] if unknown else []
 
 
 def task_name_problems(tasks: Iterable, source: str = "<tasks>") -> list[str]:
@@ -45,7 +47,7 @@ def task_name_problems(tasks: Iterable, source: str = "<tasks>") -> list[str]:
             job_wide = [n for n in unknown if n in CONTAINER_NAMES]
             hint = f" ({', '.join(job_wide)} is job-wide: set it in the job's hyperparameters)" if job_wide else ""
             problems.append(f"{source}:{t.line}: task {t.task_id!r} field 'hyperparameters': unknown name(s) "
-                            f"{', '.join(unknown)}{hint}; valid: {', '.join(sorted(TRAINING_NAMES))}")
+                            f"{', '.join(map(shown_name, unknown))}{hint}; valid: {', '.join(sorted(TRAINING_NAMES))}")
     return problems
 
 
@@ -120,19 +122,19 @@ def decode_value(name: str, value: Any) -> Any:
         word = str(value).strip().lower()
         if word in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return word in ("true", "1", "yes", "on")
-        raise ValueError(f"{value!r} is not a boolean (true/false)")
+        raise ValueError(f"{shown(value)} is not a boolean (true/false)")
     if kind is str:
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not a string")
+            raise ValueError(f"{shown(value)} is not a string")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a {'integer' if kind is int else 'number'}")
+        raise ValueError(f"{shown(value)} is not {'an integer' if kind is int else 'a number'}")
     try:
         number = value if isinstance(value, int) else float(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a {'integer' if kind is int else 'number'}") from None
+        raise ValueError(f"{shown(value)} is not {'an integer' if kind is int else 'a number'}") from None
     if isinstance(number, float) and (not math.isfinite(number) or (kind is int and number != int(number))):
-        raise ValueError(f"{value!r} is not a {'whole' if kind is int else 'finite'} number")
+        raise ValueError(f"{shown(value)} is not a {'whole' if kind is int else 'finite'} number")
     return int(number) if kind is int else float(number)
 
 
@@ -167,19 +169,19 @@ def value_problem(name: str, value: Any) -> str | None:
     if name == "quality_gate":
         return _gate_problem(typed)
     if name in CHOICES and typed not in CHOICES[name]:
-        return f"{name}: {typed!r} is not one of {', '.join(CHOICES[name])}"
+        return f"{name}: {shown(typed)} is not one of {', '.join(CHOICES[name])}"
     if name == "export":
         unknown = [f for f in (n.strip() for n in typed.split(",")) if f and f not in EXPORT_FORMATS]
-        shown = ", ".join(f if len(f) <= 40 else f[:37] + "..." for f in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        return f"export: unknown format(s) {shown}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
+        listed = ", ".join(map(shown_name, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        return f"export: unknown format(s) {listed}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
     if name in AT_LEAST_ONE and typed < 1:
-        return f"{name}: must be at least 1, got {typed}"
+        return f"{name}: must be at least 1, got {shown(typed)}"
     if name in AT_LEAST_ZERO and typed < 0:
-        return f"{name}: must be 0 or more, got {typed}"
+        return f"{name}: must be 0 or more, got {shown(typed)}"
     if name in ABOVE_ZERO and not typed > 0:
-        return f"{name}: must be greater than 0, got {typed}"
+        return f"{name}: must be greater than 0, got {shown(typed)}"
     if name == "resolution" and typed % 8:
-        return f"resolution: must be a multiple of 8, got {typed}"
+        return f"resolution: must be a multiple of 8, got {shown(typed)}"
     return None
 
 

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     codes = job.run()
     print(report(args.workdir))
+    write_job_page(args.workdir)
     failed = {h: c for h, c in codes.items() if c != 0}
     for host, code in failed.items():
         failure = args.workdir / host / "output" / "failure"
@@ -307,6 +308,24 @@ def report(workdir: Path) -> str:
     lines.append(f"previews: {_rel(s3 / 'checkpoints')}/<task_id>/previews/step-*/  "
                  f"models: {_rel(s3 / 'model')}/<task_id>/")
     return "\n".join(lines)
+
+
+def write_job_page(workdir: Path) -> Path | None:
+    """W/report.html (report/, imported here only): the job's page; a missing extra or a page that
+    cannot be written is a warning, never the job's exit code."""
+    try:
+        from report.job import write_local_job_page
+
+        page = write_local_job_page(Path(workdir))
+    except ImportError as exc:
+        print(f"job report not written: the report extra is not installed ({exc}); "
+              "pip install 'lora-fanout[report]'", file=sys.stderr)
+        return None
+    except Exception as exc:  # the CLI's edge: the job's results stand without their page
+        print(f"job report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    print(f"job report: {_rel(page)}")
+    return page
 
 
 # -- helpers --------------------------------------------------------------------------------

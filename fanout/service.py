@@ -27,6 +27,7 @@ from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
 from fanout.plan import claim_limit, launch_batches
 from fanout.publisher import SWEEP_AFTER_S, EventPublisher
 from fanout.quality import Quality, model_fields
+from fanout.redaction import shown_name
 from fanout.request import LaunchConfig, prepare_job
 from fanout.settings import Settings
 from fanout.status import read_statuses
@@ -96,7 +97,7 @@ def request_task(svc: Service, user_id: str, request_id: str, body: dict) -> dic
     """The task-list object for an uploaded request (validated like any task list)."""
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
-        raise TaskListError([f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(REQUEST_FIELDS)}"])
+        raise TaskListError([f"unknown field(s) {', '.join(map(shown_name, unknown))}; valid: {', '.join(REQUEST_FIELDS)}"])
     task = {k: body[k] for k in REQUEST_FIELDS if k in body}
     metadata = body.get("metadata")
     if metadata is None or isinstance(metadata, dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fanout.errors import TaskListError
+from fanout.redaction import secret_shaped, shown, shown_name
 
 TASK_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
@@ -53,7 +54,12 @@ REQUIRED = ("task_id", "instance_data", "instance_prompt")
 
 
 def _where(source: str, line: int, task_id: Any) -> str:
-    tid = f" task {task_id!r}" if isinstance(task_id, str) and task_id else ""
+    if not isinstance(task_id, str) or not task_id:
+        return f"{source}:{line}:"
+    # A valid id names the task in full (ids are up to 128 characters); anything else is a
+    # user's value like any other.
+    valid = _TASK_ID_RE.fullmatch(task_id) and not secret_shaped(task_id)
+    tid = f" task {task_id!r}" if valid else f" task {shown(task_id)}"
     return f"{source}:{line}:{tid}"
 
 
@@ -61,7 +67,7 @@ def _check_text(name: str, value: Any, required: bool) -> str | None:
     if value is None:
         return f"field '{name}' is required (a non-empty string)" if required else None
     if not isinstance(value, str) or (required and not value.strip()):
-        return f"field '{name}' must be a non-empty string, got {value!r}"
+        return f"field '{name}' must be a non-empty string, got {shown(value)}"
     return None
 
 
@@ -72,7 +78,7 @@ def _check_relative(name: str, value: str) -> str | None:
     parts = value.replace("\\", "/").split("/")
     if value.startswith("/") or ".." in parts:
         return (f"field '{name}' must be a folder relative to its channel (no leading '/', no '..') "
-                f"or an s3:// URI, got {value!r}")
+                f"or an s3:// URI, got {shown(value)}")
     return None
 
 
@@ -81,11 +87,11 @@ def _field_problems(obj: Mapping[str, Any]) -> list[str]:
     problems = []
     unknown = sorted(set(obj) - set(FIELD_NAMES))
     for name in unknown:
-        problems.append(f"unknown field '{name}'; valid fields: {', '.join(FIELD_NAMES)}")
+        problems.append(f"unknown field '{shown_name(name)}'; valid fields: {', '.join(FIELD_NAMES)}")
     task_id = obj.get("task_id")
     if isinstance(task_id, str) and not _TASK_ID_RE.fullmatch(task_id):
         problems.append(f"field 'task_id' must match {TASK_ID_PATTERN} (letters, digits, '.', '_', '-'; "
-                        f"starts with a letter or digit; at most 128 chars), got {task_id!r}")
+                        f"starts with a letter or digit; at most 128 chars), got {shown(task_id)}")
     for name in REQUIRED + ("class_prompt", "class_data", "user_id", "output_uri"):
         msg = _check_text(name, obj.get(name), name in REQUIRED)
         if msg:
@@ -97,16 +103,16 @@ def _field_problems(obj: Mapping[str, Any]) -> list[str]:
                 problems.append(msg)
     uri = obj.get("output_uri")
     if isinstance(uri, str) and not (uri.startswith("s3://") and len(uri) > 5):
-        problems.append(f"field 'output_uri' must be an s3:// URI, got {uri!r}")
+        problems.append(f"field 'output_uri' must be an s3:// URI, got {shown(uri)}")
     prompts = obj.get("validation_prompts")
     if prompts is not None and not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
-        problems.append(f"field 'validation_prompts' must be a list of strings, got {prompts!r}")
+        problems.append(f"field 'validation_prompts' must be a list of strings, got {shown(prompts)}")
     for name in ("hyperparameters", "metadata"):
         if obj.get(name) is not None and not isinstance(obj[name], dict):
-            problems.append(f"field '{name}' must be a JSON object, got {obj[name]!r}")
+            problems.append(f"field '{name}' must be a JSON object, got {shown(obj[name])}")
     host = obj.get("host")
     if host is not None and (isinstance(host, bool) or not isinstance(host, int) or host < 0):
-        problems.append(f"field 'host' must be a non-negative integer (0 .. instances-1), got {host!r}")
+        problems.append(f"field 'host' must be a non-negative integer (0 .. instances-1), got {shown(host)}")
     return problems
 
 

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
     from fanout.lifecycle import format_events, local_job_events   # the app's view (docs/fanout.md#lifecycle-events)
     print("\n" + format_events(local_job_events(job, task_list(a.steps))))
+    if (job / "report.html").is_file():  # written by `fanout local` (report/: every task, its page, the cost)
+        print(f"job report (open it in a browser): {job / 'report.html'}")
     unexpected = unexpected_outcomes(job, task_list(a.steps))
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)

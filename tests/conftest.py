@@ -60,3 +60,20 @@ def tiny_z_image_turbo(tmp_path_factory, make_tiny_model) -> Path:
 def tiny_qwen_image(tmp_path_factory, make_tiny_model) -> Path:
     """Path of a tiny Qwen-Image pipeline folder (read-only: copy before changing)."""
     return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("tiny-qwen-image") / "qwen-image", family="qwen-image")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium driven by Playwright, offline (no browser download); the report pages'
+    checks (page_checks.py) open pages in it. Skipped only when the binary is not installed."""
+    from page_checks import CHROMIUM
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM}: `apt-get install chromium` (.ci/run installs it) to run the browser checks")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield browser
+        finally:
+            browser.close()

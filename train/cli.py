@@ -140,28 +140,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_library_progress_bars()
-    from train.pipeline import load_base
-    from train.task import run_task
+    from report import LogTail, task_ended  # stdlib until a page is written (report/)
 
     out = Path(cfg.output_dir)
     stop = StopFlag()
     stop.install()
-    try:
-        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision,
-                         base_quantization=cfg.base_quantization)
-        result = run_task(base, cfg, model_dir=out / "model", checkpoint_dir=out / "checkpoints",
-                          class_cache_dir=Path(args.class_cache_dir), stop_requested=stop,
-                          task_id=args.task_id or out.resolve().name)
-    except Interrupted as exc:
-        print(f"interrupted: {exc}; run again with --resume to continue", file=sys.stderr)
-        return 130
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with LogTail() as tail:
+        code, result = train_one(cfg, out, stop, class_cache_dir=Path(args.class_cache_dir),
+                                 task_id=args.task_id or out.resolve().name)
+    # The task's page, whatever its state (a failed run's shows the error and the lines before it).
+    page = task_ended(out / "checkpoints", model_dir=out / "model", log_lines=tail.lines,
+                      task_id=args.task_id or out.resolve().name)
+    if page is not None:
+        print(f"report: {page}")
+    if code:
+        return code
     print(f"LoRA: {out / 'model' / 'pytorch_lora_weights.safetensors'}")
     print(f"previews: {out / 'checkpoints' / 'previews'}")
     print(f"status: {out / 'checkpoints' / 'status.json'} ({result.step} steps, loss {result.loss})")
     return 0
+
+
+def train_one(cfg: TrainConfig, out: Path, stop: StopFlag, *, class_cache_dir: Path, task_id: str):
+    """(exit code, TaskResult or None): load the base, run the task, say what went wrong."""
+    from train.pipeline import load_base
+    from train.task import run_task
+
+    try:
+        base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision,
+                         base_quantization=cfg.base_quantization)
+        result = run_task(base, cfg, model_dir=out / "model", checkpoint_dir=out / "checkpoints",
+                          class_cache_dir=class_cache_dir, stop_requested=stop, task_id=task_id)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; run again with --resume to continue", file=sys.stderr)
+        return 130, None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, None
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1, None
+    return 0, result

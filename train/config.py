@@ -19,6 +19,7 @@ from train.export.formats import FORMATS  # light: no torch
 from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
 from train.quantize import BASE_QUANTIZATIONS
+from train.redaction import shown, shown_name
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
@@ -185,7 +186,7 @@ def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
     try:
         return decode(value, base)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(f.name, source)}: {value!r} is not a valid {_type_word(base)} ({exc})") from None
+        raise ConfigError(f"{_where(f.name, source)}: {shown(value)} is not a valid {_type_word(base)} ({exc})") from None
 
 
 def _type_word(tp: Any) -> str:
@@ -199,7 +200,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
         if choices and value not in choices:
-            raise ConfigError(f"{_where(f.name, source)}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{_where(f.name, source)}: {shown(value)} is not one of {', '.join(choices)}")
     positive = ("max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
                 "max_image_pixels", "checkpoints_total_limit", "log_every")
@@ -223,7 +224,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
     unknown = [n for n in cfg.export_formats if n not in FORMATS]
     if unknown:
-        raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(unknown)}; "
+        raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(map(shown_name, unknown))}; "
                           f"valid: {', '.join(FORMATS)}")
     if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
@@ -240,6 +241,15 @@ def family_settings_problems(cfg: TrainConfig, family) -> list[str]:
             problems.append(f"{f.name} ({flag_name(f.name)}) is a setting of {', '.join(allowed)} models; "
                             f"the base model is {family.name} ({family.title}), which does not use it")
     return problems
+
+
+def changed_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from their defaults, paths left out (status.json's
+    ``settings``: what a person reading the task's report needs to know was asked for)."""
+    paths = ("pretrained_model", "instance_data", "output_dir", "class_data")
+    values = cfg.to_dict()
+    return {f.name: values[f.name] for f in dataclasses.fields(cfg)
+            if f.name not in paths and getattr(cfg, f.name) != f.default}
 
 
 def required_missing(cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:

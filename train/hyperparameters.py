@@ -15,6 +15,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from train.errors import ConfigError
+from train.redaction import shown
 
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
@@ -50,14 +51,14 @@ def decode(value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise TypeError("expected an integer, got a boolean")
-        number = float(value) if not isinstance(value, int) else value
+        number = _number(value) if not isinstance(value, int) else value
         if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
             raise ValueError("expected a whole number")
         return int(number)
     if tp is float:
         if isinstance(value, bool):
             raise TypeError("expected a number, got a boolean")
-        number = float(value)
+        number = _number(value)
         if not math.isfinite(number):
             raise ValueError("expected a finite number")
         return number
@@ -66,6 +67,14 @@ def decode(value: Any, tp: Any) -> Any:
             raise TypeError(f"expected a string, got {type(value).__name__}")
         return value
     return _strings(value)
+
+
+def _number(value: Any) -> float:
+    """float(value), with an error that does not repeat the value (reasons travel far: redaction)."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("expected a number") from None
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -87,5 +96,5 @@ def reject_unknown(values: Mapping[str, Any] | Iterable[str], valid: Iterable[st
     valid = set(valid)
     unknown = sorted(set(values) - valid)
     if unknown:
-        raise error(f"{source}: unknown {what}(s) {', '.join(map(repr, unknown))}{hint}; "
+        raise error(f"{source}: unknown {what}(s) {', '.join(map(shown, unknown))}{hint}; "
                     f"valid {what}s: {', '.join(sorted(valid))}")

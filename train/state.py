@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from train.errors import TrainError
+from train.timings import PhaseTimer
 
 STATE_NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -142,6 +143,8 @@ STATES = ("running", "completed", "failed", "interrupted")
 class StatusFile:
     """checkpoint_dir/status.json: state, step, loss, timings, attempts, error (+ extra fields).
 
+    ``timings`` holds seconds per phase (train.timings): ``with status.timings.phase("export"):``.
+
     The one writer of the file: train.task writes it while a task runs, and the container
     writes through it too (a task that failed before training started), so the format and
     the states (STATES) live here only and no one rewrites what another half wrote.
@@ -154,6 +157,8 @@ class StatusFile:
                                      "state": "running", "step": int(previous.get("step", 0)),
                                      "loss": previous.get("loss"), "error": None,
                                      "started_at": None, "finished_at": None}
+        self.previous = previous  # what the last attempt left (a resumed run carries its timings on)
+        self.timings = PhaseTimer(on_change=lambda seconds: self.update(timings=seconds))
 
     def _read(self) -> dict[str, Any]:
         try:

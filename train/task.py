@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from train.config import TrainConfig
+from train.config import TrainConfig, changed_settings
 from train.data import batch_indices, generator, load_images
 from train.encode import Encoder
 from train.errors import ConfigError, Interrupted, TrainError
+from train.metrics import METRICS_NAME, MetricsLog
 from train.objective import weighted_loss
 from train.optim import make_accelerator, make_lr_scheduler, make_optimizer
 from train.pipeline import BaseModel, attach_lora, detach_lora, lora_state, trained_modules
 from train.previews import write_previews
 from train.prior import class_examples
 from train.progress import Progress
+from train.redaction import shown
 from train.state import (StatusFile, latest_state, load_state, prune_states, remove_leftovers, save_state,
                          set_rng_states)
 
@@ -50,6 +52,7 @@ def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_d
     model_dir, checkpoint_dir = Path(model_dir), Path(checkpoint_dir)
     status = StatusFile(checkpoint_dir / "status.json", extra=status_extra)
     status.start(cfg.max_train_steps)
+    status.update(settings=changed_settings(cfg))  # what the task page lists as "settings"
     try:
         step, loss = train_lora(base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                                 class_cache_dir=Path(class_cache_dir or checkpoint_dir / "class_images"),
@@ -77,9 +80,10 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     family.check_config(cfg, source=f"task {task_id!r}")  # cheap; the container checked it before loading
     require_base_quantization(base, cfg, task_id)
     # --- data: fail on a bad image before anything is generated or attached ---
-    instance = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
-                           max_pixels=cfg.max_image_pixels, min_images=cfg.min_images)
-    classes = class_examples(base, cfg, class_cache_dir) if cfg.prior_preservation else []
+    with status.timings.phase("data"):
+        instance = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
+                               max_pixels=cfg.max_image_pixels, min_images=cfg.min_images)
+        classes = class_examples(base, cfg, class_cache_dir) if cfg.prior_preservation else []
 
     # --- model: a fresh LoRA, its init seeded so every run of this config starts the same ---
     accelerator = make_accelerator(base, cfg)
@@ -88,7 +92,8 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     optimizer = make_optimizer(cfg, params)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, make_lr_scheduler(cfg, optimizer))
     trained = trained_modules(base, cfg)
-    encoder = Encoder(base, cfg, instance + classes)
+    with status.timings.phase("encoding"):
+        encoder = Encoder(base, cfg, instance + classes)
 
     # --- resume: the latest complete state, if asked for and present ---
     state_root, previews_root = checkpoint_dir / "state", checkpoint_dir / "previews"
@@ -100,7 +105,10 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
         prune_states(state_root, keep=0)  # a fresh run: an older run's states must never be resumed into it
     if resumed_from is not None:
         step, loss = restore(resumed_from, cfg, base, optimizer, lr_scheduler)
+        status.timings.add(status.previous.get("timings") or {})  # this run continues their work
         print(f"task={task_id} resumed from {resumed_from} at step {step}", flush=True)
+    metrics = MetricsLog(checkpoint_dir / METRICS_NAME)
+    metrics.start(step)  # a resumed run drops the lines of the steps it redoes
     saved_at, previewed_at = (step if resumed_from else None), None
     status.update(step=step, loss=loss)
 
@@ -115,14 +123,16 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
 
     def preview() -> None:
         nonlocal previewed_at
-        write_previews(base, preview_prompts(cfg), previews_root, step, num_images=cfg.num_preview_images,
-                       steps=cfg.preview_inference_steps, guidance_scale=base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale),
-                       resolution=cfg.resolution, seed=cfg.seed)
+        with status.timings.phase("previews"):
+            write_previews(base, preview_prompts(cfg), previews_root, step, num_images=cfg.num_preview_images,
+                           steps=cfg.preview_inference_steps, guidance_scale=base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale),
+                           resolution=cfg.resolution, seed=cfg.seed)
         previewed_at = step
 
     # --- train ---
     progress = Progress(task_id, cfg.max_train_steps, step, cfg.log_every)
     B, GA = cfg.train_batch_size, cfg.gradient_accumulation_steps
+    status.timings.begin("training")
     try:
         while step < cfg.max_train_steps:
             micro_losses = []
@@ -152,7 +162,9 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
             loss = sum(micro_losses) / len(micro_losses)
             if not torch.isfinite(torch.tensor(loss)):
                 raise TrainError(f"loss became {loss} at step {step}; lower --learning-rate or use --mixed-precision no")
-            progress.update(step, loss, lr_scheduler.get_last_lr()[0])
+            lr = lr_scheduler.get_last_lr()[0]
+            progress.update(step, loss, lr)
+            metrics.append(step, loss, lr)
             if should_log(step, cfg):
                 status.update(step=step, loss=loss)
             if should_checkpoint(step, cfg):
@@ -164,13 +176,16 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
                 raise Interrupted(f"stop requested at step {step}; resume state saved in {path}", step=step)
     finally:
         progress.close()
+        status.timings.end("training")
 
     # --- end: final state first (a kill during export then resumes with nothing left to train) ---
     if saved_at != step:
-        checkpoint()
+        with status.timings.phase("training"):
+            checkpoint()
     if previewed_at != step:
         preview()
-    export(base, cfg, model_dir, task_id=task_id, step=step, loss=loss, steps_per_second=progress.steps_per_second())
+    with status.timings.phase("export"):
+        export(base, cfg, model_dir, task_id=task_id, step=step, loss=loss, steps_per_second=progress.steps_per_second())
     print(f"task={task_id} done: step={step} loss={loss} LoRA in {model_dir}, previews in {previews_root}", flush=True)
     return step, loss
 
@@ -218,7 +233,7 @@ def restore(path: Path, cfg: TrainConfig, base: BaseModel, optimizer, lr_schedul
     differ = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if differ:
         raise TrainError(f"{path}: cannot resume, the state was trained with different "
-                         + ", ".join(f"{k}={saved[k]!r} (now {getattr(cfg, k)!r})" for k in differ)
+                         + ", ".join(f"{k}={shown(saved[k])} (now {shown(getattr(cfg, k))})" for k in differ)
                          + "; use a new output folder or the old settings")
     params = lora_state(base, cfg)
     if set(params) != set(state["lora"]):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from opt_ml import load_script
+from opt_ml import RESTART_STEPS, RESTART_TASKS, TINY_HP, load_script, s3_state, start_fanout_local, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,34 @@ def moto_s3():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def restarted_job(tmp_path_factory, tiny_model, image_root) -> dict:
+    """A real 2-host `fanout local` job killed with kill -9 mid-way, then run again on the same
+    workdir (a spot restart). test_stop_and_restart.py checks what it delivered; the report
+    tests open its pages. Returns the workdir, what the kill caught, and the restart's output."""
+    import json
+    import os
+    import signal
+
+    tmp_path = tmp_path_factory.mktemp("restarted-job")
+    hp = {**TINY_HP, "max_train_steps": 8, "checkpoint_every": 2, "preview_every": 4, "export": "lora"}
+    lines = [{"task_id": t, "instance_data": u, "instance_prompt": "a sks toy", "user_id": f"user-{t}"}
+             for t, u in RESTART_TASKS.items()]
+    lines[1]["hyperparameters"] = {"max_train_steps": RESTART_STEPS["t2"]}
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    work = tmp_path / "W"
+    first = start_fanout_local(work, tasks, tiny_model, image_root, hp)
+    try:
+        done, started = wait_for(lambda: (lambda d, s: (d, s) if d and s else None)(*s3_state(work)), 400,
+                                 "one task delivered and another mid-training", first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    attempts = {t: json.loads((work / "s3/checkpoints" / t / "status.json").read_text())["attempts"] for t in done}
+    again = start_fanout_local(work, tasks, tiny_model, image_root, hp)
+    out, _ = again.communicate(timeout=500)
+    return {"work": work, "done": done, "started": started, "attempts_before": attempts,
+            "returncode": again.returncode, "output": out.decode()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from scripts_loader import load_script  # noqa: F401 (re-exported for the tests here)
@@ -113,3 +114,53 @@ def container_env(base: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- a job killed with kill -9 and restarted (tests/container/conftest.py: restarted_job) ----------
+
+# The kill -9 job: t2 is long and goes first on its host, so a short task on the other host is
+# delivered while t2 is still mid-training, however fast the machine: the kill catches both
+# kinds. t5's images were never uploaded: it fails alone, in both runs.
+RESTART_TASKS = {"t1": "alice", "t2": "bob", "t3": "carol", "t4": "dave", "t5": "nobody-uploaded"}
+RESTART_STEPS = {"t1": 8, "t2": 30, "t3": 8, "t4": 8, "t5": 8}
+
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_fanout_local(work: Path, tasks: Path, model: Path, images: Path, hp: dict):
+    """`python -m fanout.local` in its own process group, so a test can kill the whole job like a lost fleet."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "fanout.local", "--tasks", str(tasks), "--model", str(model), "--images", str(images),
+           "--instances", "2", "--workdir", str(work), "--hyperparameters", json.dumps(hp), "--quiet",
+           "--sync-interval", "0.3"]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def s3_state(work: Path) -> tuple[set[str], set[str]]:
+    """(tasks delivered, tasks with a resume state but not done) as the shared prefix shows them."""
+    done, started = set(), set()
+    for folder in (work / "s3" / "checkpoints").glob("t*"):
+        try:
+            status = json.loads((folder / "status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if status.get("state") == "completed" and (folder / "final.json").exists():
+            done.add(folder.name)
+        elif list(folder.glob("state/step-*/meta.json")):
+            started.add(folder.name)
+    return done, started

@@ -76,6 +76,9 @@ def test_each_task_is_delivered_before_the_next_one_starts_manifest_last(tmp_pat
     manifest = json.loads(s3.get_object(Bucket="deliveries", Key="users/b/manifest.json")["Body"].read())
     assert manifest["user_id"] == "user-b"  # carried through untouched
     assert [t.uploaded_to for t in summary.tasks] == ["s3://deliveries/users/a/", "s3://deliveries/users/b/"]
+    for task_id in ("a", "b"):  # the delivery's time is the task's "upload" phase (its page shows it)
+        status = read_json(base / "checkpoints" / task_id / "status.json")
+        assert status["timings"]["upload"] > 0
 
 
 def test_a_failed_upload_is_reported_but_the_lora_still_ships_in_the_model_folder(tmp_path, image_root, s3):

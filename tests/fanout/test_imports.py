@@ -10,7 +10,8 @@ MODULES = ["fanout", "fanout.cli", "fanout.handlers", "fanout.service", "fanout.
            "fanout.events", "fanout.metrics", "fanout.settings", "fanout.submit", "fanout.lifecycle",
            "fanout.publisher", "fanout.telemetry", "fanout.quality", "fanout.outcomes",
            "fanout.simulate", "fanout.simulate.cli"]
-HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib"]
+HEAVY = ["torch", "diffusers", "transformers", "peft", "accelerate", "train", "container", "matplotlib",
+         "report", "jinja2"]
 
 
 def test_importing_fanout_leaves_the_training_stack_out():

@@ -44,6 +44,16 @@ def test_sigkill_then_resume_ends_with_the_same_lora(tiny_model, demo_data, tmp_
     assert max_abs_diff(lora_tensors(straight / "model"), lora_tensors(killed / "model")) <= 1e-5
     status = json.loads((killed / "checkpoints" / "status.json").read_text())
     assert status["state"] == "completed" and status["step"] == STEPS and status["attempts"] == 2
+    # The loss curve of the killed and resumed run is the uninterrupted run's: every step once
+    # (the steps the kill lost are redone, not doubled), the same losses, time carried over.
+    curve = {name: [json.loads(line) for line in (run / "checkpoints" / "metrics.jsonl").read_text().splitlines()]
+             for name, run in (("straight", straight), ("killed", killed))}
+    assert [r["step"] for r in curve["killed"]] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in curve["killed"]] == pytest.approx([r["loss"] for r in curve["straight"]], abs=1e-5)
+    assert [r["lr"] for r in curve["killed"]] == [r["lr"] for r in curve["straight"]]
+    assert set(status["timings"]) >= {"data", "encoding", "training", "previews", "export"}
+    # python -m train writes the task's page too, whatever its state
+    assert (killed / "checkpoints" / "report.html").is_file() and "report: " in resumed.stdout
     # Pruned to --checkpoints-total-limit, and nothing half written left behind.
     states = sorted(p.name for p in (killed / "checkpoints" / "state").iterdir())
     assert states == ["step-000006", "step-000008"]
