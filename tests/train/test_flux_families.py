@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 from conftest import FAST
-from train_helpers import load_script, lora_tensors
+from train_helpers import lora_tensors
 
 torch = pytest.importorskip("torch")
 
@@ -25,12 +25,6 @@ PROMPT = "a photo of sks toy"
 FLUX_DOUBLE_TARGETS = ",".join(f"transformer_blocks.0.{m}" for m in (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
     "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"))
-
-
-@pytest.fixture(scope="session")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in FAMILIES}
 
 
 _BASES: dict = {}
