@@ -106,8 +106,9 @@ class TrainConfig:
         "help": "JSON object of score limits, e.g. '{\"dino\": 0.55, \"copying\": 0.95}': a minimum for "
                 f"{', '.join(s for s in QUALITY_SCORES if s not in QUALITY_MAXIMA)}, a maximum for drift and "
                 "copying; empty: scores are reported, not judged"})
-    on_quality_fail: str = _f("keep", "what the serverless path does with a failed_quality model: keep it (marked "
-                                      "NEEDS_REVIEW) or retry with another seed", choices=ON_QUALITY_FAIL)
+    on_quality_fail: str = _f("keep", "what the serverless path does with a failed_quality model: keep it (the "
+                                      "request becomes NEEDS_REVIEW) or retry with another seed and step count",
+                              choices=ON_QUALITY_FAIL)
     eval_prompts: tuple[str, ...] = _f((), "recontextualisation prompt of the evaluation, {subject} standing for the "
                                            "subject (repeatable; default: on the beach, in the snow)",
                                        flag="eval-prompt")
@@ -119,7 +120,8 @@ class TrainConfig:
     eval_rare_token: str = _f("", "the rare token, left out of CLIP-T's text (default: the subject's first word "
                                   "when it has more than one)")
     eval_seed: int = _f(0, "seed of the evaluation images (independent of --seed: every task gets the same set)")
-    eval_inference_steps: int = _f(0, "sampling steps of an evaluation image (0: the family's default, 20)")
+    eval_inference_steps: int = _f(0, "sampling steps of an evaluation image (0: as the previews, "
+                                      "--preview-inference-steps)")
     eval_images_per_prompt: int = _f(1, "evaluation images per prompt")
 
     def __post_init__(self) -> None:

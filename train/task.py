@@ -1,9 +1,10 @@
 """run_task: train one DreamBooth LoRA on a loaded base model, start to finish.
 
 ``train_lora`` is the training loop and reads top to bottom: data, model, optimizer, resume,
-the steps (checkpoints, previews, stop requests inside), then the final state, previews and
-export. Every decision inside it is a small named helper. ``run_task`` wraps it with
-status.json bookkeeping and always leaves the base model clean.
+the steps (checkpoints, previews, stop requests inside), then the final state, previews,
+evaluation (train/quality/: scores and verdict, with scorer models) and export. Every
+decision inside it is a small named helper. ``run_task`` wraps it with status.json
+bookkeeping and always leaves the base model clean.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 DIGITS = 4
+MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,18 @@ def leave_one_out(rows) -> list[float | None]:
 # -- from files ---------------------------------------------------------------------------------
 
 def read_rgb(path: Path):
-    """A photo as a user sees it: EXIF rotation applied, converted to RGB (train.data's rules)."""
+    """A photo as a user sees it: EXIF rotation applied, converted to RGB (train.data's rules).
+    Above MAX_SIDE pixels it is first reduced to MAX_SIDE (a 48-megapixel upload would hold
+    150 MB per photo; every scorer looks at 640 px or less)."""
     from PIL import Image as PILImage, ImageOps
 
     from train.data import _to_rgb
 
     with PILImage.open(path) as im:
-        return _to_rgb(ImageOps.exif_transpose(im))
+        rgb = _to_rgb(ImageOps.exif_transpose(im))
+    if max(rgb.size) > MAX_SIDE:
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), PILImage.Resampling.LANCZOS)
+    return rgb
 
 
 def compute(scorers, images: Sequence[Image], photos: Sequence[Path], settings) -> Result:

@@ -1,7 +1,8 @@
 """What the evaluation renders: prompts, seeds, steps and image count, resolved per task (pure).
 
 The task's ``eval_*`` settings (TrainConfig) win; what they leave unset comes from the
-instance prompt and the family's row of ``FAMILY_STEPS``:
+instance prompt and from how the family samples the task's previews (steps, guidance through
+``Family.guidance_for_sampling``, resolution), which each family's defaults set:
 
 - the *subject* is the instance prompt without a leading "a photo of" ("sks dog"), its
   *rare token* the subject's first word when the subject has more ("sks"), and its *class*
@@ -23,16 +24,13 @@ from train.data import derive_seed
 
 RECONTEXT_PROMPTS = ("a photo of {subject} on the beach", "a photo of {subject} in the snow")
 DRIFT_PROMPTS = ("a photo of a {class} in a kitchen", "a photo of a {class} walking in a park")
-# Sampling steps by family when eval_inference_steps is 0: the step count each family's preview
-# sampler needs for faithful images (DPM-Solver++ for SD/SDXL, the flow-matching Euler sampler
-# for the flow families). A family without a row samples with the task's preview steps.
-FAMILY_STEPS = {"sd": 20, "sdxl": 20, "flux": 20, "flux2-klein": 20}
 LEADING = re.compile(r"^\s*(?:an?\s+)?(?:(?:photo|picture|image)\s+of\s+)?(?:(?:an?|the)\s+)?", re.IGNORECASE)
 FALLBACK_CLASS = "person"
 
 
 @dataclass(frozen=True)
 class EvalSettings:
+    family: str                       # the base's family: whose pipeline rendered the set
     subject: str                      # "sks dog"
     rare_token: str                   # "sks" (removed from CLIP-T's text), or ""
     class_noun: str                   # "dog"
@@ -75,9 +73,10 @@ def resolve(cfg, family_name: str, guidance_scale: float) -> EvalSettings:
     class_noun = rest.strip(" ,") or FALLBACK_CLASS
     prompts = tuple(p.replace("{subject}", subject) for p in (cfg.eval_prompts or RECONTEXT_PROMPTS))
     drift = tuple(p.replace("{class}", class_noun) for p in (cfg.eval_drift_prompts or DRIFT_PROMPTS))
-    steps = cfg.eval_inference_steps or FAMILY_STEPS.get(family_name, cfg.preview_inference_steps)
+    # The previews' step count: what this family's sampler needs (a distilled variant's few steps).
+    steps = cfg.eval_inference_steps or cfg.preview_inference_steps
     seeds = tuple(derive_seed(cfg.eval_seed, "evaluation", k) for k in range(cfg.eval_images_per_prompt))
-    return EvalSettings(subject=subject, rare_token=rare, class_noun=class_noun, prompts=prompts,
+    return EvalSettings(family=family_name, subject=subject, rare_token=rare, class_noun=class_noun, prompts=prompts,
                         drift_prompts=drift, images_per_prompt=cfg.eval_images_per_prompt, seeds=seeds,
                         steps=steps, guidance_scale=float(guidance_scale), resolution=cfg.resolution,
                         eval_seed=cfg.eval_seed)
