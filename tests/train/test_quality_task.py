@@ -141,3 +141,23 @@ def test_without_scorers_nothing_is_rendered_and_the_verdict_is_not_evaluated(ba
     assert quality == {"verdict": "not_evaluated", "reasons": [
         "no scorer models were given (python -m train --eval-models DIR, or the job's 'eval' channel)"]}
     assert not (tmp_path / "evaluation").exists()
+
+
+def test_an_evaluation_that_fails_leaves_the_task_its_lora_and_says_why(base, scorers, demo_data, tmp_path):
+    import dataclasses
+
+    from train.config import TrainConfig
+    from train.quality.evaluate import evaluate_task
+
+    broken = dataclasses.replace(scorers, base_renders={})
+
+    def out_of_memory(images):
+        raise RuntimeError("CUDA out of memory")
+
+    broken.dino_images = out_of_memory
+    cfg = TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT, resolution=32,
+                      eval_inference_steps=1, eval_prompts=("{subject}",), eval_drift_prompts=("a {class}",))
+    quality = evaluate_task(base, cfg, broken, checkpoint_dir=tmp_path, step=0)
+    assert quality["verdict"] == "not_evaluated"
+    assert quality["reasons"] == ["evaluation failed: RuntimeError: CUDA out of memory"]
+    assert not list(tmp_path.glob(".tmp-*"))            # nothing half written is left to sync

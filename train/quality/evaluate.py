@@ -47,6 +47,7 @@ def evaluate_task(base, cfg, scorers, *, checkpoint_dir: Path, step: int, task_i
         quality = _evaluate(base, cfg, scorers, Path(checkpoint_dir), step)
     except Exception as exc:  # a scorer's failure must not cost the user a LoRA that trained fine
         log.exception("task %s: evaluation failed", task_id)
+        shutil.rmtree(_tmp_folder(Path(checkpoint_dir)), ignore_errors=True)
         return {**not_evaluated(f"evaluation failed: {type(exc).__name__}: {exc}"[:500]),
                 "seconds": round(time.monotonic() - t0, 3)}
     quality["seconds"] = round(time.monotonic() - t0, 3)
@@ -61,7 +62,7 @@ def _evaluate(base, cfg, scorers, checkpoint_dir: Path, step: int) -> dict[str, 
     from train.state import replace_dir
 
     settings = resolve(cfg, base.family.name, base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale))
-    final, tmp = checkpoint_dir / FOLDER, checkpoint_dir / f".tmp-{FOLDER}-{os.getpid()}"
+    final, tmp = checkpoint_dir / FOLDER, _tmp_folder(checkpoint_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.monotonic()
@@ -85,6 +86,10 @@ def _evaluate(base, cfg, scorers, checkpoint_dir: Path, step: int) -> dict[str, 
         "on_quality_fail": cfg.on_quality_fail, "models": scorers.info,
         "timings": {"render": round(t1 - t0, 3), "score": round(time.monotonic() - t1, 3)},
     }
+
+
+def _tmp_folder(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir / f".tmp-{FOLDER}-{os.getpid()}"
 
 
 def final_previews(previews_root: Path, step: int, settings, out: Path) -> list[Image]:
