@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train",
         description="Train this host's share of a LoRA task list inside a SageMaker training job. "
-        "Reads /opt/ml (or SAGEMAKER_BASE_DIR): channels tasks, model, images, class; job "
+        "Reads /opt/ml (or SAGEMAKER_BASE_DIR): channels tasks, model, images, class, eval; job "
         "hyperparameters from input/config/hyperparameters.json. Writes model/<task_id>/, "
         "checkpoints/<task_id>/, output/data/<host>/summary.json and output/failure.",
         epilog="For one task without any container, use `python -m train`.",
@@ -81,6 +81,7 @@ def run_job(base_dir: Path, stop) -> int:
 def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     from container.env import find_tasks_file, read_env
     from container.errors import ContractError
+    from container.quality import check_eval_channel
     from container.settings import ContainerConfig
     from container.taskconfig import split_hyperparameters
     from fanout.plan import plan_tasks
@@ -108,6 +109,7 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     # 3. The warm worker; the job's settings checked against the base's family before any load.
     worker = _make_worker(env, settings, training_hp, job_cfg, stop)
     _check_family(worker, job_cfg, env.channel("model"))
+    check_eval_channel(worker.trainer, env.channel("eval"))  # optional scorer models: docs/quality.md
     summary = worker.run(share, rejected=_task_reasons(rejected))
     log.info("summary (%s):\n%s", env.output_data_dir / "summary.json", _table(summary.tasks))
     if summary.state == "interrupted":

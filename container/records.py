@@ -100,6 +100,7 @@ class TaskOutcome:
     model_dir: str | None = None
     uploaded_to: str | None = None
     user_id: str | None = None
+    verdict: str = "not_evaluated"  # passed | needs_review | failed_quality | not_evaluated (docs/quality.md)
 
 
 @dataclass
@@ -133,7 +134,8 @@ class HostSummary:
 
 def outcome_table(outcomes: Iterable[TaskOutcome]) -> str:
     """A few plain log lines, one per task, for the end of the host's log."""
-    rows = [f"{'task':24} {'outcome':11} {'step':>6} {'seconds':>8}  error"]
+    rows = [f"{'task':24} {'outcome':11} {'step':>6} {'seconds':>8} {'verdict':14}  error"]
     for t in outcomes:
-        rows.append(f"{t.task_id:24} {t.outcome:11} {t.step:>6} {t.seconds:>8.1f}  {(t.error or '')[:80]}")
+        rows.append(f"{t.task_id:24} {t.outcome:11} {t.step:>6} {t.seconds:>8.1f} {t.verdict:14}  "
+                    f"{(t.error or '')[:80]}")
     return "\n".join(rows)

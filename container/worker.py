@@ -4,8 +4,9 @@ For each task of the share, in plan order:
 
     delivered before (restart)?  -> put its final artifacts back, no training
     build its TrainConfig        -> a bad field, path or hyperparameter fails only this task
-    load the base (first time)   -> once per host, reused by every task
-    run_task                     -> fresh LoRA, train, previews, export, status.json, detach
+    load the base (first time)   -> once per host, reused by every task (the scorer models of
+                                    channel 'eval' too, when the job has it)
+    run_task                     -> fresh LoRA, train, previews, evaluation, export, status.json, detach
     completed                    -> keep a copy in the checkpoint folder, upload to output_uri
 
 A task failure is recorded (status.json, summary) and the next task runs, unless
@@ -32,6 +33,7 @@ from container.env import SageMakerEnv
 from container.errors import ContainerError, TaskPathError, TaskSpecError
 from container.final import final_is_complete, keep_final, restore_final
 from container.pages import task_log, write_task_page
+from container.quality import ScorerModelsLoadError, load_scorer_models, task_verdict
 from container.records import STATUS_FILE, HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
@@ -67,6 +69,7 @@ class Worker:
     summary: HostSummary | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)  # task_id -> why its own fields are bad
     _base: Any = field(default=None, repr=False)
+    _scorers: Any = field(default=None, repr=False)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class Worker:
         outcome.outcome = "restored"
         outcome.step = int(status.get("step", 0) or 0)
         outcome.loss = status.get("loss")
+        outcome.verdict = task_verdict(status)
         outcome.model_dir = str(model_dir)
         log.info("task %s was completed by an earlier run: %d files restored to %s", task.task_id, len(files), model_dir)
         if task.output_uri and not (checkpoint_dir / UPLOADED).exists():
@@ -151,6 +155,8 @@ class Worker:
             return
         try:
             base = self._base_model()
+        except ScorerModelsLoadError as exc:
+            raise BaseModelError(str(exc)) from exc
         except Exception as exc:
             raise BaseModelError(f"base model in channel 'model' failed to load: {exc}") from exc
         if self.stop_requested():  # the stop came while the model loaded: nothing to save yet
@@ -158,11 +164,13 @@ class Worker:
             return
         model_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        # Scorers only when the job has them: a Trainer without evaluation keeps its old signature.
+        scoring = {"scorers": self._scorers} if self._scorers is not None else {}
         try:
             result = self.trainer.run_task(
                 base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                 class_cache_dir=self.env.checkpoint_dir / CLASS_CACHE / self.env.current_host,
-                stop_requested=self.stop_requested, task_id=task.task_id, status_extra=extra,
+                stop_requested=self.stop_requested, task_id=task.task_id, status_extra=extra, **scoring,
             )
         except Interrupted as exc:
             outcome.outcome = "interrupted"
@@ -186,6 +194,7 @@ class Worker:
             self._fail(outcome, checkpoint_dir, error, extra, status_written=True)
             return
         outcome.outcome = "completed"
+        outcome.verdict = task_verdict(read_status(checkpoint_dir))
         outcome.model_dir = str(model_dir)
         _carry_into_manifest(model_dir / "manifest.json", extra)
         keep_final(model_dir, checkpoint_dir)
@@ -271,6 +280,7 @@ class Worker:
         if self._base is None:
             t0 = time.monotonic()
             self._base = self.trainer.load_base(self.env.channel("model"))
+            self._scorers = load_scorer_models(self.trainer, self.env.channel("eval"))  # None without 'eval'
             self.summary.base_model_loads += 1
             self.summary.base_model_seconds = round(time.monotonic() - t0, 3)
             log.info("base model loaded in %.1f s (once for this host)", self.summary.base_model_seconds)

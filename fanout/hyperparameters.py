@@ -25,7 +25,9 @@ TRAINING_NAMES = frozenset({
     "train_batch_size", "train_text_encoder",
     "lora_target_modules",
     "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
-    "quality_gate", "on_quality_fail",        # issue 17's names (train's TrainConfig gains them on that branch)
+    # evaluation and quality gate (docs/quality.md)
+    "quality_gate", "on_quality_fail", "eval_prompts", "eval_drift_prompts", "eval_subject", "eval_rare_token",
+    "eval_seed", "eval_inference_steps", "eval_images_per_prompt",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
@@ -59,18 +61,19 @@ TRAINING_TYPES: dict[str, type] = {
     **dict.fromkeys(("checkpoint_every", "checkpoints_total_limit", "class_inference_steps",
                      "gradient_accumulation_steps", "log_every", "lr_warmup_steps", "max_image_pixels",
                      "max_train_steps", "min_images", "num_class_images", "num_preview_images", "preview_every",
-                     "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size"), int),
+                     "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size", "eval_seed",
+                     "eval_inference_steps", "eval_images_per_prompt"), int),
     **dict.fromkeys(("adam_weight_decay", "learning_rate", "lora_alpha", "max_grad_norm", "noise_offset",
                      "preview_guidance_scale", "prior_loss_weight", "snr_gamma",
                      "logit_mean", "logit_std", "mode_scale", "guidance_scale"), float),
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
-                     "lora_target_modules", "weighting_scheme", "base_quantization", "on_quality_fail"), str),
-    "quality_gate": dict,
+                     "lora_target_modules", "weighting_scheme", "base_quantization", "on_quality_fail",
+                     "eval_subject", "eval_rare_token"), str),
+    **dict.fromkeys(("eval_prompts", "eval_drift_prompts"), tuple),   # a list of strings
+    "quality_gate": dict,                                             # a JSON object: score -> limit
 }
-# quality_gate: score name -> minimum (maximum for drift and copying), issue 17's interface
-QUALITY_GATE_SCORES = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
 OPTIONAL_NAMES = frozenset({"lora_alpha", "snr_gamma"})          # unset (null, "", "none") turns them off
 CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"),
@@ -81,12 +84,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "base_quantization": ("none", "nf4", "int8"),
     "on_quality_fail": ("keep", "retry"),
 }
+# train.quality.gate: the scores a quality_gate may limit (a maximum for MAXIMA, else a minimum).
+QUALITY_SCORES = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
+QUALITY_MAXIMA = frozenset({"drift", "copying"})
 EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton")
 AT_LEAST_ONE = frozenset({"max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                           "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
-                          "max_image_pixels", "checkpoints_total_limit", "log_every"})
+                          "max_image_pixels", "checkpoints_total_limit", "log_every", "eval_images_per_prompt"})
 AT_LEAST_ZERO = frozenset({"lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
-                           "preview_every", "checkpoint_every", "seed", "preview_guidance_scale"})
+                           "preview_every", "checkpoint_every", "seed", "preview_guidance_scale", "eval_seed",
+                           "eval_inference_steps"})
 ABOVE_ZERO = frozenset({"learning_rate", "lora_alpha", "snr_gamma"})
 
 
@@ -127,6 +134,10 @@ def decode_value(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{shown(value)} is not a string")
         return value
+    if kind is tuple:
+        return _strings(value)
+    if kind is dict:
+        return _gate(value)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{shown(value)} is not {'an integer' if kind is int else 'a number'}")
     try:
@@ -138,24 +149,38 @@ def decode_value(name: str, value: Any) -> Any:
     return int(number) if kind is int else float(number)
 
 
-def _decode_object(value: Any) -> dict:
-    """A JSON object given as one, or as its JSON text (SageMaker's strings, the SDK's quoting)."""
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings: a list, a JSON array in a string, or one string."""
+    if isinstance(value, str):
+        if not value.strip().startswith("["):
+            return (value,) if value else ()
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{shown(value)} is not a JSON array of strings") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{shown(value)} is not a list of strings")
+    return tuple(value)
+
+
+def _gate(value: Any) -> dict[str, float]:
+    """A quality_gate: a JSON object (or its text; '' is none) of known scores -> limits in [-1, 1]."""
     if isinstance(value, str):
         try:
-            value = json.loads(_unquote(value))
+            value = json.loads(value) if value.strip() else {}
         except ValueError:
-            raise ValueError(f"{value!r} is not a JSON object") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{value!r} is not a JSON object")
-    return value
-
-
-def _gate_problem(gate: dict) -> str | None:
-    unknown = sorted(str(k) for k in gate if k not in QUALITY_GATE_SCORES)
+            raise ValueError(f"{shown(value)} is not a JSON object of score limits") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{shown(value)} is not a JSON object of score limits")
+    unknown = sorted(str(k) for k in value if k not in QUALITY_SCORES)
     if unknown:
-        return f"quality_gate: unknown score(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_GATE_SCORES)}"
-    bad = sorted(k for k, v in gate.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
-    return f"quality_gate: threshold of {', '.join(bad)} must be a finite number" if bad else None
+        raise ValueError(f"unknown score(s) {', '.join(map(shown_name, unknown))}; valid: {', '.join(QUALITY_SCORES)}")
+    for name, limit in value.items():
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
+            raise ValueError(f"{shown_name(name)}: the limit must be a number, got {shown(limit)}")
+        if not -1.0 <= limit <= 1.0:
+            raise ValueError(f"{name}: the limit must be between -1 and 1, got {limit}")
+    return {k: float(v) for k, v in value.items()}
 
 
 def value_problem(name: str, value: Any) -> str | None:
@@ -164,10 +189,8 @@ def value_problem(name: str, value: Any) -> str | None:
         typed = decode_value(name, value)
     except ValueError as exc:
         return f"{name}: {exc}"
-    if typed is None:
+    if typed is None or TRAINING_TYPES[name] in (tuple, dict):
         return None
-    if name == "quality_gate":
-        return _gate_problem(typed)
     if name in CHOICES and typed not in CHOICES[name]:
         return f"{name}: {shown(typed)} is not one of {', '.join(CHOICES[name])}"
     if name == "export":

@@ -1,7 +1,8 @@
 """`fanout local`: a K-instance SageMaker training job on this machine, no Docker, no AWS.
 
     python -m fanout local --tasks tasks.jsonl --model MODEL --images IMAGES \\
-        [--class-images DIR] --instances 2 --workdir W [--hyperparameters '{"max_train_steps": 50}']
+        [--class-images DIR] [--eval-models DIR] --instances 2 --workdir W \\
+        [--hyperparameters '{"max_train_steps": 50}']
 
 Each host is a `train` process (the container entry point) with its own /opt/ml tree at
 ``W/<host>/``, config files written as SageMaker writes them. What S3 would hold is emulated
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="base model: a diffusers pipeline folder (channel 'model')")
     parser.add_argument("--images", type=Path, required=True, help="instance images root (channel 'images')")
     parser.add_argument("--class-images", type=Path, default=None, help="class images root (channel 'class'; optional)")
+    parser.add_argument("--eval-models", type=Path, default=None,
+                        help="scorer models: clip/, dino/, optional face/ (channel 'eval'; optional: without it "
+                             "tasks are not evaluated; docs/quality.md)")
     parser.add_argument("--instances", type=int, default=2, help="number of hosts (default: 2)")
     parser.add_argument("--workdir", type=Path, required=True,
                         help="job folder: W/<host>/ trees, W/s3/ results, W/logs/; reuse it to restart a killed job")
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = LocalJob(
             tasks=args.tasks, model=args.model, images=args.images, class_images=args.class_images,
+            eval_models=args.eval_models,
             instances=args.instances, workdir=args.workdir,
             hyperparameters=_read_hyperparameters(args.hyperparameters),
             encoding=args.hyperparameter_encoding, sync_interval=args.sync_interval, echo=not args.quiet,
@@ -94,16 +99,19 @@ def run(args: argparse.Namespace) -> int:
 class LocalJob:
     def __init__(self, *, tasks: Path, model: Path, images: Path, class_images: Path | None, instances: int,
                  workdir: Path, hyperparameters: Mapping, encoding: str = "sdk", sync_interval: float = 2.0,
-                 echo: bool = True, command: list[str] | None = None):
+                 echo: bool = True, command: list[str] | None = None, eval_models: Path | None = None):
         if instances < 1:
             raise FanoutError(f"--instances must be at least 1, got {instances}")
-        for name, path in (("--model", model), ("--images", images), ("--class-images", class_images)):
+        for name, path in (("--model", model), ("--images", images), ("--class-images", class_images),
+                           ("--eval-models", eval_models)):
             if path is not None and not Path(path).is_dir():
                 raise FanoutError(f"{name} {path} is not a folder")
         self.tasks_file = Path(tasks)
         self.channels = {"model": Path(model), "images": Path(images)}
         if class_images is not None:
             self.channels["class"] = Path(class_images)
+        if eval_models is not None:
+            self.channels["eval"] = Path(eval_models)
         self.hosts = [f"algo-{i + 1}" for i in range(instances)]
         self.workdir = Path(workdir).resolve()
         self.s3 = self.workdir / "s3"

@@ -43,6 +43,8 @@ class LaunchConfig:
     images_uri: str = _h("", "s3:// prefix that task `instance_data` folders are relative to")
     output_uri: str = _h("", "s3:// prefix for task lists, manifests, checkpoints and model.tar.gz")
     class_uri: str | None = _h(None, "s3:// prefix of class images (the optional `class` channel)")
+    eval_uri: str | None = _h(None, "s3:// prefix of the scorer models clip/, dino/, face/ (the optional `eval` "
+                                    "channel; without it tasks are not evaluated)")
     instance_type: str = _h("ml.g5.xlarge", "training instance type")
     instance_count: int = _h(1, "instances (K); tasks are spread over them")
     volume_size_gb: int = _h(50, "EBS volume per instance (GB)")
@@ -141,6 +143,8 @@ def _channels(config: LaunchConfig, layout: JobLayout) -> list[dict]:
                 channel("images", layout.images_manifest, "ManifestFile")]
     if config.class_uri:
         channels.append(channel("class", config.class_uri.rstrip("/") + "/"))
+    if config.eval_uri:
+        channels.append(channel("eval", config.eval_uri.rstrip("/") + "/"))
     return channels
 
 
@@ -205,7 +209,7 @@ def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec]) -> None:
     for name in ("image_uri", "role_arn", "model_uri", "images_uri", "output_uri"):
         if not getattr(config, name):
             raise RequestError(f"LaunchConfig.{name} is required (--{name.replace('_', '-')})")
-    for name in ("model_uri", "images_uri", "output_uri", "class_uri"):
+    for name in ("model_uri", "images_uri", "output_uri", "class_uri", "eval_uri"):
         value = getattr(config, name)
         if value and not value.startswith("s3://"):
             raise RequestError(f"{name} must be an s3:// URI, got {value!r}")

@@ -24,6 +24,8 @@ def add_submit(sub, aws_args, key_values) -> None:
     p.add_argument("--images-uri", required=True, help="s3:// prefix the tasks' instance_data folders are under")
     p.add_argument("--output-uri", required=True, help="s3:// prefix for task list, checkpoints, model.tar.gz")
     p.add_argument("--class-uri", help="s3:// prefix of class images (optional `class` channel)")
+    p.add_argument("--eval-uri", help="s3:// prefix of the scorer models clip/, dino/, face/ (optional `eval` "
+                                      "channel: tasks are scored and judged by quality_gate; docs/quality.md)")
     p.add_argument("--instance-type", default=LaunchConfig.instance_type)
     p.add_argument("--volume-gb", type=int, default=LaunchConfig.volume_size_gb)
     p.add_argument("--job-name", help="explicit job name (default: derived from the batch)")
@@ -48,7 +50,7 @@ def add_submit(sub, aws_args, key_values) -> None:
 def launch_config(args, key_values) -> LaunchConfig:
     return LaunchConfig(
         image_uri=args.image, role_arn=args.role, model_uri=args.model_uri, images_uri=args.images_uri,
-        output_uri=args.output_uri, class_uri=args.class_uri, instance_type=args.instance_type,
+        output_uri=args.output_uri, class_uri=args.class_uri, eval_uri=args.eval_uri, instance_type=args.instance_type,
         instance_count=args.instances, volume_size_gb=args.volume_gb, hyperparameters=key_values(args.hp, "--hp"),
         max_runtime_s=args.max_runtime, spot=args.spot, max_wait_s=args.max_wait,
         warm_pool_s=args.warm_pool_seconds, retry_attempts=args.retry_attempts,

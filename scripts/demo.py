@@ -4,11 +4,12 @@
     python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 10] [--resume]
                            [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
 
-Builds the tiny random-weight pipeline and synthetic subject images for six users under
-WORKDIR/inputs (once), writes a six-task task list, and runs `python -m fanout local` on it:
-two `train` processes, each with its own /opt/ml tree, one base-model load per host, the
-tasks split by the planner. Then prints one row per task (host, state, steps, seconds, LoRA)
-and where the previews are. One task points at a folder that does not exist, to show that a
+Builds the tiny random-weight pipeline, tiny scorer models (the `eval` channel) and synthetic
+subject images for six users under WORKDIR/inputs (once), writes a six-task task list, and
+runs `python -m fanout local` on it: two `train` processes, each with its own /opt/ml tree, one
+base-model load per host, the tasks split by the planner. Then prints one row per task (host,
+state, steps, seconds, LoRA), each task's quality scores and verdict (one task has a quality
+gate it cannot pass), and where the previews are. One task points at a folder that does not exist, to show that a
 bad task fails alone with its reason while the others train.
 
 Every run starts a fresh job unless --resume (which continues a killed one, like a spot restart).
@@ -40,6 +41,7 @@ HYPERPARAMETERS = {
     "checkpoint_every": 5,
     "log_every": 1,
     "learning_rate": 1e-4,
+    "eval_inference_steps": 4,  # the evaluation renders as cheaply as the previews
 }
 FAMILIES = ("sd", "sdxl", "flux", "flux2-klein", "z-image", "qwen-image")
 FAILS_ON_PURPOSE = "fay-toy"
@@ -63,12 +65,23 @@ def make_inputs(inputs: Path, family: str = "sd") -> tuple[Path, Path]:
     return model, images
 
 
+def make_scorers(inputs: Path) -> Path:
+    """Tiny random-weight scorer models (clip/, dino/, face/), built once: the `eval` channel."""
+    scorers = inputs / "eval"
+    if not (scorers / "dino" / "config.json").is_file():
+        print("building the tiny scorer models ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_scorers.py"), str(scorers)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return scorers
+
+
 def task_list(steps: int) -> list[dict]:
     tasks = [{"task_id": f"{user}-toy", "user_id": user, "instance_data": user,
               "instance_prompt": f"a photo of sks toy, {user}'s", "metadata": {"order": n}}
              for n, user in enumerate(USERS, 1)]
     tasks[0]["validation_prompts"] = ["a photo of sks toy on a beach", "a sks toy in a forest"]
     tasks[1]["hyperparameters"] = {"max_train_steps": steps * 2, "rank": 8}  # a longer task: the planner balances it
+    tasks[2]["hyperparameters"] = {"quality_gate": {"dino": 0.99}}  # a gate it cannot pass: failed_quality
     tasks.append({"task_id": FAILS_ON_PURPOSE, "user_id": "fay", "instance_data": "fay-never-uploaded",
                   "instance_prompt": "a photo of sks toy"})
     return tasks
@@ -87,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     work = a.workdir.resolve()
     model, images = make_inputs(work / "inputs", a.family)
+    scorers = make_scorers(work / "inputs")
     tasks_file = work / "tasks.jsonl"
     tasks_file.write_text("".join(json.dumps(t) + "\n" for t in task_list(a.steps)))
     job = work / "job"
@@ -94,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(job)
     hp = {**HYPERPARAMETERS, "max_train_steps": a.steps}
     cmd = [sys.executable, "-m", "fanout", "local", "--tasks", str(tasks_file), "--model", str(model),
-           "--images", str(images), "--instances", str(a.instances), "--workdir", str(job),
+           "--images", str(images), "--eval-models", str(scorers), "--instances", str(a.instances), "--workdir", str(job),
            "--hyperparameters", json.dumps(hp), "--quiet"]
     print(f"running a {a.instances}-instance job with {len(task_list(a.steps))} tasks "
           f"(host logs: {job / 'logs'}) ...", flush=True)
@@ -105,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if grids:
         print(f"latest preview grid of each task, e.g. {grids[-1]}")
     print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
+    from train.quality.table import quality_table
+
+    print(f"\nquality (scores of random-weight scorers: the machinery, not a judgement; docs/quality.md):\n"
+          f"{quality_table(job / 's3' / 'checkpoints')}")
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
     from fanout.lifecycle import format_events, local_job_events   # the app's view (docs/fanout.md#lifecycle-events)
     print("\n" + format_events(local_job_events(job, task_list(a.steps))))

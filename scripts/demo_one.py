@@ -4,8 +4,8 @@
     python scripts/demo_one.py [--workdir build/demo-one] [--steps 100] [--resolution 64]
 
 Builds the tiny random-weight pipeline and synthetic subject images under WORKDIR (once),
-then runs `python -m train` on them (~100 steps, previews every 25), and prints where the
-previews and the LoRA are. The images are random-weight renders: this shows the machinery
+then runs `python -m train` on them (~100 steps, previews every 25, scored with tiny scorer
+models: `--eval-models`), and prints where the previews, the evaluation and the LoRA are. The images are random-weight renders: this shows the machinery
 (previews, resume state, exports, status), not a pretty subject.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 # scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
 import make_demo_data
 import make_tiny_model
+import make_tiny_scorers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         make_tiny_model.build_pipeline(model)
     if not (data / "instance").is_dir():
         make_demo_data.make_demo_data(data, count=6, size=96, captions=True)
+    if not (work / "eval" / "dino" / "config.json").is_file():
+        make_tiny_scorers.build_scorers(work / "eval")
 
     from train.cli import main as train_main
 
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "--learning-rate", "1e-3", "--snr-gamma", "5", "--preview-every", "25", "--preview-inference-steps", "8",
         "--checkpoint-every", "25", "--log-every", "10", "--train-text-encoder",
         "--class-cache-dir", str(work / "class-cache"), "--task-id", "demo-one",
+        "--eval-models", str(work / "eval"), "--eval-inference-steps", "8",
     ])
     if rc:
         return rc
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  previews:          {previews[-1] / 'grid.png' if previews else '(none)'} "
           f"({len(previews)} preview steps in {out / 'checkpoints' / 'previews'})")
     print(f"  status:            {out / 'checkpoints' / 'status.json'}")
+    print(f"  evaluation:        {out / 'checkpoints' / 'evaluation'} (quality.json: scores, verdict)")
     print(f"  load it:           pipe.load_lora_weights('{out / 'model'}')")
     return 0
 

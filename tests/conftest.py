@@ -77,3 +77,19 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_scorers(tmp_path_factory) -> Path:
+    """Path of a tiny scorer folder (clip/, dino/, face/ with OpenCV's Haar cascade): the
+    evaluation's real classes with random weights (scripts/make_tiny_scorers.py). Read-only."""
+    pytest.importorskip("transformers")
+    return load_script("make_tiny_scorers").build_scorers(tmp_path_factory.mktemp("tiny-scorers") / "eval")
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory) -> dict:
+    """Tiny FLUX.1 and FLUX.2 Klein pipeline folders by family (scripts/tiny_flux.py). Read-only."""
+    pytest.importorskip("diffusers")
+    builder = load_script("tiny_flux")
+    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in ("flux", "flux2-klein")}

@@ -1,8 +1,8 @@
 """What callers outside ``train`` use: one typed interface (``Trainer``) and the real one.
 
 The container's warm worker holds a ``Trainer``: it checks each task's config against the
-base model's family before anything loads, loads the base once per host, and runs the tasks
-on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
+base model's family before anything loads, loads the base once per host (and the scorer
+models of the evaluation, when the job has them), and runs the tasks on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
 with the same three methods. Importing this module is light (no torch).
 """
 
@@ -16,6 +16,7 @@ from train.config import TrainConfig
 
 if TYPE_CHECKING:  # heavy modules: only for the annotations
     from train.pipeline import BaseModel
+    from train.quality.models import Scorers
     from train.task import TaskResult
 
 
@@ -28,8 +29,15 @@ class Trainer(Protocol):
 
     def run_task(self, base: "BaseModel", cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
                  class_cache_dir: Path | None, stop_requested: Callable[[], bool], task_id: str,
-                 status_extra: Mapping[str, Any] | None) -> "TaskResult":
-        """Train, preview and export one task (train.task.run_task); base is left clean."""
+                 status_extra: Mapping[str, Any] | None, scorers: "Scorers | None" = None) -> "TaskResult":
+        """Train, preview, evaluate (with ``scorers``) and export one task (train.task.run_task);
+        base is left clean."""
+
+    def check_scorers(self, eval_dir: Path, *, source: str) -> None:
+        """Raise ConfigError naming ``source`` and the folder when the scorer folder cannot work."""
+
+    def load_scorers(self, eval_dir: Path) -> "Scorers":
+        """Load the scorer models once per host, on the CPU (they visit the GPU only to score)."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,19 @@ class LocalTrainer:
 
     def run_task(self, base: "BaseModel", cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
                  class_cache_dir: Path | None, stop_requested: Callable[[], bool], task_id: str,
-                 status_extra: Mapping[str, Any] | None) -> "TaskResult":
+                 status_extra: Mapping[str, Any] | None, scorers: "Scorers | None" = None) -> "TaskResult":
         from train.task import run_task
 
         return run_task(base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                         class_cache_dir=class_cache_dir, stop_requested=stop_requested, task_id=task_id,
-                        status_extra=status_extra)
+                        status_extra=status_extra, scorers=scorers)
+
+    def check_scorers(self, eval_dir: Path, *, source: str) -> None:
+        from train.quality import check_eval_models
+
+        check_eval_models(eval_dir, source=source)
+
+    def load_scorers(self, eval_dir: Path) -> "Scorers":
+        from train.quality import load_scorers
+
+        return load_scorers(eval_dir)

@@ -31,13 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-cache-dir", metavar="DIR", default=str(DEFAULT_CLASS_CACHE),
                    help="where generated class images are cached and reused (default: %(default)s)")
     p.add_argument("--task-id", help="name in log lines and status (default: the output folder's name)")
+    p.add_argument("--eval-models", metavar="DIR", help="scorer models (DIR/clip, DIR/dino, optional DIR/face): "
+                   "score the trained LoRA and judge it by --quality-gate (docs/quality.md); without it the "
+                   "task is not evaluated")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        tp, default = hints[f.name], f.default
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata["help"]
         if f.metadata.get("choices"):
             help_text += f" ({'|'.join(f.metadata['choices'])})"
-        if default not in ("", None, ()):
+        if default not in ("", None, (), {}):
             help_text += f" (default: {default})"
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
@@ -53,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _metavar(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    if typing.get_origin(tp) is dict:
+        return "JSON"
     return {int: "N", float: "X", str: "TEXT"}.get(args[0], "VALUE")
 
 
@@ -69,6 +75,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (as flags, or in --config)")
     check_paths(cfg)
+    if args.eval_models:
+        from train.quality import check_eval_models
+
+        check_eval_models(Path(args.eval_models), source=f"--eval-models {args.eval_models}")
     return cfg, args
 
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     with LogTail() as tail:
         code, result = train_one(cfg, out, stop, class_cache_dir=Path(args.class_cache_dir),
-                                 task_id=args.task_id or out.resolve().name)
+                                 task_id=args.task_id or out.resolve().name, eval_models=args.eval_models)
     # The task's page, whatever its state (a failed run's shows the error and the lines before it).
     page = task_ended(out / "checkpoints", model_dir=out / "model", log_lines=tail.lines,
                       task_id=args.task_id or out.resolve().name)
@@ -157,20 +167,28 @@ def main(argv: list[str] | None = None) -> int:
         return code
     print(f"LoRA: {out / 'model' / 'pytorch_lora_weights.safetensors'}")
     print(f"previews: {out / 'checkpoints' / 'previews'}")
+    if args.eval_models:
+        print(f"evaluation: {out / 'checkpoints' / 'evaluation'}")
     print(f"status: {out / 'checkpoints' / 'status.json'} ({result.step} steps, loss {result.loss})")
     return 0
 
 
-def train_one(cfg: TrainConfig, out: Path, stop: StopFlag, *, class_cache_dir: Path, task_id: str):
-    """(exit code, TaskResult or None): load the base, run the task, say what went wrong."""
+def train_one(cfg: TrainConfig, out: Path, stop: StopFlag, *, class_cache_dir: Path, task_id: str,
+              eval_models: str | None = None):
+    """(exit code, TaskResult or None): load the base (and the scorers), run the task, say what went wrong."""
     from train.pipeline import load_base
     from train.task import run_task
 
     try:
         base = load_base(cfg.pretrained_model, mixed_precision=cfg.mixed_precision,
                          base_quantization=cfg.base_quantization)
+        scorers = None
+        if eval_models:
+            from train.quality import load_scorers
+
+            scorers = load_scorers(Path(eval_models))
         result = run_task(base, cfg, model_dir=out / "model", checkpoint_dir=out / "checkpoints",
-                          class_cache_dir=class_cache_dir, stop_requested=stop, task_id=task_id)
+                          class_cache_dir=class_cache_dir, stop_requested=stop, task_id=task_id, scorers=scorers)
     except Interrupted as exc:
         print(f"interrupted: {exc}; run again with --resume to continue", file=sys.stderr)
         return 130, None

@@ -18,6 +18,7 @@ from train.errors import ConfigError
 from train.export.formats import FORMATS  # light: no torch
 from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
+from train.quality.gate import MAXIMA as QUALITY_MAXIMA, ON_QUALITY_FAIL, SCORES as QUALITY_SCORES, gate_problem
 from train.quantize import BASE_QUANTIZATIONS
 from train.redaction import shown, shown_name
 
@@ -104,6 +105,28 @@ class TrainConfig:
     export_check: bool = _f(True, "load each exported file back, render the validation prompts and record the "
                                   "difference to the in-memory LoRA in manifest.json")
     save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
+    # --- evaluation and quality gate (docs/quality.md; only with scorer models: --eval-models / channel eval) ---
+    quality_gate: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "JSON object of score limits, e.g. '{\"dino\": 0.55, \"copying\": 0.95}': a minimum for "
+                f"{', '.join(s for s in QUALITY_SCORES if s not in QUALITY_MAXIMA)}, a maximum for drift and "
+                "copying; empty: scores are reported, not judged"})
+    on_quality_fail: str = _f("keep", "what the serverless path does with a failed_quality model: keep it (the "
+                                      "request becomes NEEDS_REVIEW) or retry with another seed and step count",
+                              choices=ON_QUALITY_FAIL)
+    eval_prompts: tuple[str, ...] = _f((), "recontextualisation prompt of the evaluation, {subject} standing for the "
+                                           "subject (repeatable; default: on the beach, in the snow)",
+                                       flag="eval-prompt")
+    eval_drift_prompts: tuple[str, ...] = _f((), "prompt not about the subject, rendered with and without the LoRA; "
+                                                 "{class} stands for the class noun (repeatable; default: in a "
+                                                 "kitchen, walking in a park)", flag="eval-drift-prompt")
+    eval_subject: str = _f("", "the words of the instance prompt naming the subject (default: the instance prompt "
+                               "without a leading 'a photo of', e.g. 'sks dog')")
+    eval_rare_token: str = _f("", "the rare token, left out of CLIP-T's text (default: the subject's first word "
+                                  "when it has more than one)")
+    eval_seed: int = _f(0, "seed of the evaluation images (independent of --seed: every task gets the same set)")
+    eval_inference_steps: int = _f(0, "sampling steps of an evaluation image (0: as the previews, "
+                                      "--preview-inference-steps)")
+    eval_images_per_prompt: int = _f(1, "evaluation images per prompt")
 
     def __post_init__(self) -> None:
         _validate(self, "config")
@@ -151,7 +174,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["validation_prompts"] = list(self.validation_prompts)
+        for name in ("validation_prompts", "eval_prompts", "eval_drift_prompts"):
+            d[name] = list(getattr(self, name))
         return d
 
 
@@ -190,6 +214,8 @@ def convert_value(f: dataclasses.Field, value: Any, source: str) -> Any:
 
 
 def _type_word(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return "JSON object"
     return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}.get(tp, "list of strings")
 
 
@@ -203,12 +229,13 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{_where(f.name, source)}: {shown(value)} is not one of {', '.join(choices)}")
     positive = ("max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
-                "max_image_pixels", "checkpoints_total_limit", "log_every")
+                "max_image_pixels", "checkpoints_total_limit", "log_every", "eval_images_per_prompt")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{_where(name, source)}: must be at least 1, got {getattr(cfg, name)}")
     at_least_zero = ("lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
-                     "preview_every", "checkpoint_every", "seed", "preview_guidance_scale")
+                     "preview_every", "checkpoint_every", "seed", "preview_guidance_scale", "eval_seed",
+                     "eval_inference_steps")
     for name in at_least_zero:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{_where(name, source)}: must be 0 or more, got {getattr(cfg, name)}")
@@ -226,6 +253,9 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     if unknown:
         raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(map(shown_name, unknown))}; "
                           f"valid: {', '.join(FORMATS)}")
+    problem = gate_problem(cfg.quality_gate)
+    if problem:
+        raise ConfigError(f"{_where('quality_gate', source)}: {problem}")
     if cfg.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise ConfigError(f"{_where('optimizer', source)}: 'prodigy' needs the prodigyopt package, which is not "
                           f"installed; use one of adamw, adamw8bit or `pip install prodigyopt`")

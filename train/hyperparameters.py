@@ -2,7 +2,8 @@
 
 SageMaker passes every hyperparameter as a string, and the SageMaker Python SDK JSON-encodes
 them (``"400"`` arrives as ``"\\"400\\""``); the CLI, JSON files and tests give typed values.
-``decode`` turns any of these into the declared type, the same way for every consumer
+``decode`` turns any of these into the declared type (bool, int, float, str, a tuple of strings,
+or a JSON object), the same way for every consumer
 (``TrainConfig``, ``ExportConfig``, the container's ``ContainerConfig``), so ``"on"`` means
 the same everywhere. ``reject_unknown`` is the one place that refuses names nobody declared,
 listing the valid ones. (``fanout`` cannot import ``train``; its copies are kept equal by tests.)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from typing import Any, Iterable, Mapping
 
 from train.errors import ConfigError
@@ -35,8 +37,8 @@ def unquote(value: str) -> str:
 
 
 def decode(value: Any, tp: Any) -> Any:
-    """``value`` (typed, a bare string or a JSON-quoted one) as ``tp``: bool, int, float, str or
-    a tuple of strings. Raises ValueError / TypeError saying what was expected."""
+    """``value`` (typed, a bare string or a JSON-quoted one) as ``tp``: bool, int, float, str, a
+    tuple of strings or a dict (a JSON object). Raises ValueError / TypeError saying what was expected."""
     if isinstance(value, str):
         value = unquote(value)
     if tp is bool:
@@ -66,6 +68,8 @@ def decode(value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {type(value).__name__}")
         return value
+    if tp is dict or typing.get_origin(tp) is dict:
+        return _object(value)
     return _strings(value)
 
 
@@ -75,6 +79,15 @@ def _number(value: Any) -> float:
         return float(value)
     except ValueError:
         raise ValueError("expected a number") from None
+
+
+def _object(value: Any) -> dict:
+    """A JSON object: a mapping, or its JSON text ('' is an empty object)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return dict(value)
 
 
 def _strings(value: Any) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """run_task: train one DreamBooth LoRA on a loaded base model, start to finish.
 
 ``train_lora`` is the training loop and reads top to bottom: data, model, optimizer, resume,
-the steps (checkpoints, previews, stop requests inside), then the final state, previews and
-export. Every decision inside it is a small named helper. ``run_task`` wraps it with
-status.json bookkeeping and always leaves the base model clean.
+the steps (checkpoints, previews, stop requests inside), then the final state, previews,
+evaluation (train/quality/: scores and verdict, with scorer models) and export. Every
+decision inside it is a small named helper. ``run_task`` wraps it with status.json
+bookkeeping and always leaves the base model clean.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from train.pipeline import BaseModel, attach_lora, detach_lora, lora_state, trai
 from train.previews import write_previews
 from train.prior import class_examples
 from train.progress import Progress
+from train.quality.evaluate import evaluate_task, relocate
 from train.redaction import shown
 from train.state import (StatusFile, latest_state, load_state, prune_states, remove_leftovers, save_state,
                          set_rng_states)
@@ -46,8 +48,9 @@ class TaskResult:
 def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
              class_cache_dir: Path | None = None,
              stop_requested: Callable[[], bool] = lambda: False,
-             task_id: str = "task", status_extra: Mapping[str, Any] | None = None) -> TaskResult:
-    """Train, preview, export; status.json tracks it. Raises Interrupted / TrainError (status says so)."""
+             task_id: str = "task", status_extra: Mapping[str, Any] | None = None, scorers=None) -> TaskResult:
+    """Train, preview, evaluate (with ``scorers``: train.quality.load_scorers), export; status.json
+    tracks it. Raises Interrupted / TrainError (status says so)."""
     t0 = time.monotonic()
     model_dir, checkpoint_dir = Path(model_dir), Path(checkpoint_dir)
     status = StatusFile(checkpoint_dir / "status.json", extra=status_extra)
@@ -56,7 +59,7 @@ def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_d
     try:
         step, loss = train_lora(base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                                 class_cache_dir=Path(class_cache_dir or checkpoint_dir / "class_images"),
-                                stop_requested=stop_requested, task_id=task_id, status=status)
+                                stop_requested=stop_requested, task_id=task_id, status=status, scorers=scorers)
     except Interrupted as exc:
         status.finish("interrupted", error=f"interrupted: {exc}")   # the next attempt resumes (running again)
         raise
@@ -72,7 +75,7 @@ def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_d
 
 def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_dir: Path,
                class_cache_dir: Path, stop_requested: Callable[[], bool], task_id: str,
-               status: StatusFile) -> tuple[int, float | None]:
+               status: StatusFile, scorers=None) -> tuple[int, float | None]:
     import torch
 
     require_task_fields(cfg)
@@ -184,8 +187,13 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
             checkpoint()
     if previewed_at != step:
         preview()
+    # Scores and verdict of the trained LoRA, before export, so the manifest carries them.
+    with status.timings.phase("evaluation"):
+        quality = evaluate_task(base, cfg, scorers, checkpoint_dir=checkpoint_dir, step=step, task_id=task_id)
+    status.update(quality=quality)
     with status.timings.phase("export"):
-        export(base, cfg, model_dir, task_id=task_id, step=step, loss=loss, steps_per_second=progress.steps_per_second())
+        export(base, cfg, model_dir, task_id=task_id, step=step, loss=loss, steps_per_second=progress.steps_per_second(),
+               quality=relocate(quality, checkpoint_dir, model_dir))
     print(f"task={task_id} done: step={step} loss={loss} LoRA in {model_dir}, previews in {previews_root}", flush=True)
     return step, loss
 
@@ -248,7 +256,7 @@ def restore(path: Path, cfg: TrainConfig, base: BaseModel, optimizer, lr_schedul
 
 
 def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, step: int,
-           loss: float | None, steps_per_second: float) -> dict:
+           loss: float | None, steps_per_second: float, quality: Mapping[str, Any] | None = None) -> dict:
     from train.export import ExportConfig, export_model
 
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -261,4 +269,5 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,
         extra_manifest={"task_id": task_id, "step": step, "loss": loss, "config": cfg.to_dict(),
                         "steps_per_second": round(steps_per_second, 4)},
+        sections={"quality": quality} if quality is not None else None,
     )

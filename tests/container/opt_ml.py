@@ -29,10 +29,11 @@ TINY_HP = {
 
 
 def run_local_job(work: Path, tasks: list[dict], *, model: Path, images: Path, hyperparameters: dict,
-                  instances: int = 1, env: dict | None = None) -> dict:
+                  instances: int = 1, env: dict | None = None, eval_models: Path | None = None) -> dict:
     """``fanout local``'s job (the real container, one process per host) over ``tasks`` in
     ``work``, with one torch thread so isolation checks can expect identical bits. Returns the
-    workdir ``W``, each host's exit code and each host's summary.json."""
+    workdir ``W``, each host's exit code and each host's summary.json. ``eval_models``: the
+    optional scorer channel 'eval'."""
     from fanout.local import LocalJob
 
     tasks_file = work / "tasks.jsonl"
@@ -42,7 +43,8 @@ def run_local_job(work: Path, tasks: list[dict], *, model: Path, images: Path, h
     os.environ.update(extra)  # inherited by the host processes
     try:
         local = LocalJob(tasks=tasks_file, model=model, images=images, class_images=None, instances=instances,
-                         workdir=work / "W", hyperparameters=hyperparameters, echo=False, sync_interval=1.0)
+                         workdir=work / "W", hyperparameters=hyperparameters, echo=False, sync_interval=1.0,
+                         eval_models=eval_models)
         local.prepare()
         codes = local.run()
     finally:
@@ -80,7 +82,7 @@ def raw_encode(values: dict) -> dict:
 
 def make_tree(base: Path, *, tasks, hyperparameters: dict | None = None, host: str = "algo-1",
               hosts: list[str] | None = None, model: Path | None = None, images: Path | None = None,
-              class_images: Path | None = None, local_mode: bool = False) -> Path:
+              class_images: Path | None = None, local_mode: bool = False, eval_models: Path | None = None) -> Path:
     """An /opt/ml tree at ``base``. ``tasks``: list of dicts, or the task-list text itself.
 
     ``hyperparameters`` are written as given (already strings: use sdk_encode/raw_encode).
@@ -97,7 +99,7 @@ def make_tree(base: Path, *, tasks, hyperparameters: dict | None = None, host: s
     (data / "tasks").mkdir(parents=True, exist_ok=True)
     text = tasks if isinstance(tasks, str) else "".join(json.dumps(t) + "\n" for t in tasks)
     (data / "tasks" / "tasks.jsonl").write_text(text)
-    for name, src in (("model", model), ("images", images), ("class", class_images)):
+    for name, src in (("model", model), ("images", images), ("class", class_images), ("eval", eval_models)):
         if src is not None:
             channels[name] = {"TrainingInputMode": "File"}
             link = data / name

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from scripts_loader import load_script
 
 from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, run_local_job
 
@@ -25,12 +24,6 @@ TASKS = [
     {"task_id": "f-alice", "instance_data": "alice", "instance_prompt": "a photo of sks toy"},
     {"task_id": "f-bob", "instance_data": "bob", "instance_prompt": "a photo of zwx toy"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in JOBS}
 
 
 @pytest.fixture(scope="module", params=sorted(JOBS))

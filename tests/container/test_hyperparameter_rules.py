@@ -17,7 +17,11 @@ from train.export.config import FORMATS
 SAMPLES = (0, 1, 7, 8, 12, 512, -1, 1.5, 2.0, 1e-4, -0.5, True, False, None, "", " ", "0", "1", "-3", "8", "500",
            "1.5", "2.0", "1e3", "1e-4", "abc", "nan", "inf", "\"400\"", "\"fast\"", "true", "False", "yes", "off",
            "none", "null", [1], {"a": 1}, "lora", "lora,kohya", "lora,bogus", "", "mme", "fp16", "bf16", "no", "fp8",
-           "adamw", "prodigy", "cosine", "linear", "fp32")
+           "adamw", "prodigy", "cosine", "linear", "fp32",
+           # quality_gate, eval_* (JSON objects and lists of strings)
+           {"dino": 0.5}, {"copying": 2}, {"drift": True}, {"dino": "0.5"}, '{"clip_t": 0.3, "drift": 0.2}',
+           '{"identity": -1}', "{bad json", "[1, 2]", '["on a beach", "in snow"]', ["a", "b"], "keep", "retry",
+           "\"{\\\"dino\\\": 0.6}\"")
 
 
 def train_accepts(name, value) -> bool:
@@ -36,7 +40,7 @@ def test_the_copy_covers_exactly_trains_names_types_and_choices():
         optional = type(None) in typing.get_args(declared)
         assert (name in fanout_hp.OPTIONAL_NAMES) == optional, name
         base = next(a for a in typing.get_args(declared) if a is not type(None)) if optional else declared
-        assert base is kind, name
+        assert (typing.get_origin(base) or base) is kind, name   # tuple[str, ...] -> tuple, dict[...] -> dict
     choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(TrainConfig) if "choices" in f.metadata}
     assert {k: tuple(v) for k, v in choices.items()} == fanout_hp.CHOICES
     assert fanout_hp.EXPORT_FORMATS == FORMATS

@@ -2,7 +2,8 @@
 
 One job (module fixture) is shared by every test here: six tasks on three hosts, one with a
 corrupt image, one with a missing folder, one with a prompt that looks like a number, one
-delivered to an S3 output_uri (a moto server). The isolation test trains one of its tasks
+delivered to an S3 output_uri (a moto server), all scored by the tiny scorer models of the
+`eval` channel (one with a quality gate it cannot pass). The isolation test trains one of its tasks
 again, alone, and compares the LoRA.
 """
 
@@ -20,11 +21,12 @@ from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, run_loca
 
 pytestmark = pytest.mark.slow
 
-HP = {**TINY_HP, "export": "lora"}
+HP = {**TINY_HP, "export": "lora", "eval_inference_steps": 2}
 TASKS = [
     {"task_id": "t-alice", "instance_data": "alice", "instance_prompt": "a photo of sks toy",
      "output_uri": "s3://deliveries/users/alice/"},
-    {"task_id": "t-bob", "instance_data": "bob", "instance_prompt": "a photo of sks toy"},
+    {"task_id": "t-bob", "instance_data": "bob", "instance_prompt": "a photo of sks toy",
+     "hyperparameters": {"quality_gate": {"dino": 1.0}}},   # only a copied photo reaches 1.0
     {"task_id": "t-carol", "instance_data": "carol", "instance_prompt": "a photo of sks toy"},
     {"task_id": "t-123", "instance_data": "dave", "instance_prompt": "123", "user_id": "u-123",
      "metadata": {"order": 42}},
@@ -34,13 +36,14 @@ TASKS = [
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, tiny_model, image_root, moto_s3):
+def job(tmp_path_factory, tiny_model, image_root, moto_s3, tiny_scorers):
     import boto3
 
     boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="deliveries")
     # AWS_ENDPOINT_URL is inherited by the hosts: uploads go to moto.
     job = run_local_job(tmp_path_factory.mktemp("job3"), TASKS, model=tiny_model, images=image_root,
-                        hyperparameters=HP, instances=3, env={"AWS_ENDPOINT_URL": moto_s3})
+                        hyperparameters=HP, instances=3, env={"AWS_ENDPOINT_URL": moto_s3},
+                        eval_models=tiny_scorers)
     return {**job, "endpoint": moto_s3}
 
 
@@ -135,3 +138,24 @@ def test_a_task_trains_the_same_lora_alone_as_after_another_task_on_its_host(job
     assert alone.keys() == in_job.keys() and alone
     for name in alone:
         assert (alone[name] == in_job[name]).all(), f"{second} on {host}: {name} differs"
+
+
+def test_every_task_ends_with_its_verdict_in_manifest_status_and_summary(job):
+    """passed (report-only: no gate), failed_quality (its own gate), not_evaluated (failed tasks)."""
+    outcomes = {t["task_id"]: t for s in job["summaries"].values() for t in s["tasks"]}
+    want = {"t-alice": "passed", "t-bob": "failed_quality", "t-carol": "passed", "t-123": "passed",
+            "t-broken": "not_evaluated", "t-missing": "not_evaluated"}
+    assert {tid: t["verdict"] for tid, t in outcomes.items()} == want
+    for task_id in ("t-alice", "t-bob", "t-carol", "t-123"):
+        manifest = json.loads((job["W"] / "s3" / "model" / task_id / "manifest.json").read_text())
+        quality, status = manifest["quality"], _status(job, task_id)["quality"]
+        assert quality["verdict"] == status["verdict"] == want[task_id]
+        assert quality["scores"] == status["scores"] and isinstance(quality["scores"]["clip_t"], float)
+        # The images' paths are relative to the manifest: from the merged model folder they
+        # reach the synced checkpoint prefix, where evaluation/ was uploaded.
+        for image in quality["images"]:
+            assert (job["W"] / "s3" / "model" / task_id / image["path"]).is_file(), image
+    bob = json.loads((job["W"] / "s3" / "model" / "t-bob" / "manifest.json").read_text())["quality"]
+    assert bob["reasons"] == [f"subject DINO {bob['scores']['dino']:.2f} < 1.00"]
+    assert "failed_quality" in next(log.read_text() for log in (job["W"] / "logs").glob("*.log")
+                                     if "task=t-bob quality:" in log.read_text())

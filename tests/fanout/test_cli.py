@@ -198,3 +198,23 @@ def test_bad_hyperparameter_values_are_caught_by_validate_and_submit(tmp_path, c
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # nothing may be contacted
     code, out, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--hp", "max_train_steps=-5", "--dry-run")
     assert code == 2 and out == "" and "max_train_steps: must be at least 1, got -5" in err
+
+
+def test_submit_sends_the_eval_channel_and_validate_checks_the_quality_gate(capsys, task_file, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")        # nothing may be contacted
+    code, out, _ = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--eval-uri", "s3://ops/scorers",
+                       "--hp", 'quality_gate={"dino": 0.55, "copying": 0.95}', "--hp", "on_quality_fail=retry",
+                       "--dry-run")
+    request = json.loads(out)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    assert code == 0 and channels["eval"] == "s3://ops/scorers/"
+    assert json.loads(request["HyperParameters"]["quality_gate"]) == {"dino": 0.55, "copying": 0.95}
+    assert request["HyperParameters"]["on_quality_fail"] == "retry"
+
+    code, _, err = run(capsys, "validate", task_file, "--hp", 'quality_gate={"sharpness": 0.5}')
+    assert code == 2 and ("--hp: quality_gate: unknown score(s) 'sharpness'; valid: dino, clip_i, clip_t, drift, "
+                          "copying, identity") in err
+    code, _, err = run(capsys, "validate", task_file, "--hp", "on_quality_fail=retrain")
+    assert code == 2 and "on_quality_fail: 'retrain' is not one of keep, retry" in err
+    code, _, err = run(capsys, "submit", task_file, "-k", 2, *SUBMIT, "--eval-uri", "/local/scorers", "--dry-run")
+    assert code == 2 and "eval_uri must be an s3:// URI" in err

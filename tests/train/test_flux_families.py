@@ -27,12 +27,6 @@ FLUX_DOUBLE_TARGETS = ",".join(f"transformer_blocks.0.{m}" for m in (
     "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"))
 
 
-@pytest.fixture(scope="session")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in FAMILIES}
-
-
 _BASES: dict = {}
 
 

@@ -7,17 +7,11 @@ from __future__ import annotations
 
 import pytest
 from conftest import run_cli
-from train_helpers import load_script, lora_tensors, max_abs_diff, sigkill_at_state
+from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 
 STEPS = 6
 EXTRA = {"flux": ("--train-text-encoder", "--weighting-scheme", "logit_normal", "--guidance-scale", "3.5"),
          "flux2-klein": ("--weighting-scheme", "mode", "--base-quantization", "nf4")}
-
-
-@pytest.fixture(scope="module")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in EXTRA}
 
 
 def cli_args(model, demo_data, out, family):

@@ -123,6 +123,14 @@ def test_outputs_status_previews_and_log_lines(runs):
     assert [int(m) for m in line.findall(runs["log"])] == [2, 4, 6]
 
 
+def test_without_scorer_models_a_task_is_not_evaluated_and_renders_nothing_more(runs):
+    ck, model = runs["root"] / "a" / "ck", runs["root"] / "a" / "model"
+    quality = json.loads((model / "manifest.json").read_text())["quality"]
+    assert quality["verdict"] == "not_evaluated" and "scores" not in quality
+    assert json.loads((ck / "status.json").read_text())["quality"] == quality
+    assert not (ck / "evaluation").exists()
+
+
 def test_previews_use_a_fixed_seed_per_prompt(runs):
     from PIL import Image
 

@@ -63,12 +63,14 @@ class _Job:
 def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Path,
                  train_text_encoder: bool, rank: int, lora_alpha: float,
                  validation_prompts: Sequence[str] = (), seed: int = 0,
-                 extra_manifest: Mapping[str, Any] | None = None, family=None) -> dict:
+                 extra_manifest: Mapping[str, Any] | None = None, family=None,
+                 sections: Mapping[str, Any] | None = None) -> dict:
     """Write `cfg.formats` into `model_dir` and return the manifest (also in model_dir/manifest.json).
 
     `pipe` is a pipeline of a supported family (StableDiffusionPipeline, StableDiffusionXLPipeline,
     ...; `family` defaults to the one of its class) over the base modules with the trained adapter
-    "default" attached. A format the family cannot produce is an ExportConfigError, before anything is written. Its modules are left exactly as they were (weights, adapter, train
+    "default" attached. ``sections`` are top-level manifest entries of the caller's (``quality``).
+    A format the family cannot produce is an ExportConfigError, before anything is written. Its modules are left exactly as they were (weights, adapter, train
     or eval mode): the warm worker goes on using them.
     """
     from train.families import family_for_pipeline
@@ -118,6 +120,7 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
         "formats": entries,
         "timings": {"reference_render_seconds": round(reference_seconds, 3),
                     "total_seconds": round(time.perf_counter() - started, 3)},
+        **dict(sections or {}),
     }
     written = manifest.write_manifest(model_dir, result)
     result = json.loads(written.read_text())
