@@ -23,6 +23,7 @@ TRAINING_NAMES = frozenset({
     "train_batch_size", "train_text_encoder",
     "lora_target_modules",
     "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
+    "crop", "screen", "screen_checks", "blur_threshold", "duplicate_distance", "max_faces",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
@@ -56,14 +57,16 @@ TRAINING_TYPES: dict[str, type] = {
     **dict.fromkeys(("checkpoint_every", "checkpoints_total_limit", "class_inference_steps",
                      "gradient_accumulation_steps", "log_every", "lr_warmup_steps", "max_image_pixels",
                      "max_train_steps", "min_images", "num_class_images", "num_preview_images", "preview_every",
-                     "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size"), int),
+                     "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size",
+                     "duplicate_distance", "max_faces"), int),
     **dict.fromkeys(("adam_weight_decay", "learning_rate", "lora_alpha", "max_grad_norm", "noise_offset",
                      "preview_guidance_scale", "prior_loss_weight", "snr_gamma",
-                     "logit_mean", "logit_std", "mode_scale", "guidance_scale"), float),
+                     "logit_mean", "logit_std", "mode_scale", "guidance_scale", "blur_threshold"), float),
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
-                     "lora_target_modules", "weighting_scheme", "base_quantization"), str),
+                     "lora_target_modules", "weighting_scheme", "base_quantization", "crop", "screen",
+                     "screen_checks"), str),
 }
 OPTIONAL_NAMES = frozenset({"lora_alpha", "snr_gamma"})          # unset (null, "", "none") turns them off
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -73,13 +76,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "save_dtype": ("fp32", "fp16", "bf16"),
     "weighting_scheme": ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"),
     "base_quantization": ("none", "nf4", "int8"),
+    "crop": ("center", "face", "bucket"),
+    "screen": ("warn", "drop", "fail", "off"),
 }
+SCREEN_CHECKS = ("small", "duplicate", "blur", "faces")
 EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton")
 AT_LEAST_ONE = frozenset({"max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                           "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
                           "max_image_pixels", "checkpoints_total_limit", "log_every"})
 AT_LEAST_ZERO = frozenset({"lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
-                           "preview_every", "checkpoint_every", "seed", "preview_guidance_scale"})
+                           "preview_every", "checkpoint_every", "seed", "preview_guidance_scale", "blur_threshold",
+                           "duplicate_distance", "max_faces"})
 ABOVE_ZERO = frozenset({"learning_rate", "lora_alpha", "snr_gamma"})
 
 
@@ -143,6 +150,9 @@ def value_problem(name: str, value: Any) -> str | None:
         unknown = [f for f in (n.strip() for n in typed.split(",")) if f and f not in EXPORT_FORMATS]
         shown = ", ".join(f if len(f) <= 40 else f[:37] + "..." for f in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         return f"export: unknown format(s) {shown}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
+    if name == "screen_checks":
+        unknown = [c for c in (n.strip() for n in typed.split(",")) if c and c not in SCREEN_CHECKS]
+        return f"screen_checks: unknown check(s) {', '.join(unknown[:5])}; valid: {', '.join(SCREEN_CHECKS)}" if unknown else None
     if name in AT_LEAST_ONE and typed < 1:
         return f"{name}: must be at least 1, got {typed}"
     if name in AT_LEAST_ZERO and typed < 0:

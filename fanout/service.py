@@ -22,7 +22,7 @@ from typing import Any, Callable
 from fanout.errors import TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
 from fanout.hyperparameters import task_name_problems, task_value_problems
-from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
+from fanout.launcher import IMAGE_SUFFIXES, Launcher, RateLimiter, S3Objects, image_count, image_keys
 from fanout.plan import claim_limit, launch_batches
 from fanout.request import LaunchConfig, prepare_job
 from fanout.settings import Settings
@@ -197,10 +197,12 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
                  tasks: list[TaskSpec]) -> tuple[list[TaskSpec], dict[str, list[str]]]:
     """Tasks that have images (the others FAILED with the reason) and every task's image keys."""
     listed = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
-    for t in [t for t in tasks if not listed.get(t.instance_data)]:
+    has_images = {t.task_id: image_count(listed.get(t.instance_data, ())) > 0 for t in tasks}
+    for t in [t for t in tasks if not has_images[t.task_id]]:
         svc.requests.fail_claimed(claimed[t.task_id]["request_key"], claimer,
-                                  f"no images under {svc.uri('requests', t.instance_data)}/ (upload images before request.json)", svc.clock())
-    return [t for t in tasks if listed.get(t.instance_data)], listed
+                                  f"no images under {svc.uri('requests', t.instance_data)}/ (upload images before "
+                                  f"request.json; read: {', '.join(IMAGE_SUFFIXES)})", svc.clock())
+    return [t for t in tasks if has_images[t.task_id]], listed
 
 
 def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:

@@ -63,8 +63,11 @@ class _Job:
 def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Path,
                  train_text_encoder: bool, rank: int, lora_alpha: float,
                  validation_prompts: Sequence[str] = (), seed: int = 0,
-                 extra_manifest: Mapping[str, Any] | None = None, family=None) -> dict:
+                 extra_manifest: Mapping[str, Any] | None = None, family=None,
+                 manifest_fields: Mapping[str, Any] | None = None) -> dict:
     """Write `cfg.formats` into `model_dir` and return the manifest (also in model_dir/manifest.json).
+    `extra_manifest` goes under "hyperparameters"; `manifest_fields` are top-level keys (the
+    task's photo screening, ...).
 
     `pipe` is a pipeline of a supported family (StableDiffusionPipeline, StableDiffusionXLPipeline,
     ...; `family` defaults to the one of its class) over the base modules with the trained adapter
@@ -118,6 +121,7 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
         "formats": entries,
         "timings": {"reference_render_seconds": round(reference_seconds, 3),
                     "total_seconds": round(time.perf_counter() - started, 3)},
+        **dict(manifest_fields or {}),
     }
     written = manifest.write_manifest(model_dir, result)
     result = json.loads(written.read_text())

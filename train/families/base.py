@@ -170,6 +170,12 @@ class Family:
             dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
         return dist.mean, dist.std
 
+    def size_multiple(self, base) -> int:
+        """Image sides must be a multiple of this for the latents to fit the denoiser (the VAE's
+        downsampling here; families whose denoiser downsamples or packs further multiply it):
+        the aspect-ratio buckets of ``crop=bucket`` are built from it."""
+        return vae_scale(base)
+
     def sample_latents(self, base, mean, std, rng):
         """A posterior sample, scaled (and shifted) the way the denoiser expects."""
         import torch
@@ -252,3 +258,8 @@ class Family:
 
         return lora.save_kohya(pipe, model_dir, name, train_text_encoder=train_text_encoder, save_dtype=save_dtype,
                                modules=self.kohya_modules(pipe, train_text_encoder))
+
+
+def vae_scale(base) -> int:
+    """Pixels per latent along a side (8 for every released SD / SDXL / FLUX VAE)."""
+    return 2 ** (len(base.vae.config.block_out_channels) - 1)
