@@ -154,16 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = Path(cfg.output_dir)
+    try:
+        screen_photos(cfg, out)   # before torch and diffusers are even imported
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     quiet_library_progress_bars()
     from train.pipeline import load_base
     from train.task import run_task
 
-    out = Path(cfg.output_dir)
-    try:
-        screen_photos(cfg, out)
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     stop = StopFlag()
     stop.install()
     try:

@@ -172,13 +172,13 @@ def enforce(folder: Path, names: Sequence[str], findings: dict[str, list[Finding
             seconds: float, facts: dict[str, Facts] | None = None) -> Screening:
     """The verdict per photo under ``rules.mode``; ScreeningError when the task cannot train."""
     failing = [n for n in names if findings[n]]
-    drop = rules.mode == "drop" and len(names) - len(failing) >= rules.min_images
-    verdicts = tuple(Verdict(n, kept=not (drop and findings[n]), findings=tuple(findings[n])) for n in names)
+    refused = rules.mode in ("drop", "fail")    # a refused photo is not trained on (kept: false)
+    verdicts = tuple(Verdict(n, kept=not (refused and findings[n]), findings=tuple(findings[n])) for n in names)
     result = Screening(rules.mode, verdicts, seconds, dict(facts or {}))
     if failing and rules.mode == "fail":
         raise ScreeningError(f"instance data {folder}: screening (screen=fail) refused {len(failing)} of "
                              f"{len(names)} photo(s): {_listing(failing, findings)}", result)
-    if failing and rules.mode == "drop" and not drop:
+    if failing and rules.mode == "drop" and len(names) - len(failing) < rules.min_images:
         raise ScreeningError(f"instance data {folder}: screening (screen=drop) would leave "
                              f"{len(names) - len(failing)} of {len(names)} photo(s), fewer than min_images="
                              f"{rules.min_images}; failing: {_listing(failing, findings)}", result)

@@ -17,7 +17,8 @@ from train.export.config import FORMATS
 SAMPLES = (0, 1, 7, 8, 12, 512, -1, 1.5, 2.0, 1e-4, -0.5, True, False, None, "", " ", "0", "1", "-3", "8", "500",
            "1.5", "2.0", "1e3", "1e-4", "abc", "nan", "inf", "\"400\"", "\"fast\"", "true", "False", "yes", "off",
            "none", "null", [1], {"a": 1}, "lora", "lora,kohya", "lora,bogus", "", "mme", "fp16", "bf16", "no", "fp8",
-           "adamw", "prodigy", "cosine", "linear", "fp32")
+           "adamw", "prodigy", "cosine", "linear", "fp32", "center", "face", "bucket", "warn", "drop", "fail",
+           "blur,faces", "small, duplicate", "blur,bogus", 64, 65.5)
 
 
 def train_accepts(name, value) -> bool:
@@ -57,3 +58,13 @@ def test_a_problem_names_the_task_and_the_field():
                          '"hyperparameters": {"rank": "0", "seed": 3}}', source="tasks.jsonl")
     assert fanout_hp.task_value_problems([task], "tasks.jsonl") == [
         "tasks.jsonl:1: task 't1' field 'hyperparameters': rank: must be at least 1, got 0"]
+
+
+def test_fanout_counts_as_images_exactly_the_photo_types_train_reads():
+    from fanout.launcher import IMAGE_SUFFIXES, is_image
+    from train.photos import IMAGE_SUFFIXES as READ
+    from train.screen import CHECKS
+
+    assert IMAGE_SUFFIXES == READ and fanout_hp.SCREEN_CHECKS == CHECKS
+    assert is_image("u/r/images/IMG_0001.HEIC") and not is_image("u/r/images/IMG_0001.txt")
+    assert not is_image("u/r/images/._IMG_0001.jpg"), "macOS resource forks are not photos"
