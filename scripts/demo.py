@@ -40,6 +40,7 @@ HYPERPARAMETERS = {
     "checkpoint_every": 5,
     "log_every": 1,
     "learning_rate": 1e-4,
+    "screen": "drop",          # photos failing screening are left out (ana's duplicate), the rest train
 }
 FAMILIES = ("sd", "sdxl", "flux", "flux2-klein")
 FAILS_ON_PURPOSE = "fay-toy"
@@ -60,6 +61,7 @@ def make_inputs(inputs: Path, family: str = "sd") -> tuple[Path, Path]:
             images.mkdir(parents=True, exist_ok=True)
             (tmp / "instance").rename(images / user)
     shutil.rmtree(inputs / "tmp", ignore_errors=True)
+    demo_data.add_phone_photos(images / USERS[0])   # a HEIC photo and a duplicate that screening drops
     return model, images
 
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latest preview grid of each task, e.g. {grids[-1]}")
     print(f"LoRAs (as model.tar.gz would unpack): {job / 's3' / 'model'}")
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
+    print("\n".join(make_demo_data.screening_lines(job / "s3" / "checkpoints")))
     unexpected = unexpected_outcomes(job, task_list(a.steps))
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)
