@@ -52,9 +52,15 @@ class LocalTrainer:
         check_for_model(cfg, model_dir, source=source)
 
     def screen(self, cfg: TrainConfig, *, task_id: str) -> Mapping[str, Any] | None:
+        from train.errors import DataError, TrainError
         from train.screen import screen_task
 
-        screening = screen_task(cfg)
+        try:
+            screening = screen_task(cfg)
+        except TrainError:
+            raise
+        except Exception as exc:  # a folder or file the OS refuses: this task's error, not the host's
+            raise DataError(f"task {task_id!r}: screening its photos failed ({type(exc).__name__}: {exc})") from exc
         return screening.to_dict() if screening is not None else None
 
     def load_base(self, model_dir: Path) -> "BaseModel":

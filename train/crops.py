@@ -90,6 +90,14 @@ class Framing:
         return resized, (th, tw), focus
 
 
+def side_needed(mode: str, resolution: int) -> int:
+    """A short side that serves every framing of ``mode`` (before the model's side multiple is
+    known): a bucket's longest side is at most sqrt(MAX_ASPECT) x resolution, plus rounding."""
+    if mode == "bucket":
+        return math.ceil(resolution * math.sqrt(MAX_ASPECT) * 1.1)
+    return resolution
+
+
 def span(extra: int, length: int, focus: tuple[int, int] | None) -> tuple[int, int, int]:
     """(lowest, highest, centred) crop offset along one axis with ``extra`` pixels to spare;
     with a ``focus`` [start, end) the centred offset centres it and the range keeps it inside."""

@@ -79,7 +79,8 @@ def load_images(folder: str | Path, *, prompt: str, resolution: int, max_pixels:
     for f in files:
         photo = open_image(f, framing, max_pixels)
         image, size, focus = framing.place(photo, f.name)
-        examples.append(Example(f, image, caption_for(f, prompt), original_size=(photo.height, photo.width),
+        width, height = photo.info.get("original_size", photo.size)   # before any reduced decode
+        examples.append(Example(f, image, caption_for(f, prompt), original_size=(height, width),
                                 size=None if size == (resolution, resolution) else size, focus=focus))
     return examples
 

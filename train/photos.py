@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 from train.errors import DataError
@@ -50,25 +51,73 @@ def pixel_size(path: Path, max_pixels: int) -> tuple[int, int]:
         return im.size
 
 
-def open_photo(path: Path, max_pixels: int, *, draft: tuple[int, int] | None = None):
-    """The photo as an upright sRGB ``RGB`` image. ``draft`` = (width, height) asks for a
-    smaller decode where the format can do it cheaply (JPEG's DCT scaling), never below it:
-    what the screening measures on."""
+def open_photo(path: Path, max_pixels: int, *, draft: tuple[int, int] | None = None, keep_side: int = 0):
+    """The photo as an upright sRGB ``RGB`` image; ``image.info["original_size"]`` is its full
+    upright (width, height). ``draft`` = (width, height) asks for a decode no smaller than that
+    where the format can do it cheaply (JPEG's DCT scaling). ``keep_side``: keep a copy with at
+    least this short side for the next reader of a format that must be decoded whole (HEIC,
+    AVIF, PNG, WebP): the screening's decode then serves the training's too."""
     from PIL import Image, ImageOps
 
+    key = _file_key(path)
+    kept = _KEPT.get(key)
+    if kept is not None and draft is not None and min(kept.size) >= min(draft):
+        if not keep_side:                       # training's read: the copy has served its purpose
+            del _KEPT[key]
+        return kept                             # callers never change an image in place
     with _opened(path, max_pixels) as im:
         try:
+            stored = im.size
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)                      # MPO / animated: the primary (first) frame
-            if draft and im.format == "JPEG":
+            drafted = bool(draft) and im.format in DRAFTABLE
+            if drafted:
                 im.draft(im.mode, draft)
             im.load()
+            decoded = im.size
             upright = ImageOps.exif_transpose(im)
-            return to_srgb(upright, path)
+            photo = to_srgb(upright, path)
         except (Image.DecompressionBombError, MemoryError) as exc:
             raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - decoders (libjpeg, libheif, libavif, EXIF parsing)
+            # raise what they like on a broken file; it is this photo's error, never the host's.
             raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    turned = photo.size == decoded[::-1] and decoded[0] != decoded[1]
+    photo.info["original_size"] = stored[::-1] if turned else stored
+    if keep_side and not drafted:
+        _keep(key, photo, keep_side)
+    return photo
+
+
+# Decoded copies of photos that cannot be decoded small (see open_photo's keep_side), reduced to
+# what training needs; a byte budget bounds them (a 1024-px bucket task keeps ~10 MB a photo).
+DRAFTABLE = ("JPEG", "MPO")
+KEEP_BYTES = 1 << 30
+_KEPT: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def _keep(key: tuple, photo, side: int) -> None:
+    from PIL import Image
+
+    scale = side / min(photo.size)
+    if scale < 1:
+        info = photo.info
+        photo = photo.resize((max(side, round(photo.width * scale)), max(side, round(photo.height * scale))),
+                             Image.Resampling.BICUBIC, reducing_gap=3.0)
+        photo.info.update(info)
+    _KEPT[key] = photo
+    while sum(im.width * im.height * 3 for im in _KEPT.values()) > KEEP_BYTES and len(_KEPT) > 1:
+        _KEPT.popitem(last=False)
+
+
+def _file_key(path: Path) -> tuple:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return (str(path),)             # _opened reports the problem, naming the file
+    return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 class _opened:
@@ -79,7 +128,7 @@ class _opened:
         self.im = None
 
     def __enter__(self):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         register_formats()
         path = self.path
@@ -87,7 +136,7 @@ class _opened:
             self.im = Image.open(path)
         except Image.DecompressionBombError as exc:
             raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, or whatever a plugin raises
             raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); readable formats: "
                             f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}") from None
         w, h = self.im.size

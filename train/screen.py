@@ -49,12 +49,16 @@ class Rules:
     max_faces: int = 1
     min_images: int = 1
     max_pixels: int = 64_000_000
+    keep_side: int = 0            # a decode training can reuse (train.photos.open_photo keep_side)
 
     @classmethod
     def from_config(cls, cfg) -> "Rules":
+        from train.crops import side_needed
+
         return cls(mode=cfg.screen, checks=cfg.checks, resolution=cfg.resolution, bucket=cfg.crop == "bucket",
                    blur_threshold=cfg.blur_threshold, duplicate_distance=cfg.duplicate_distance,
-                   max_faces=cfg.max_faces, min_images=cfg.min_images, max_pixels=cfg.max_image_pixels)
+                   max_faces=cfg.max_faces, min_images=cfg.min_images, max_pixels=cfg.max_image_pixels,
+                   keep_side=side_needed(cfg.crop, cfg.resolution))
 
 
 @dataclass
@@ -149,7 +153,8 @@ def screen(folder: Path, files: Sequence[Path], rules: Rules) -> Screening:
     greys: dict[Path, Any] = {}
     facts: dict[str, Facts] = {}
     if {"duplicate", "blur"} & set(rules.checks):
-        facts.update({n: measure(by_name[n], rules.max_pixels, greys=greys) for n in live()})
+        facts.update({n: measure(by_name[n], rules.max_pixels, greys=greys, keep_side=rules.keep_side)
+                      for n in live()})
     if "duplicate" in rules.checks:
         # Of near-duplicates the largest photo is kept, then the sharpest.
         preference = {n: (-sizes[n][0] * sizes[n][1], -facts[n].sharpness, n) for n in live()}
@@ -161,7 +166,7 @@ def screen(folder: Path, files: Sequence[Path], rules: Rules) -> Screening:
             _add(findings, n, blur_finding(facts[n].sharpness, rules.blur_threshold))
     if "faces" in rules.checks:
         for n in live():
-            facts[n] = measure(by_name[n], rules.max_pixels, faces=True, greys=greys)
+            facts[n] = measure(by_name[n], rules.max_pixels, faces=True, greys=greys, keep_side=rules.keep_side)
             _add(findings, n, faces_finding(len(facts[n].faces), rules.max_faces))
     # What measuring these photos cost, also when the measures came from the cache.
     seconds = round(header_seconds + sum(f.seconds for f in facts.values()), 3)
@@ -248,9 +253,11 @@ _CACHE: "OrderedDict[tuple, Facts]" = OrderedDict()
 CACHE_SIZE = 2048
 
 
-def measure(path: Path, max_pixels: int, *, faces: bool = False, greys: dict | None = None) -> Facts:
+def measure(path: Path, max_pixels: int, *, faces: bool = False, greys: dict | None = None,
+            keep_side: int = 0) -> Facts:
     """Hash and sharpness of ``path`` (and its faces when asked), from the cache when the file
-    has not changed since it was measured."""
+    has not changed since it was measured. ``keep_side``: the decode is kept for training
+    (formats that cannot be decoded small)."""
     from train import vision
 
     key = _cache_key(path)
@@ -261,7 +268,7 @@ def measure(path: Path, max_pixels: int, *, faces: bool = False, greys: dict | N
     t0 = time.monotonic()
     greys = {} if greys is None else greys
     if path not in greys:
-        greys[path] = vision.analysis_grey(_analysis_photo(path, max_pixels))
+        greys[path] = vision.analysis_grey(_analysis_photo(path, max_pixels, keep_side))
     grey = greys[path]
     try:
         fact = cached or Facts(hash=vision.perceptual_hash(grey), sharpness=vision.sharpness(grey))
@@ -276,9 +283,9 @@ def measure(path: Path, max_pixels: int, *, faces: bool = False, greys: dict | N
     return fact
 
 
-def face_boxes(files: Sequence[Path], max_pixels: int) -> dict[str, tuple]:
+def face_boxes(files: Sequence[Path], max_pixels: int, keep_side: int = 0) -> dict[str, tuple]:
     """{file name: detected face boxes} for the face crop (measured once, shared with screening)."""
-    return {f.name: measure(f, max_pixels, faces=True).faces for f in files}
+    return {f.name: measure(f, max_pixels, faces=True, keep_side=keep_side).faces for f in files}
 
 
 def _cache_key(path: Path) -> tuple:
@@ -292,11 +299,12 @@ def _header(path: Path, max_pixels: int) -> tuple[int, int]:
     return pixel_size(path, max_pixels)
 
 
-def _analysis_photo(path: Path, max_pixels: int):
+def _analysis_photo(path: Path, max_pixels: int, keep_side: int = 0):
     """The photo decoded no larger than the measures need (JPEG decodes at 1/2, 1/4, 1/8 scale)."""
     from train.photos import open_photo, pixel_size
     from train.vision import ANALYSIS_SIDE
 
     w, h = pixel_size(path, max_pixels)
     scale = min(1.0, ANALYSIS_SIDE / max(1, min(w, h)))
-    return open_photo(path, max_pixels, draft=(max(1, round(w * scale)), max(1, round(h * scale))))
+    return open_photo(path, max_pixels, draft=(max(1, round(w * scale)), max(1, round(h * scale))),
+                      keep_side=keep_side)

@@ -179,7 +179,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
 
 def instance_examples(base: BaseModel, cfg: TrainConfig, screening: Screening | None) -> list[Example]:
     """The photos screening kept, each placed by the ``crop`` setting (train/crops.py)."""
-    from train.crops import Framing
+    from train.crops import Framing, side_needed
 
     folder = Path(cfg.instance_data)
     files = [folder / n for n in screening.kept_files] if screening is not None else None
@@ -187,7 +187,7 @@ def instance_examples(base: BaseModel, cfg: TrainConfig, screening: Screening | 
     if cfg.crop == "face" and folder.is_dir():
         chosen = files if files is not None else image_files(folder)
         refuse_links_out(folder, chosen)          # before anything is decoded
-        faces = face_boxes(chosen, cfg.max_image_pixels)
+        faces = face_boxes(chosen, cfg.max_image_pixels, keep_side=side_needed(cfg.crop, cfg.resolution))
     framing = Framing(cfg.crop, cfg.resolution, base.family.size_multiple(base), faces)
     examples = load_images(folder, prompt=cfg.instance_prompt, resolution=cfg.resolution,
                            max_pixels=cfg.max_image_pixels, min_images=cfg.min_images, files=files, framing=framing)

@@ -78,6 +78,7 @@ def display_p3() -> bytes:
     for k, sig in enumerate((b"rXYZ", b"gXYZ", b"bXYZ")):
         off = tags[sig][0]
         icc[off + 8:off + 20] = struct.pack(">iii", *(round(v * 65536) for v in _colorants(P3)[:, k]))
+    icc[24:36] = bytes(12)   # the creation time littleCMS wrote: the same profile every call
     icc[84:100] = bytes(16)  # the profile ID (an MD5 of the old contents): unset
     return bytes(icc)
 

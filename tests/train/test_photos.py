@@ -134,3 +134,25 @@ def test_the_whole_corpus_trains_in_one_tiny_task_and_a_duplicate_is_dropped(bas
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["screening"] == screening
     assert status["crop"]["mode"] == "face" and "rotated-copy.jpg" not in status["crop"]["no_face"]
+
+
+def test_the_original_size_is_the_photos_own_after_a_reduced_decode(tmp_path):
+    """SDXL conditions on the photo's original size: a JPEG decoded at 1/8 (DCT scaling) and a
+    HEIC decoded once for screening and kept reduced for training still report their own."""
+    from photo_corpus import photo
+
+    from train.config import TrainConfig
+    from train.data import load_images
+    from train.photos import register_formats
+    from train.screen import screen_task
+
+    register_formats()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big = photo("coffee").resize((600, 400))
+    big.save(tmp_path / "wide.jpg", quality=90, exif=exif.tobytes())      # shown 400 wide, 600 tall
+    big.save(tmp_path / "wide.heic", quality=80)
+    screen_task(TrainConfig(instance_data=str(tmp_path), instance_prompt="p", resolution=64))
+    examples = {e.path.name: e for e in load_images(tmp_path, prompt="p", resolution=64, max_pixels=BIG)}
+    assert examples["wide.jpg"].original_size == (600, 400) and examples["wide.jpg"].image.size == (64, 96)
+    assert examples["wide.heic"].original_size == (400, 600) and examples["wide.heic"].image.size == (96, 64)
