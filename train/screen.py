@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,7 +61,7 @@ class Rules:
                    keep_side=side_needed(cfg.crop, cfg.resolution))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Facts:
     """What was measured in one photo (cached per file: the second screening is free)."""
 
@@ -94,7 +94,6 @@ class Screening:
     mode: str
     verdicts: tuple[Verdict, ...]
     seconds: float
-    facts: dict[str, Facts] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def kept_files(self) -> list[str]:
@@ -170,16 +169,16 @@ def screen(folder: Path, files: Sequence[Path], rules: Rules) -> Screening:
             _add(findings, n, faces_finding(len(facts[n].faces), rules.max_faces))
     # What measuring these photos cost, also when the measures came from the cache.
     seconds = round(header_seconds + sum(f.seconds for f in facts.values()), 3)
-    return enforce(folder, names, findings, rules, seconds, facts)
+    return enforce(folder, names, findings, rules, seconds)
 
 
 def enforce(folder: Path, names: Sequence[str], findings: dict[str, list[Finding]], rules: Rules,
-            seconds: float, facts: dict[str, Facts] | None = None) -> Screening:
+            seconds: float) -> Screening:
     """The verdict per photo under ``rules.mode``; ScreeningError when the task cannot train."""
     failing = [n for n in names if findings[n]]
     refused = rules.mode in ("drop", "fail")    # a refused photo is not trained on (kept: false)
     verdicts = tuple(Verdict(n, kept=not (refused and findings[n]), findings=tuple(findings[n])) for n in names)
-    result = Screening(rules.mode, verdicts, seconds, dict(facts or {}))
+    result = Screening(rules.mode, verdicts, seconds)
     if failing and rules.mode == "fail":
         raise ScreeningError(f"instance data {folder}: screening (screen=fail) refused {len(failing)} of "
                              f"{len(names)} photo(s): {_listing(failing, findings)}", result)
