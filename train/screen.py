@@ -122,7 +122,7 @@ def screen_task(cfg) -> Screening | None:
     """Screen ``cfg.instance_data`` by the task's settings (None with ``screen=off``)."""
     from train.data import image_files
 
-    if cfg.screen == "off":
+    if cfg.screen == "off" or not cfg.instance_data:   # no folder: run_task names the missing field
         return None
     folder = Path(cfg.instance_data)
     if not folder.is_dir():
