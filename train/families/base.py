@@ -9,6 +9,7 @@ family under ``train/families/``, each a subclass of :class:`Family` registered 
     load(path, device, dtype)               once per host: the frozen components
     lora_targets(cfg)                       {component: target module names} for attach_lora
     prompt_encoding(base) / encode_prompts  once per task when the text encoders are frozen
+    size_multiple(base)                     side multiple of the aspect-ratio buckets (crop=bucket)
     encode_pixels / sample_latents          VAE posterior (cached per task) and a latent sample
     noise(base, cfg, latents, rng)          -> Noised: model input, target, timesteps, loss weight
     denoise(base, noised, prompts, images)  -> the prediction (same layout as noised.target)
