@@ -5,7 +5,7 @@
 
 Writes ``count`` photos of ``side`` x 3/4 ``side`` pixels per format (scikit-image's real
 photographs, upscaled, with sensor-like noise, an sRGB ICC profile embedded as phones do), then
-times, on one CPU thread, what a task does with them at 512 px centre crops and at 1024 px
+times (wall and CPU seconds; torch and OpenCV on one thread) what a task does with them at 512 px centre crops and at 1024 px
 buckets: the screening before the base loads (header, decode for measuring, pHash, Laplacian,
 Haar faces: ``train.screen``), the screening again in run_task (cached measures), and loading
 for training (decode, orientation, colour conversion, resize; HEIC reuses the screening's
@@ -43,10 +43,12 @@ def write_photos(folder: Path, count: int, side: int, fmt: str) -> None:
             Image.fromarray(noisy.astype(np.uint8)).save(path, fmt, quality=90, icc_profile=icc)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn()``; CPU counts every thread of the process (libheif decodes
+    with several), and is the steadier figure on a shared machine."""
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def bench(folder: Path, count: int, resolution: int, crop: str) -> dict[str, float]:
@@ -66,7 +68,8 @@ def bench(folder: Path, count: int, resolution: int, crop: str) -> dict[str, flo
     again = timed(lambda: screening.screen_task(cfg))
     framing = Framing(crop, resolution, 64)
     load = timed(lambda: load_images(folder, prompt="p", resolution=resolution, max_pixels=10**8, framing=framing))
-    return {"screen": first / count, "screen again": again / count, "load": load / count}
+    return {"screen": first[0] / count, "screen cpu": first[1] / count, "again": again[0] / count,
+            "load": load[0] / count, "load cpu": load[1] / count}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    print(f"{a.count} photos of {a.side}x{a.side * 3 // 4} per format, seconds per photo, one thread")
-    print(f"{'format':8s} {'training':16s} {'screen':>8s} {'again':>8s} {'load':>8s}")
+    print(f"{a.count} photos of {a.side}x{a.side * 3 // 4} per format, seconds per photo (wall, and CPU of all threads)")
+    print(f"{'format':8s} {'training':16s} " + " ".join(f"{c:>10s}" for c in ("screen", "screen cpu", "again", "load",
+                                                                               "load cpu")))
     for fmt in ("JPEG", "HEIF"):
         folder = a.workdir / fmt.lower()
         write_photos(folder, a.count, a.side, fmt)
         for resolution, crop in ((512, "center"), (1024, "bucket")):
             row = bench(folder, a.count, resolution, crop)
-            print(f"{fmt:8s} {f'{resolution} {crop}':16s} " + " ".join(f"{v:8.3f}" for v in row.values()), flush=True)
+            print(f"{fmt:8s} {f'{resolution} {crop}':16s} " + " ".join(f"{v:10.3f}" for v in row.values()), flush=True)
     return 0
 
 
