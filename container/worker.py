@@ -4,6 +4,7 @@ For each task of the share, in plan order:
 
     delivered before (restart)?  -> put its final artifacts back, no training
     build its TrainConfig        -> a bad field, path or hyperparameter fails only this task
+    screen its photos            -> a task screening refuses fails alone, before the base loads
     load the base (first time)   -> once per host, reused by every task (the scorer models of
                                     channel 'eval' too, when the job has it)
     run_task                     -> fresh LoRA, train, previews, evaluation, export, status.json, detach
@@ -150,8 +151,9 @@ class Worker:
         extra = self._status_extra(task)
         try:
             cfg = self._task_config(task, model_dir)
+            self.trainer.screen(cfg, task_id=task.task_id)  # photos screening refuses fail before the base loads
         except (TrainError, ContainerError) as exc:
-            self._fail(outcome, checkpoint_dir, str(exc), extra)
+            self._fail(outcome, checkpoint_dir, str(exc), {**extra, **getattr(exc, "status_fields", {})})
             return
         try:
             base = self._base_model()

@@ -28,6 +28,7 @@ TRAINING_NAMES = frozenset({
     # evaluation and quality gate (docs/quality.md)
     "quality_gate", "on_quality_fail", "eval_prompts", "eval_drift_prompts", "eval_subject", "eval_rare_token",
     "eval_seed", "eval_inference_steps", "eval_images_per_prompt",
+    "crop", "screen", "screen_checks", "blur_threshold", "duplicate_distance", "max_faces",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
@@ -62,15 +63,15 @@ TRAINING_TYPES: dict[str, type] = {
                      "gradient_accumulation_steps", "log_every", "lr_warmup_steps", "max_image_pixels",
                      "max_train_steps", "min_images", "num_class_images", "num_preview_images", "preview_every",
                      "preview_inference_steps", "rank", "resolution", "seed", "train_batch_size", "eval_seed",
-                     "eval_inference_steps", "eval_images_per_prompt"), int),
+                     "eval_inference_steps", "eval_images_per_prompt", "duplicate_distance", "max_faces"), int),
     **dict.fromkeys(("adam_weight_decay", "learning_rate", "lora_alpha", "max_grad_norm", "noise_offset",
                      "preview_guidance_scale", "prior_loss_weight", "snr_gamma",
-                     "logit_mean", "logit_std", "mode_scale", "guidance_scale"), float),
+                     "logit_mean", "logit_std", "mode_scale", "guidance_scale", "blur_threshold"), float),
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
                      "lora_target_modules", "weighting_scheme", "base_quantization", "on_quality_fail",
-                     "eval_subject", "eval_rare_token"), str),
+                     "eval_subject", "eval_rare_token", "crop", "screen", "screen_checks"), str),
     **dict.fromkeys(("eval_prompts", "eval_drift_prompts"), tuple),   # a list of strings
     "quality_gate": dict,                                             # a JSON object: score -> limit
 }
@@ -83,17 +84,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "weighting_scheme": ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"),
     "base_quantization": ("none", "nf4", "int8"),
     "on_quality_fail": ("keep", "retry"),
+    "crop": ("center", "face", "bucket"),
+    "screen": ("warn", "drop", "fail", "off"),
 }
 # train.quality.gate: the scores a quality_gate may limit (a maximum for MAXIMA, else a minimum).
 QUALITY_SCORES = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
 QUALITY_MAXIMA = frozenset({"drift", "copying"})
+SCREEN_CHECKS = ("small", "duplicate", "blur", "faces")
 EXPORT_FORMATS = ("lora", "kohya", "merged-fp16", "merged-int8", "merged-nf4", "merged-bnb8", "onnx", "mme", "triton")
 AT_LEAST_ONE = frozenset({"max_train_steps", "rank", "resolution", "train_batch_size", "gradient_accumulation_steps",
                           "num_preview_images", "preview_inference_steps", "class_inference_steps", "min_images",
                           "max_image_pixels", "checkpoints_total_limit", "log_every", "eval_images_per_prompt"})
 AT_LEAST_ZERO = frozenset({"lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
                            "preview_every", "checkpoint_every", "seed", "preview_guidance_scale", "eval_seed",
-                           "eval_inference_steps"})
+                           "eval_inference_steps", "blur_threshold", "duplicate_distance", "max_faces"})
 ABOVE_ZERO = frozenset({"learning_rate", "lora_alpha", "snr_gamma"})
 
 
@@ -197,6 +201,10 @@ def value_problem(name: str, value: Any) -> str | None:
         unknown = [f for f in (n.strip() for n in typed.split(",")) if f and f not in EXPORT_FORMATS]
         listed = ", ".join(map(shown_name, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
         return f"export: unknown format(s) {listed}; valid: {', '.join(EXPORT_FORMATS)}" if unknown else None
+    if name == "screen_checks":
+        unknown = [c for c in (n.strip() for n in typed.split(",")) if c and c not in SCREEN_CHECKS]
+        listed = ", ".join(map(shown_name, unknown[:5]))
+        return f"screen_checks: unknown check(s) {listed}; valid: {', '.join(SCREEN_CHECKS)}" if unknown else None
     if name in AT_LEAST_ONE and typed < 1:
         return f"{name}: must be at least 1, got {shown(typed)}"
     if name in AT_LEAST_ZERO and typed < 0:

@@ -22,6 +22,9 @@ from fanout.errors import CapacityError, ConflictError, LaunchError, RequestErro
 from fanout.request import BATCH_TAG, PreparedJob, images_manifest
 
 CAPACITY_CODES = ("ResourceLimitExceeded", "CapacityError", "InsufficientCapacity")
+# The photo types the trainer reads (train.photos.IMAGE_SUFFIXES; a test keeps the two equal):
+# a folder holding only captions, .DS_Store or other files has no images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif")
 IN_USE_CODES = ("ResourceInUse", "ResourceInUseException")
 
 
@@ -94,6 +97,16 @@ def image_keys(objects: S3Objects, images_uri: str, folders: Iterable[str]) -> d
         return dict(zip(wanted, pool.map(listing, wanted)))
 
 
+def is_image(key: str) -> bool:
+    """An object the trainer reads as a photo (by suffix, case-insensitive; hidden files are not)."""
+    name = key.rsplit("/", 1)[-1]
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_count(keys: Iterable[str]) -> int:
+    return sum(1 for k in keys if is_image(k))
+
+
 class Launcher:
     """Uploads a PreparedJob's inputs and creates its training job once."""
 
@@ -107,7 +120,7 @@ class Launcher:
         ``listed`` (an image_keys result) skips listing when the caller already did."""
         folders = {t.instance_data: t.task_id for t in job.tasks}
         listed = image_keys(self.objects, images_uri, folders) if listed is None else listed
-        empty = [f for f in folders if not f.startswith("s3://") and not listed.get(f)]
+        empty = [f for f in folders if not f.startswith("s3://") and not image_count(listed.get(f, ()))]
         keys = [k for f in folders for k in listed.get(f, [])]
         if empty:
             names = ", ".join(f"{folders[f]!r} ({f})" for f in empty[:5])

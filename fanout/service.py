@@ -23,7 +23,7 @@ from fanout import outcomes
 from fanout.errors import PublishError, TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
 from fanout.hyperparameters import task_name_problems, task_value_problems
-from fanout.launcher import Launcher, RateLimiter, S3Objects, image_keys
+from fanout.launcher import IMAGE_SUFFIXES, Launcher, RateLimiter, S3Objects, image_count, image_keys
 from fanout.plan import claim_limit, launch_batches
 from fanout.publisher import SWEEP_AFTER_S, EventPublisher
 from fanout.quality import Quality, model_fields
@@ -208,10 +208,11 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
                  tasks: list[TaskSpec]) -> tuple[list[TaskSpec], dict[str, list[str]]]:
     """Tasks that have images (the others FAILED with the reason) and every task's image keys."""
     listed = image_keys(svc.objects, svc.uri("requests") + "/", [t.instance_data for t in tasks])
-    for t in [t for t in tasks if not listed.get(t.instance_data)]:
+    has_images = {t.task_id: image_count(listed.get(t.instance_data, ())) > 0 for t in tasks}
+    for t in [t for t in tasks if not has_images[t.task_id]]:
         outcomes.fail_claimed(svc, claimed[t.task_id], claimer, f"no images under {svc.uri('requests', t.instance_data)}/ "
-                              "(upload images before request.json)", "no_images")
-    return [t for t in tasks if listed.get(t.instance_data)], listed
+                              f"(upload images before request.json; read: {', '.join(IMAGE_SUFFIXES)})", "no_images")
+    return [t for t in tasks if has_images[t.task_id]], listed
 
 
 def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:

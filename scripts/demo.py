@@ -42,6 +42,7 @@ HYPERPARAMETERS = {
     "log_every": 1,
     "learning_rate": 1e-4,
     "eval_inference_steps": 4,  # the evaluation renders as cheaply as the previews
+    "screen": "drop",          # photos failing screening are left out (ana's duplicate), the rest train
 }
 FAMILIES = ("sd", "sdxl", "flux", "flux2-klein", "z-image", "qwen-image")
 FAILS_ON_PURPOSE = "fay-toy"
@@ -62,6 +63,7 @@ def make_inputs(inputs: Path, family: str = "sd") -> tuple[Path, Path]:
             images.mkdir(parents=True, exist_ok=True)
             (tmp / "instance").rename(images / user)
     shutil.rmtree(inputs / "tmp", ignore_errors=True)
+    demo_data.add_phone_photos(images / USERS[0])   # a HEIC photo and a duplicate that screening drops
     return model, images
 
 
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nquality (scores of random-weight scorers: the machinery, not a judgement; docs/quality.md):\n"
           f"{quality_table(job / 's3' / 'checkpoints')}")
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
+    print("\n".join(make_demo_data.screening_lines(job / "s3" / "checkpoints")))
     from fanout.lifecycle import format_events, local_job_events   # the app's view (docs/fanout.md#lifecycle-events)
     print("\n" + format_events(local_job_events(job, task_list(a.steps))))
     if (job / "report.html").is_file():  # written by `fanout local` (report/: every task, its page, the cost)

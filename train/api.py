@@ -1,9 +1,10 @@
 """What callers outside ``train`` use: one typed interface (``Trainer``) and the real one.
 
 The container's warm worker holds a ``Trainer``: it checks each task's config against the
-base model's family before anything loads, loads the base once per host (and the scorer
-models of the evaluation, when the job has them), and runs the tasks on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
-with the same three methods. Importing this module is light (no torch).
+base model's family and screens the task's photos before anything loads, loads the base once
+per host (and the scorer models of the evaluation, when the job has them), and runs the tasks
+on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
+with the same methods. Importing this module is light (no torch).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ if TYPE_CHECKING:  # heavy modules: only for the annotations
 class Trainer(Protocol):
     def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> None:
         """Raise ConfigError when ``cfg`` asks for something the base's family cannot do."""
+
+    def screen(self, cfg: TrainConfig, *, task_id: str) -> Mapping[str, Any] | None:
+        """Screen the task's photos before the base model is touched (train.screen): the
+        ``screening`` record, or None with ``screen=off``. Raises ScreeningError (its
+        ``status_fields`` hold the record) when the task cannot train on them, DataError for a
+        photo that cannot be read."""
 
     def load_base(self, model_dir: Path) -> "BaseModel":
         """Load the base pipeline folder once; every task of the host reuses it."""
@@ -52,6 +59,18 @@ class LocalTrainer:
         from train.families import check_for_model
 
         check_for_model(cfg, model_dir, source=source)
+
+    def screen(self, cfg: TrainConfig, *, task_id: str) -> Mapping[str, Any] | None:
+        from train.errors import DataError, TrainError
+        from train.screen import screen_task
+
+        try:
+            screening = screen_task(cfg)
+        except TrainError:
+            raise
+        except Exception as exc:  # a folder or file the OS refuses: this task's error, not the host's
+            raise DataError(f"task {task_id!r}: screening its photos failed ({type(exc).__name__}: {exc})") from exc
+        return screening.to_dict() if screening is not None else None
 
     def load_base(self, model_dir: Path) -> "BaseModel":
         from train.pipeline import load_base

@@ -112,6 +112,21 @@ def check_paths(cfg: TrainConfig) -> None:
         raise ConfigError(f"--class-data {cfg.class_data}: not a folder (leave it out to generate class images)")
 
 
+def screen_photos(cfg: TrainConfig, out: Path) -> None:
+    """Screen the photos before the base model loads, as the container does: a task screening
+    refuses (or with a photo that cannot be read) fails in seconds, status.json saying why.
+    ``run_task`` screens again and gets the same record from the cache of measurements."""
+    from train.screen import screen_task
+    from train.state import StatusFile
+
+    try:
+        screen_task(cfg)
+    except TrainError as exc:
+        status = StatusFile(out / "checkpoints" / "status.json", extra=getattr(exc, "status_fields", None))
+        status.fail_unstarted(f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
 class StopFlag:
     """SIGTERM / first Ctrl-C: finish the step, save the resume state, exit. Second Ctrl-C: now."""
 
@@ -149,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = Path(cfg.output_dir)
+    try:
+        screen_photos(cfg, out)   # before torch and diffusers are even imported
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     quiet_library_progress_bars()
     from report import LogTail, task_ended  # stdlib until a page is written (report/)
 
-    out = Path(cfg.output_dir)
     stop = StopFlag()
     stop.install()
     with LogTail() as tail:

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from train.crops import CROPS  # light: no torch, no OpenCV
 from train.errors import ConfigError
 from train.export.formats import FORMATS  # light: no torch
 from train.flow import WEIGHTING_SCHEMES
@@ -21,6 +22,7 @@ from train.hyperparameters import decode, reject_unknown, unquote
 from train.quality.gate import MAXIMA as QUALITY_MAXIMA, ON_QUALITY_FAIL, SCORES as QUALITY_SCORES, gate_problem
 from train.quantize import BASE_QUANTIZATIONS
 from train.redaction import shown, shown_name
+from train.screen import CHECKS, SCREEN_MODES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
@@ -40,7 +42,8 @@ class TrainConfig:
     pretrained_model: str = _f("", "folder of a diffusers pipeline (the base model: SD 1.x/2.x, SDXL, FLUX.1, "
                                    "FLUX.2 Klein, Z-Image or Qwen-Image; the family is read from its "
                                    "model_index.json)")
-    instance_data: str = _f("", "folder of the subject's images (jpg/png/webp; NAME.txt beside an image overrides its caption)")
+    instance_data: str = _f("", "folder of the subject's photos (jpg, png, webp, heic/heif, avif; NAME.txt beside an "
+                                "image overrides its caption)")
     instance_prompt: str = _f("", "prompt with the subject's token, e.g. 'a photo of sks dog'")
     output_dir: str = _f("", "where model/ (LoRA exports) and checkpoints/ (status, previews, resume state) go")
     class_prompt: str | None = _f(None, "class prompt, e.g. 'a photo of a dog'; turns on prior preservation")
@@ -83,12 +86,29 @@ class TrainConfig:
                                         "Qwen2.5-VL): nf4 or int8 "
                                         "(bitsandbytes QLoRA); the base is quantized once per host, so set it "
                                         "for the job", choices=BASE_QUANTIZATIONS, families=FLOW_FAMILIES)
-    center_crop: bool = _f(True, "center crop (--no-center-crop: random crop, which turns latent caching off)")
+    crop: str = _f("center", "how a photo becomes the training image: center (a square from the middle), face (a "
+                             "square centred on the detected face(s); the middle when none is found), bucket (the "
+                             "whole photo at the nearest aspect-ratio bucket of about resolution^2 pixels)",
+                   choices=CROPS)
+    center_crop: bool = _f(True, "fixed crop offset (--no-center-crop: drawn per step, keeping the faces inside with "
+                                 "--crop face; turns latent caching off)")
     random_flip: bool = _f(False, "random horizontal flip (turns latent caching off)")
+    # --- screening of the instance photos, before the base model loads (train/screen.py) ---
+    screen: str = _f("warn", "what a photo failing a screening check does: warn (train on all, record findings), "
+                             "drop (leave it out while --min-images remain, else fail), fail (refuse the task), "
+                             "off (no screening)", choices=SCREEN_MODES)
+    screen_checks: str = _f(",".join(CHECKS), "comma-separated screening checks, run cheapest first: small (under "
+                                              "the resolution), duplicate, blur, faces")
+    blur_threshold: float = _f(50.0, "blur check: a photo whose sharpness (variance of the Laplacian at 512 px on "
+                                     "the short side) is under this is blurred; sharp photos score in the hundreds")
+    duplicate_distance: int = _f(8, "duplicate check: photos whose perceptual hashes differ in at most this many of "
+                                    "64 bits are near-duplicates (the largest one is kept)")
+    max_faces: int = _f(1, "faces check: a photo with more faces than this is flagged (0 for a subject that is "
+                           "not a person)")
     num_class_images: int = _f(100, "class images used for prior preservation")
     prior_loss_weight: float = _f(1.0, "weight of the class (prior) loss")
     class_inference_steps: int = _f(25, "sampling steps when generating missing class images")
-    min_images: int = _f(1, "fewest instance images accepted")
+    min_images: int = _f(1, "fewest instance images accepted (also after screening drops photos)")
     max_image_pixels: int = _f(64_000_000, "largest image (width*height) accepted; guards against decompression bombs")
     # --- previews, checkpoints, logs ---
     num_preview_images: int = _f(2, "preview images per validation prompt")
@@ -145,6 +165,12 @@ class TrainConfig:
     def export_formats(self) -> tuple[str, ...]:
         names = tuple(n.strip() for n in self.export.split(",") if n.strip())
         return names if "lora" in names else ("lora",) + names
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """``screen_checks`` as names, in the order they run (cheapest first)."""
+        names = {n.strip() for n in self.screen_checks.split(",") if n.strip()}
+        return tuple(c for c in CHECKS if c in names)
 
     @property
     def prior_preservation(self) -> bool:
@@ -235,7 +261,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{_where(name, source)}: must be at least 1, got {getattr(cfg, name)}")
     at_least_zero = ("lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "noise_offset", "prior_loss_weight",
                      "preview_every", "checkpoint_every", "seed", "preview_guidance_scale", "eval_seed",
-                     "eval_inference_steps")
+                     "eval_inference_steps", "blur_threshold", "duplicate_distance", "max_faces")
     for name in at_least_zero:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{_where(name, source)}: must be 0 or more, got {getattr(cfg, name)}")
@@ -249,6 +275,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{_where('snr_gamma', source)}: must be greater than 0, got {cfg.snr_gamma}")
     if cfg.resolution % 8:
         raise ConfigError(f"{_where('resolution', source)}: must be a multiple of 8, got {cfg.resolution}")
+    unknown_checks = [n.strip() for n in cfg.screen_checks.split(",") if n.strip() and n.strip() not in CHECKS]
+    if unknown_checks:
+        raise ConfigError(f"{_where('screen_checks', source)}: unknown check(s) {', '.join(unknown_checks)}; "
+                          f"valid: {', '.join(CHECKS)}")
     unknown = [n for n in cfg.export_formats if n not in FORMATS]
     if unknown:
         raise ConfigError(f"{_where('export', source)}: unknown format(s) {', '.join(map(shown_name, unknown))}; "

@@ -1,9 +1,12 @@
 """Training images: loading with clear errors, captions, crops, and a data order that is a pure
 function of (seed, step).
 
-The order and every random draw of a step come from generators seeded by (seed, what, step),
-not from a running RNG. That is what makes a killed and resumed run end with exactly the
-same LoRA as an uninterrupted one: the resumed run needs no history to draw the same batch.
+Photos are read by ``train/photos.py`` (formats, orientation, colour), placed by the task's
+``crop`` setting (``train/crops.py``: centre, face or aspect-ratio bucket), and screened before
+any of this by ``train/screen.py``. The order and every random draw of a step come from
+generators seeded by (seed, what, step), not from a running RNG. That is what makes a killed
+and resumed run end with exactly the same LoRA as an uninterrupted one: the resumed run needs
+no history to draw the same batch.
 """
 
 from __future__ import annotations
@@ -11,18 +14,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from train.errors import DataError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+from train.photos import IMAGE_SUFFIXES
 
 
 @dataclass
 class Example:
     path: Path
-    image: "object"     # PIL RGB image, short side == resolution
+    image: "object"     # PIL RGB image covering ``size`` (short side == resolution for square crops)
     caption: str
     original_size: tuple[int, int] | None = None  # (height, width) before the resize (SDXL conditions on it)
+    size: tuple[int, int] | None = None           # (height, width) trained at: the bucket; None = the square
+    focus: tuple[int, int, int, int] | None = None  # (top, left, bottom, right) a crop keeps: the faces
+
+    def target(self, resolution: int) -> tuple[int, int]:
+        """(height, width) of this image's training crop."""
+        return self.size or (resolution, resolution)
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -43,16 +52,20 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def load_images(folder: str | Path, *, prompt: str, resolution: int, max_pixels: int,
-                min_images: int = 1, what: str = "instance", limit: int | None = None) -> list[Example]:
-    """Load every image of ``folder``, resized so its short side is ``resolution``.
+                min_images: int = 1, what: str = "instance", limit: int | None = None,
+                files: Sequence[Path] | None = None, framing=None) -> list[Example]:
+    """Load every image of ``folder`` (or the ``files`` screening kept), each placed by
+    ``framing`` (a ``train.crops.Framing``; default: short side resized to ``resolution``).
 
     A ``NAME.txt`` beside ``NAME.jpg`` overrides the prompt of that image; the prompt (which
     holds the instance token) is put in front when the caption does not already contain it.
     """
+    from train.crops import Framing
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{what} data: {folder} is not a folder")
-    files = image_files(folder)
+    files = image_files(folder) if files is None else list(files)
     if not files:
         raise DataError(f"{what} data: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if limit is not None:
@@ -61,10 +74,14 @@ def load_images(folder: str | Path, *, prompt: str, resolution: int, max_pixels:
         raise DataError(f"{what} data: {folder} holds {len(files)} image(s); at least {min_images} are needed "
                         f"(--min-images)")
     refuse_links_out(folder, files + [f.with_suffix(".txt") for f in files if f.with_suffix(".txt").is_file()], what)
+    framing = framing or Framing(resolution=resolution)
     examples = []
     for f in files:
-        image, original = open_image(f, resolution, max_pixels, with_original_size=True)
-        examples.append(Example(f, image, caption_for(f, prompt), original_size=original))
+        photo = open_image(f, framing, max_pixels)
+        image, size, focus = framing.place(photo, f.name)
+        width, height = photo.info.get("original_size", photo.size)   # before any reduced decode
+        examples.append(Example(f, image, caption_for(f, prompt), original_size=(height, width),
+                                size=None if size == (resolution, resolution) else size, focus=focus))
     return examples
 
 
@@ -79,36 +96,15 @@ def refuse_links_out(folder: Path, files: list[Path], what: str = "instance") ->
                             "put the file itself in the folder")
 
 
-def open_image(path: Path, resolution: int, max_pixels: int, *, with_original_size: bool = False):
-    """Open, apply EXIF orientation, convert to RGB and resize the short side to ``resolution``."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_image(path: Path, framing, max_pixels: int):
+    """The upright sRGB photo, decoded no larger than ``framing`` needs where the format allows
+    (JPEG's DCT scaling: a 12-megapixel photo for a 512-pixel crop decodes at a quarter)."""
+    from train.photos import open_photo, pixel_size
 
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise DataError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
-                                f"(--max-image-pixels); a decompression bomb or simply too large")
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-    scale = resolution / min(im.size)
-    size = (max(resolution, round(im.width * scale)), max(resolution, round(im.height * scale)))
-    resized = im.resize(size, Image.Resampling.BICUBIC)
-    return (resized, (im.height, im.width)) if with_original_size else resized
-
-
-def _to_rgb(im):
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, im).convert("RGB")
-    return im.convert("RGB")
+    w, h = pixel_size(path, max_pixels)
+    scale = framing.largest_side() / max(1, min(w, h))  # enough for any orientation and bucket
+    draft = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1 else None
+    return open_photo(path, max_pixels, draft=draft)
 
 
 def caption_for(image_path: Path, prompt: str) -> str:
@@ -125,32 +121,38 @@ def caption_for(image_path: Path, prompt: str) -> str:
 
 
 def crop_box(example: Example, resolution: int, *, center_crop: bool, rng=None) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the ``resolution`` square crop: centered, or drawn from ``rng``."""
+    """(top, left, bottom, right) of the training crop (``example.target``): centred (on the faces
+    when it has a focus), or drawn from ``rng`` within the offsets that keep the focus."""
     import torch
 
-    im = example.image
-    dx, dy = im.width - resolution, im.height - resolution
+    from train.crops import span
+
+    th, tw = example.target(resolution)
+    im, focus = example.image, example.focus
+    low_x, high_x, mid_x = span(im.width - tw, tw, (focus[1], focus[3]) if focus else None)
+    low_y, high_y, mid_y = span(im.height - th, th, (focus[0], focus[2]) if focus else None)
     if center_crop or rng is None:
-        left, top = dx // 2, dy // 2
+        left, top = mid_x, mid_y
     else:
-        left = int(torch.randint(0, dx + 1, (1,), generator=rng))
-        top = int(torch.randint(0, dy + 1, (1,), generator=rng))
-    return top, left, top + resolution, left + resolution
+        left = low_x + int(torch.randint(0, high_x - low_x + 1, (1,), generator=rng))
+        top = low_y + int(torch.randint(0, high_y - low_y + 1, (1,), generator=rng))
+    return top, left, top + th, left + tw
 
 
 def to_tensor(example: Example, resolution: int, *, center_crop: bool, random_flip: bool, rng=None,
               crop: tuple[int, int] | None = None):
-    """Crop to ``resolution`` (at ``crop`` = (top, left), centered, or at an offset drawn from
-    ``rng``), maybe flip; CHW in [-1, 1]."""
+    """Crop to the example's target (at ``crop`` = (top, left), centred, or at an offset drawn
+    from ``rng``), maybe flip; CHW in [-1, 1]."""
     import numpy as np
     import torch
 
     im = example.image
+    th, tw = example.target(resolution)
     if crop is None:
         top, left = crop_box(example, resolution, center_crop=center_crop, rng=rng)[:2]
     else:
         top, left = crop
-    im = im.crop((left, top, left + resolution, top + resolution))
+    im = im.crop((left, top, left + tw, top + th))
     pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
     if random_flip and rng is not None and float(torch.rand((1,), generator=rng)) < 0.5:
         pixels = pixels.flip(-1)

@@ -1,7 +1,7 @@
 """Turning examples into denoiser inputs: latents and prompt embeddings, cached when possible.
 
-Latents are cached once per task when no random augmentation is on (the crop is then the
-same every epoch); what is cached is the VAE posterior (mean, std), and every step still
+Latents are cached once per task when no random augmentation is on (the crop, centred, on
+the faces or at the image's bucket, is then the same every epoch); what is cached is the VAE posterior (mean, std), and every step still
 draws its own sample from it, as uncached training would. Prompt embeddings (every tensor the
 family's ``encode_prompts`` returns: hidden states, pooled embeddings ...) are cached when the
 text encoders are frozen. On the tiny model this halves a step; on SD1.5 it saves the VAE
@@ -55,13 +55,17 @@ class Encoder:
     def _encode_all(self, examples: Sequence[Example]) -> None:
         import torch
 
-        for start in range(0, len(examples), CHUNK):
-            chunk = examples[start:start + CHUNK]
-            pixels = torch.stack([to_tensor(e, self.cfg.resolution, center_crop=True, random_flip=False)
-                                  for e in chunk])
-            mean, std = self.family.encode_pixels(self.base, pixels)
-            for i, e in enumerate(chunk):
-                self._posteriors[id(e)] = (mean[i:i + 1], std[i:i + 1])
+        res = self.cfg.resolution
+        by_size: dict[tuple[int, int], list[Example]] = {}
+        for e in examples:              # aspect-ratio buckets: one VAE batch per size
+            by_size.setdefault(e.target(res), []).append(e)
+        for group in by_size.values():
+            for start in range(0, len(group), CHUNK):
+                chunk = group[start:start + CHUNK]
+                pixels = torch.stack([to_tensor(e, res, center_crop=True, random_flip=False) for e in chunk])
+                mean, std = self.family.encode_pixels(self.base, pixels)
+                for i, e in enumerate(chunk):
+                    self._posteriors[id(e)] = (mean[i:i + 1], std[i:i + 1])
 
     # --- text ---
     def text(self, captions: Sequence[str]) -> dict[str, Any]:
@@ -82,5 +86,6 @@ class Encoder:
 
 
 def image_info(example: Example, crop_top_left: tuple[int, int], resolution: int) -> ImageInfo:
+    """The image's original size, crop offset and trained size (its bucket, or the square)."""
     original = example.original_size or (example.image.height, example.image.width)
-    return ImageInfo(original_size=original, crop_top_left=crop_top_left, target_size=(resolution, resolution))
+    return ImageInfo(original_size=original, crop_top_left=crop_top_left, target_size=example.target(resolution))

@@ -52,16 +52,22 @@ def weighted_loss(cfg: TrainConfig, pred, noised, n_instance: int):
     """Per-sample MSE to ``noised.target`` times ``noised.weight``; with prior preservation the
     batch is [instance..., class...] and the class half is added with ``prior_loss_weight``.
     Returns (loss, instance_loss, prior_loss|None)."""
+    return split_prior(cfg, per_sample_loss(pred, noised), n_instance)
+
+
+def per_sample_loss(pred, noised):
+    """One weighted MSE per sample of the batch (a micro-batch of several image sizes is
+    denoised size by size and these are concatenated)."""
     import torch.nn.functional as F
 
     per_sample = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
     per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
     if noised.weight is not None:
         per_sample = per_sample * noised.weight.float()
-    return _split_prior(cfg, per_sample, n_instance)
+    return per_sample
 
 
-def _split_prior(cfg: TrainConfig, per_sample, n_instance: int):
+def split_prior(cfg: TrainConfig, per_sample, n_instance: int):
     instance = per_sample[:n_instance].mean()
     if per_sample.shape[0] == n_instance:
         return instance, instance, None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from train.config import TrainConfig, changed_settings
-from train.data import batch_indices, generator, load_images
+from train.data import Example, batch_indices, generator, image_files, load_images, refuse_links_out
 from train.encode import Encoder
 from train.errors import ConfigError, Interrupted, TrainError
 from train.metrics import METRICS_NAME, MetricsLog
@@ -27,13 +27,14 @@ from train.prior import class_examples
 from train.progress import Progress
 from train.quality.evaluate import evaluate_task, relocate
 from train.redaction import shown
+from train.screen import Screening, face_boxes, screen_task
 from train.state import (StatusFile, latest_state, load_state, prune_states, remove_leftovers, save_state,
                          set_rng_states)
 
 # Settings a resume state must share with the run that continues it, or the result would differ.
 RESUME_KEYS = ("seed", "rank", "lora_alpha", "train_text_encoder", "train_batch_size",
                "gradient_accumulation_steps", "optimizer", "resolution", "instance_prompt", "class_prompt",
-               "lora_target_modules", "weighting_scheme", "guidance_scale", "base_quantization")
+               "lora_target_modules", "weighting_scheme", "guidance_scale", "base_quantization", "crop")
 
 
 @dataclass
@@ -82,10 +83,12 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     family = base.family
     family.check_config(cfg, source=f"task {task_id!r}")  # cheap; the container checked it before loading
     require_base_quantization(base, cfg, task_id)
-    # --- data: fail on a bad image before anything is generated or attached ---
+    # --- data: screen the photos (the container did before the base loaded: cached), read the
+    # kept ones; fail on a bad image before anything is generated or attached ---
     with status.timings.phase("data"):
-        instance = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
-                               max_pixels=cfg.max_image_pixels, min_images=cfg.min_images)
+        screening = screen_task(cfg)
+        instance = instance_examples(base, cfg, screening)
+        status.update(**photo_notes(cfg, screening, instance))
         classes = class_examples(base, cfg, class_cache_dir) if cfg.prior_preservation else []
 
     # --- model: a fresh LoRA, its init seeded so every run of this config starts the same ---
@@ -136,6 +139,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     progress = Progress(task_id, cfg.max_train_steps, step, cfg.log_every)
     B, GA = cfg.train_batch_size, cfg.gradient_accumulation_steps
     status.timings.begin("training")
+    instance_batch, class_batch = batch_order(cfg, instance, "instance"), batch_order(cfg, classes, "class")
     try:
         while step < cfg.max_train_steps:
             micro_losses = []
@@ -143,16 +147,12 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
                 # Batch and noise are a function of (seed, micro-step) only: resume needs no history.
                 micro = step * GA + k
                 rng = generator(cfg.seed, "step", micro)
-                batch = [instance[i] for i in batch_indices(cfg.seed, "instance", micro, B, len(instance))]
+                batch = [instance[i] for i in instance_batch(micro)]
                 if classes:  # prior preservation: as many class images, their loss weighted
-                    batch += [classes[i] for i in batch_indices(cfg.seed, "class", micro, B, len(classes))]
+                    batch += [classes[i] for i in class_batch(micro)]
                 with accelerator.accumulate(*trained):
                     with accelerator.autocast():
-                        latents, images = encoder.latents(batch, rng)
-                        noised = family.noise(base, cfg, latents, rng)
-                        prompts = encoder.text([e.caption for e in batch])
-                        pred = family.denoise(base, noised, prompts, images, cfg)
-                        micro_loss, _, _ = weighted_loss(cfg, pred, noised, n_instance=B)
+                        micro_loss = batch_loss(base, cfg, encoder, batch, B, rng)
                     accelerator.backward(micro_loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -193,12 +193,82 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     status.update(quality=quality)
     with status.timings.phase("export"):
         export(base, cfg, model_dir, task_id=task_id, step=step, loss=loss, steps_per_second=progress.steps_per_second(),
-               quality=relocate(quality, checkpoint_dir, model_dir))
+               sections={**photo_notes(cfg, screening, instance), "quality": relocate(quality, checkpoint_dir, model_dir)})
     print(f"task={task_id} done: step={step} loss={loss} LoRA in {model_dir}, previews in {previews_root}", flush=True)
     return step, loss
 
 
 # --- helpers of the loop -------------------------------------------------------------------
+
+def instance_examples(base: BaseModel, cfg: TrainConfig, screening: Screening | None) -> list[Example]:
+    """The photos screening kept, each placed by the ``crop`` setting (train/crops.py)."""
+    from train.crops import Framing, side_needed
+
+    folder = Path(cfg.instance_data)
+    files = [folder / n for n in screening.kept_files] if screening is not None else None
+    faces = {}
+    if cfg.crop == "face" and folder.is_dir():
+        chosen = files if files is not None else image_files(folder)
+        refuse_links_out(folder, chosen)          # before anything is decoded
+        faces = face_boxes(chosen, cfg.max_image_pixels, keep_side=side_needed(cfg.crop, cfg.resolution))
+    framing = Framing(cfg.crop, cfg.resolution, base.family.size_multiple(base), faces)
+    examples = load_images(folder, prompt=cfg.instance_prompt, resolution=cfg.resolution,
+                           max_pixels=cfg.max_image_pixels, min_images=cfg.min_images, files=files, framing=framing)
+    missing = [e.path.name for e in examples if cfg.crop == "face" and e.focus is None]
+    if missing:
+        print(f"note: crop=face: no face found in {', '.join(missing)}; their crops are centred", flush=True)
+    return examples
+
+
+def photo_notes(cfg: TrainConfig, screening: Screening | None, instance: list[Example]) -> dict[str, Any]:
+    """What status.json and manifest.json say about the photos: the screening record, and with
+    ``crop=face`` which photos had no face found (their crop is the centre)."""
+    notes: dict[str, Any] = {}
+    if screening is not None:
+        notes["screening"] = screening.to_dict()
+    if cfg.crop == "face":
+        notes["crop"] = {"mode": "face", "no_face": [e.path.name for e in instance if e.focus is None]}
+    return notes
+
+
+def batch_order(cfg: TrainConfig, examples: list[Example], kind: str) -> Callable[[int], list[int]]:
+    """micro-step -> example indices, a pure function of (seed, micro-step). With buckets and
+    batches of several images, a batch holds images of one bucket (train/crops.py)."""
+    from train.crops import bucket_batch
+
+    B = cfg.train_batch_size
+    if cfg.crop == "bucket" and B > 1:
+        sizes = [e.target(cfg.resolution) for e in examples]
+        return lambda micro: bucket_batch(cfg.seed, kind, micro, B, sizes)
+    return lambda micro: batch_indices(cfg.seed, kind, micro, B, len(examples))
+
+
+def batch_loss(base: BaseModel, cfg: TrainConfig, encoder: Encoder, batch: list[Example], n_instance: int, rng):
+    """The loss of one micro-batch: images of one size go through the denoiser together (with
+    buckets the instance and class halves may differ in size and go one after the other)."""
+    import torch
+
+    from train.objective import per_sample_loss, split_prior
+
+    family, losses = base.family, []
+    for part in same_size_runs(batch, cfg.resolution):
+        latents, images = encoder.latents(part, rng)
+        noised = family.noise(base, cfg, latents, rng)
+        prompts = encoder.text([e.caption for e in part])
+        pred = family.denoise(base, noised, prompts, images, cfg)
+        losses.append(per_sample_loss(pred, noised))
+    return split_prior(cfg, torch.cat(losses), n_instance)[0]
+
+
+def same_size_runs(batch: list[Example], resolution: int) -> list[list[Example]]:
+    runs: list[list[Example]] = []
+    for e in batch:
+        if runs and runs[-1][0].target(resolution) == e.target(resolution):
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return runs
+
 
 def should_log(step: int, cfg: TrainConfig) -> bool:
     return step % cfg.log_every == 0 or step == cfg.max_train_steps
@@ -256,7 +326,7 @@ def restore(path: Path, cfg: TrainConfig, base: BaseModel, optimizer, lr_schedul
 
 
 def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, step: int,
-           loss: float | None, steps_per_second: float, quality: Mapping[str, Any] | None = None) -> dict:
+           loss: float | None, steps_per_second: float, sections: Mapping[str, Any] | None = None) -> dict:
     from train.export import ExportConfig, export_model
 
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -269,5 +339,5 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,
         extra_manifest={"task_id": task_id, "step": step, "loss": loss, "config": cfg.to_dict(),
                         "steps_per_second": round(steps_per_second, 4)},
-        sections={"quality": quality} if quality is not None else None,
+        sections=sections,
     )

@@ -21,7 +21,9 @@ SAMPLES = (0, 1, 7, 8, 12, 512, -1, 1.5, 2.0, 1e-4, -0.5, True, False, None, "",
            # quality_gate, eval_* (JSON objects and lists of strings)
            {"dino": 0.5}, {"copying": 2}, {"drift": True}, {"dino": "0.5"}, '{"clip_t": 0.3, "drift": 0.2}',
            '{"identity": -1}', "{bad json", "[1, 2]", '["on a beach", "in snow"]', ["a", "b"], "keep", "retry",
-           "\"{\\\"dino\\\": 0.6}\"")
+           "\"{\\\"dino\\\": 0.6}\"",
+           # crop, screen, screen_checks
+           "center", "face", "bucket", "warn", "drop", "fail", "blur,faces", "small, duplicate", "blur,bogus", 64, 65.5)
 
 
 def train_accepts(name, value) -> bool:
@@ -61,3 +63,13 @@ def test_a_problem_names_the_task_and_the_field():
                          '"hyperparameters": {"rank": "0", "seed": 3}}', source="tasks.jsonl")
     assert fanout_hp.task_value_problems([task], "tasks.jsonl") == [
         "tasks.jsonl:1: task 't1' field 'hyperparameters': rank: must be at least 1, got 0"]
+
+
+def test_fanout_counts_as_images_exactly_the_photo_types_train_reads():
+    from fanout.launcher import IMAGE_SUFFIXES, is_image
+    from train.photos import IMAGE_SUFFIXES as READ
+    from train.screen import CHECKS
+
+    assert IMAGE_SUFFIXES == READ and fanout_hp.SCREEN_CHECKS == CHECKS
+    assert is_image("u/r/images/IMG_0001.HEIC") and not is_image("u/r/images/IMG_0001.txt")
+    assert not is_image("u/r/images/._IMG_0001.jpg"), "macOS resource forks are not photos"

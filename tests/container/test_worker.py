@@ -32,6 +32,9 @@ class FakeTrain:
     def check_config(self, cfg, model_dir, *, source):
         self.checked = getattr(self, "checked", []) + [source]
 
+    def screen(self, cfg, *, task_id):
+        return None
+
     def load_base(self, model_dir):
         self.loads += 1
         return {"model": str(model_dir)}

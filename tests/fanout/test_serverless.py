@@ -283,3 +283,20 @@ def test_a_launcher_that_dies_after_creating_its_job_does_not_get_its_requests_t
     assert len(jobs) == 2, "only the new request needed a new job"
     trained = [t for j in jobs for t in job_tasks(svc, j)]
     assert sorted(trained) == sorted({*trained}), "no request may be in two jobs"
+
+
+def test_phone_photo_types_count_as_images_and_a_folder_of_captions_alone_has_none(svc):
+    s3, bucket = svc.objects.s3, svc.settings.bucket
+    photos = {"u1": ["IMG_0001.HEIC", "IMG_0002.heif", "web.avif", "IMG_0001.txt"], "u2": ["notes.txt", ".DS_Store"]}
+    for user, names in photos.items():
+        for name in names:
+            s3.put_object(Bucket=bucket, Key=f"requests/{user}/r1/images/{name}", Body=b"photo")
+        s3.put_object(Bucket=bucket, Key=f"requests/{user}/r1/request.json",
+                      Body=json.dumps({"instance_prompt": "a photo of sks person"}).encode())
+        handlers.on_upload(load_event("s3_request_uploaded.json", bucket=bucket, user=user, request="r1"))
+    out = handlers.launch_pending({})
+    assert out["launched"] == 1 and out["failed"] == 1
+    reason = svc.requests.get("u2/r1")["reason"]
+    assert "no images under s3://fanout-test/requests/u2/r1/images/" in reason and ".heic" in reason
+    manifest = json.loads(svc.objects.get_text(f"s3://{bucket}/jobs/{out['jobs'][0]}/input/images.manifest"))
+    assert sorted(manifest[1:]) == sorted(f"u1/r1/images/{n}" for n in photos["u1"]), "photos and their captions"

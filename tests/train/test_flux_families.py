@@ -270,3 +270,39 @@ def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_f
     from PIL import Image
 
     assert Image.open(generated[0]).size == (32, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_buckets_pack_non_square_latents_with_positions_of_the_real_shape(tiny_flow, tmp_path, family):
+    """crop=bucket on a flow family: a wide and a tall photo reach the transformer as
+    (h/16)x(w/16)-token grids (here /4: the tiny VAE) whose position ids span the bucket's
+    rows and columns, not a square's; the prediction unpacks to the latents' shape."""
+    from PIL import Image
+
+    from train.crops import bucket_sizes, nearest_bucket
+    from train.task import run_task
+
+    base = flow_base(tiny_flow, family)
+    data = tmp_path / "instance"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for name, (h, w) in {"wide.png": (40, 80), "tall.png": (72, 40)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(data / name)
+    grids = []
+
+    def record(module, args, kwargs):
+        ids = kwargs["img_ids"].reshape(-1, kwargs["img_ids"].shape[-1])
+        grids.append((int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1, kwargs["hidden_states"].shape[1]))
+
+    hook = base.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        result = run_task(base, config(tmp_path, crop="bucket", max_train_steps=2, export="lora"),
+                          model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    finally:
+        hook.remove()
+    assert result.state == "completed" and np.isfinite(result.loss)
+    multiple = base.family.size_multiple(base)
+    sizes = bucket_sizes(32, multiple)
+    wanted = {nearest_bucket(80, 40, sizes), nearest_bucket(40, 72, sizes)}
+    trained = {(rows * multiple, cols * multiple) for rows, cols, tokens in grids[:2]}   # the two steps
+    assert trained == wanted and all(rows * cols == tokens for rows, cols, tokens in grids[:2])

@@ -224,3 +224,47 @@ def test_re_export_cli_reads_an_sdxl_lora_back_with_the_sdxl_pipeline(runs, tiny
     assert manifest["family"] == "sdxl" and manifest["lora"]["train_text_encoder"] is True
     assert manifest["formats"]["kohya"]["drift"]["mean_abs_diff"] < 0.5
     assert max_abs_diff(lora_tensors(runs["root"] / "a" / "model"), lora_tensors(out)) < 1e-6
+
+
+def test_buckets_train_sdxl_at_each_photos_size_and_the_time_ids_carry_the_real_sizes(xl_base, tmp_path):
+    """crop=bucket with prior preservation and drawn offsets: a wide and a tall photo each go
+    through the UNet at their bucket (the square class images in their own pass), and every
+    add_time_ids row is that image's original (h, w), crop (top, left) and bucket (h, w)."""
+    from PIL import Image
+
+    from train.config import TrainConfig
+    from train.crops import bucket_sizes, nearest_bucket
+    from train.task import run_task
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    originals = {"wide.png": (45, 96), "tall.png": (80, 48)}             # (height, width)
+    rng = np.random.default_rng(0)
+    for name, (h, w) in originals.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(data / name)
+    cfg = TrainConfig(instance_data=str(data), instance_prompt=PROMPT, crop="bucket", center_crop=False,
+                      class_prompt="a photo of a toy", num_class_images=2,
+                      **{**FAST, "max_train_steps": 4, "preview_every": 0, "checkpoint_every": 0}, export="lora")
+    calls = []
+
+    def record(module, args, kwargs):
+        if torch.is_grad_enabled():
+            calls.append((tuple(args[0].shape[2:]), kwargs["added_cond_kwargs"]["time_ids"].tolist()))
+
+    hook = xl_base.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        assert run_task(xl_base, cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck").state == "completed"
+    finally:
+        hook.remove()
+    buckets = bucket_sizes(32, xl_base.family.size_multiple(xl_base))
+    expected = {name: nearest_bucket(w, h, buckets) for name, (h, w) in originals.items()}
+    assert expected["wide.png"][1] > expected["wide.png"][0] and expected["tall.png"][0] > expected["tall.png"][1]
+    instance = [(shape, row) for shape, rows in calls for row in rows if (row[4], row[5]) != (32, 32)]
+    assert len(calls) == 8 and len(instance) == 4, "each step: the photo's pass, then the class images' pass"
+    for shape, (oh, ow, top, left, th, tw) in instance:
+        name = next(n for n, size in originals.items() if size == (oh, ow))
+        assert (th, tw) == expected[name] and shape == (th // 2, tw // 2)
+        scale = max(tw / ow, th / oh)
+        assert 0 <= top <= round(oh * scale) - th and 0 <= left <= round(ow * scale) - tw
+    classes = [row for shape, rows in calls for row in rows if (row[4], row[5]) == (32, 32)]
+    assert classes and all(row == [32, 32, 0, 0, 32, 32] for row in classes)

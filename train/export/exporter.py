@@ -66,6 +66,8 @@ def export_model(pipe, cfg: ExportConfig, model_dir: Path, *, base_model_dir: Pa
                  extra_manifest: Mapping[str, Any] | None = None, family=None,
                  sections: Mapping[str, Any] | None = None) -> dict:
     """Write `cfg.formats` into `model_dir` and return the manifest (also in model_dir/manifest.json).
+    `extra_manifest` goes under "hyperparameters"; `sections` are top-level keys (the task's
+    quality, its photo screening, ...).
 
     `pipe` is a pipeline of a supported family (StableDiffusionPipeline, StableDiffusionXLPipeline,
     ...; `family` defaults to the one of its class) over the base modules with the trained adapter

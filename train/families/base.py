@@ -10,6 +10,7 @@ family under ``train/families/``, each a subclass of :class:`Family` registered 
     lora_targets(cfg)                       {component: target module names} for attach_lora
     prompt_encoding(base) / encode_prompts  once per task when the text encoders are frozen
     join_prompts(rows)                      a micro-batch of cached prompts (pads ragged ones)
+    size_multiple(base)                     side multiple of the aspect-ratio buckets (crop=bucket)
     encode_pixels / sample_latents          VAE posterior (cached per task) and a latent sample
     noise(base, cfg, latents, rng)          -> Noised: model input, target, timesteps, loss weight
     denoise(base, noised, prompts, images)  -> the prediction (same layout as noised.target)
@@ -195,6 +196,12 @@ class Family:
             dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
         return dist.mean, dist.std
 
+    def size_multiple(self, base) -> int:
+        """Image sides must be a multiple of this for the latents to fit the denoiser (the VAE's
+        downsampling here; families whose denoiser downsamples or packs further multiply it):
+        the aspect-ratio buckets of ``crop=bucket`` are built from it."""
+        return vae_scale(base)
+
     def sample_latents(self, base, mean, std, rng):
         """A posterior sample, scaled (and shifted) the way the denoiser expects."""
         import torch
@@ -283,3 +290,8 @@ class Family:
 
         return lora.save_kohya(pipe, model_dir, name, train_text_encoder=train_text_encoder, save_dtype=save_dtype,
                                modules=self.kohya_modules(pipe, train_text_encoder))
+
+
+def vae_scale(base) -> int:
+    """Pixels per latent along a side (8 for every released SD / SDXL / FLUX VAE)."""
+    return 2 ** (len(base.vae.config.block_out_channels) - 1)

@@ -18,7 +18,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from train.families.base import Family, ImageInfo, Noised
+from train.families.base import Family, ImageInfo, Noised, vae_scale
 
 # diffusers' train_dreambooth_lora_flux.py default (--lora_layers unset).
 FLUX_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
@@ -63,6 +63,10 @@ class FlowMatchingFamily(Family):
             raise ConfigError(f"{file}: {name} with prediction_type={prediction!r} on a {self.title} base; "
                               f"{self.title} trains by flow matching (velocity), with a FlowMatchEulerDiscreteScheduler "
                               "(epsilon / v_prediction are for SD and SDXL bases)")
+
+    def size_multiple(self, base) -> int:
+        # Latents are packed (FLUX.1) or patchified (Klein) in 2x2 patches: 16 px on the real VAEs.
+        return vae_scale(base) * 2
 
     def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
         # FLUX.1-dev's guidance is an input of the distilled transformer, not classifier-free

@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from train.families.base import Family, ImageInfo, Noised
+from train.families.base import Family, ImageInfo, Noised, vae_scale
 
 
 class DenoisingFamily(Family):
     """What SD and SDXL share: a DDPM noise schedule, ε/v targets, min-SNR and noise offset."""
 
     denoiser_targets = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def size_multiple(self, base) -> int:
+        # The UNet halves the latents once per down block but the last: SD 8x8 = 64 px, SDXL 8x4 = 32.
+        return vae_scale(base) * 2 ** (len(base.unet.config.block_out_channels) - 1)
 
     def noise(self, base, cfg, latents, rng) -> Noised:
         from train.objective import add_noise, snr_weights, target_for
