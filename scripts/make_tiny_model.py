@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Build a diffusers pipeline with random weights, offline: SD 1.x or SDXL, tiny or full shape.
 
-    python scripts/make_tiny_model.py OUT_DIR [--family sd|sdxl] [--arch tiny|sd15|sdxl]
-                                              [--prediction-type epsilon|v_prediction] [--seed 0]
+    python scripts/make_tiny_model.py OUT_DIR [--family sd|sdxl|flux|flux2-klein] [--arch tiny|sd15|sdxl|...]
+                                              [--variant base|distilled] [--prediction-type epsilon|v_prediction]
+                                              [--seed 0]
 
 Nothing is downloaded: the denoiser, VAE and CLIP text encoder(s) are built from small configs
 (or, with ``--arch sd15`` / ``--arch sdxl``, from the published SD 1.5 / SDXL base config
@@ -18,6 +19,7 @@ to each.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -271,7 +273,8 @@ def build_sdxl(out_dir: Path, *, full: bool = False, prediction_type: str = "eps
 
 def _flow_builder(family: str, full_arch: str):
     """FLUX.1 / FLUX.2 Klein live in scripts/tiny_flux.py (imported late: it imports this file)."""
-    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0,
+              variant: str | None = None) -> Path:
         if prediction_type != "epsilon":
             raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
         try:
@@ -279,7 +282,7 @@ def _flow_builder(family: str, full_arch: str):
         except ImportError:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import tiny_flux
-        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed)
+        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
     return build
 
 
@@ -290,7 +293,7 @@ ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2
 
 
 def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = "epsilon", seed: int = 0,
-                   family: str | None = None) -> Path:
+                   family: str | None = None, variant: str | None = None) -> Path:
     """Build, save and return ``out_dir``. Deterministic for a given (family, arch, prediction_type, seed).
 
     ``arch`` "tiny" builds the tiny model of ``family`` (default sd); a full-shape arch
@@ -307,7 +310,11 @@ def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = 
         raise ValueError(f"family {family!r}: valid are {', '.join(BUILDERS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return BUILDERS[family](out_dir, full=implied is not None, prediction_type=prediction_type, seed=seed)
+    # A variant (flux2-klein: base | distilled) goes to the families that have them.
+    options = {"variant": variant} if variant is not None else {}
+    if options and "variant" not in inspect.signature(BUILDERS[family]).parameters:
+        raise ValueError(f"--variant {variant}: {family} models have no variants")
+    return BUILDERS[family](out_dir, full=implied is not None, prediction_type=prediction_type, seed=seed, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="model family of the tiny model (default: sd; a full-shape --arch implies its family)")
     p.add_argument("--arch", choices=tuple(ARCHES), default="tiny",
                    help="tiny test model, or SD1.5- / SDXL-base-shaped random weights for benchmarks (default: tiny)")
+    p.add_argument("--variant", default=None,
+                   help="published variant: flux2-klein base (default: what LoRAs train on) or distilled")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
     a = p.parse_args(argv)
     try:
-        out = build_pipeline(a.out_dir, arch=a.arch, prediction_type=a.prediction_type, seed=a.seed, family=a.family)
+        out = build_pipeline(a.out_dir, arch=a.arch, prediction_type=a.prediction_type, seed=a.seed, family=a.family,
+                             variant=a.variant)
     except ValueError as exc:
         p.error(str(exc))
     print(f"wrote {a.family or ARCHES[a.arch] or 'sd'} {a.arch} pipeline ({a.prediction_type}) to {out}")
