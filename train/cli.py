@@ -25,19 +25,25 @@ DEFAULT_CLASS_CACHE = Path.home() / ".cache" / "lora-fanout" / "class-images"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train one DreamBooth LoRA on a Stable "
-                                "Diffusion pipeline folder; writes OUT/model and OUT/checkpoints.")
+    p = argparse.ArgumentParser(prog="python -m train", description="Train one DreamBooth LoRA on a diffusers "
+                                "pipeline folder (SD, SDXL, FLUX.1, FLUX.2 klein); writes OUT/model and OUT/checkpoints. "
+                                "Settings you leave out come from the base family's recipe (docs/families.md).")
     p.add_argument("--config", metavar="FILE.json", help="JSON object of settings (snake_case keys); flags override it")
     p.add_argument("--class-cache-dir", metavar="DIR", default=str(DEFAULT_CLASS_CACHE),
                    help="where generated class images are cached and reused (default: %(default)s)")
     p.add_argument("--task-id", help="name in log lines and status (default: the output folder's name)")
+    from train.recipes import recipe_fields
+
     hints = typing.get_type_hints(TrainConfig)
+    from_recipe = recipe_fields()
     for f in dataclasses.fields(TrainConfig):
         tp, default = hints[f.name], f.default
         help_text = f.metadata["help"]
         if f.metadata.get("choices"):
             help_text += f" ({'|'.join(f.metadata['choices'])})"
-        if default not in ("", None, ()):
+        if f.name in from_recipe:
+            help_text += f" (default: the model family's recipe, docs/families.md; {default} where it has none)"
+        elif default not in ("", None, ()):
             help_text += f" (default: {default})"
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
@@ -69,7 +75,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (as flags, or in --config)")
     check_paths(cfg)
-    return cfg, args
+    from train.recipes import resolve_for_model
+
+    # Every setting neither a flag nor the file gives comes from the base family's recipe.
+    return resolve_for_model(cfg, cfg.pretrained_model), args
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

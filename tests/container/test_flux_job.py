@@ -1,6 +1,7 @@
-"""FLUX.1 (on an NF4-quantized base) and FLUX.2 Klein jobs through `fanout local` and the real
+"""FLUX.1 (on an NF4-quantized base) and FLUX.2 klein Base jobs through `fanout local` and the real
 container: two tasks on one host share one base load (quantized once), and the second task's
-LoRA is bit-identical to the same task trained alone on a fresh host."""
+LoRA is bit-identical to the same task trained alone on a fresh host. What the job leaves unset
+comes from the family's recipe, the same on every task, and the manifest says which."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-from scripts_loader import load_script
 
 from opt_ml import ROOT, TINY_HP, container_env, make_tree, raw_encode, run_local_job
 
@@ -28,9 +28,8 @@ TASKS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in JOBS}
+def tiny_flow(tiny_flow_models):
+    return tiny_flow_models  # FLUX.1-dev and FLUX.2 klein Base (tests/conftest.py)
 
 
 @pytest.fixture(scope="module", params=sorted(JOBS))
@@ -54,6 +53,10 @@ def test_two_tasks_share_one_base_load_and_the_second_trains_as_if_alone(job, tm
         assert manifest["family"] == family and all(f["status"] == "ok" for f in manifest["formats"].values())
         assert manifest["hyperparameters"]["config"]["base_quantization"] == JOBS[family].get("base_quantization",
                                                                                                "none")
+        recipe = manifest["hyperparameters"]["recipe"]  # the job sets no rank: the recipe's, named as such
+        assert recipe["variant"] == {"flux": "dev", "flux2-klein": "base"}[family]
+        assert manifest["lora"]["rank"] == recipe["from_recipe"]["rank"] == {"flux": 16, "flux2-klein": 32}[family]
+        assert {"max_train_steps", "resolution"} <= set(recipe["set_by_task_or_job"])
     second = summary["share"][1]
     task = next(t for t in TASKS if t["task_id"] == second)
     hp = raw_encode({k: str(v) for k, v in JOBS[family].items()})

@@ -28,9 +28,8 @@ FLUX_DOUBLE_TARGETS = ",".join(f"transformer_blocks.0.{m}" for m in (
 
 
 @pytest.fixture(scope="session")
-def tiny_flow(tmp_path_factory):
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in FAMILIES}
+def tiny_flow(tiny_flow_models):
+    return tiny_flow_models  # FLUX.1-dev and FLUX.2 klein Base (tests/conftest.py)
 
 
 _BASES: dict = {}
@@ -91,6 +90,7 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
         entry = manifest["formats"][name]
         assert entry["status"] == "ok", entry
         assert entry["drift"]["mean_abs_diff"] <= 0.05, (name, entry["drift"])
+        assert len(entry["verified"]) == 1 and "rendered 1 image(s)" in entry["verified"][0]["how"]
     base_image = render(fresh(tiny_flow[family], family))
     pipe = fresh(tiny_flow[family], family)
     pipe.load_lora_weights(model_dir)
@@ -129,6 +129,7 @@ def test_klein_comfyui_copy_uses_bfl_names(trained):
 def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_completes(tiny_flow, demo_data, tmp_path):
     """Default targets (single blocks too) on the tiny FLUX.1: diffusers' kohya converter only
     splits FLUX.1-dev's widths, so the copy is written with the reason instead of a reload."""
+    import diffusers
     from safetensors.torch import load_file
 
     from train.task import run_task
@@ -140,6 +141,11 @@ def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_comp
     assert entries["lora"]["status"] == "ok" and "drift" in entries["lora"]
     assert entries["kohya"]["status"] == "ok" and "drift" not in entries["kohya"]
     assert "(3072, 3072, 3072, 12288)" in entries["kohya"]["reload"]
+    # Per file: nothing read this copy back in this run, while the suite checks the layout with
+    # ComfyUI's key maps; the diffusers file next to it was read back and rendered here.
+    assert entries["kohya"]["verified"] == []
+    assert any(r["reader"].startswith("ComfyUI key maps") for r in entries["kohya"]["suite_verified"])
+    assert [r["reader"].split(" + ")[0] for r in entries["lora"]["verified"]] == [f"diffusers {diffusers.__version__}"]
     assert any(k.startswith("lora_unet_single_blocks_0_linear1.") for k in load_file(tmp_path / "model" / "lora_kohya.safetensors"))
 
 
