@@ -78,8 +78,8 @@ class RecipeUse:
                        overridden=tuple(sorted(set(self.overridden) | drop)))
 
     def to_manifest(self) -> dict[str, Any]:
-        """``manifest.json["recipe"]``: what came from the recipe (with sources), what the task
-        or job set instead, and the family's warning on this variant."""
+        """``manifest.json["hyperparameters"]["recipe"]``: what came from the recipe (with
+        sources), what the task or job set instead, and the family's warning on this variant."""
         out = {"family": self.family, "variant": self.variant, "from_recipe": dict(self.values),
                "sources": dict(self.sources), "set_by_task_or_job": list(self.overridden)}
         if self.warning:
