@@ -151,9 +151,23 @@ def _make_worker(env, settings, training_hp, job_cfg, stop):
     from container.worker import Worker
     from train.api import LocalTrainer
 
+    # The base loads once per host in the job's precision (and quantization): what the job leaves
+    # unset is the base family's recipe on this machine, as each task's config resolves it.
+    job_cfg = _job_recipe(job_cfg, env.channel("model"))
     trainer = LocalTrainer(job_cfg.mixed_precision, base_quantization=job_cfg.base_quantization)
     return Worker(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
                   stop_requested=stop, mixed_precision=job_cfg.mixed_precision)
+
+
+def _job_recipe(job_cfg, model_dir):
+    from container.errors import JobConfigError
+    from train.errors import ConfigError
+    from train.recipes import resolve_for_model
+
+    try:
+        return resolve_for_model(job_cfg, model_dir)
+    except ConfigError as exc:
+        raise JobConfigError(str(exc)) from exc
 
 
 def _check_family(worker, job_cfg, model_dir) -> None:

@@ -65,7 +65,7 @@ class Worker:
     job_hp: Mapping[str, Any]  # training hyperparameters of the job, raw (strings)
     trainer: "Trainer"
     stop_requested: Callable[[], bool] = lambda: False
-    mixed_precision: str = "no"  # the job's: the base model is loaded once, in this precision
+    mixed_precision: str = "no"  # the job's (recipe resolved): the base model is loaded once, in this precision
     transfer: Any = None  # container.s3.TaskTransfer, made on first use
     summary: HostSummary | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)  # task_id -> why its own fields are bad
@@ -218,6 +218,9 @@ class Worker:
             images_channel=env.channel("images"), class_channel=env.channel("class"),
             instance_data_dir=data_dir, output_dir=model_dir,
         )
+        # Settings and formats the base's family cannot use fail this task before any model loads;
+        # what neither the task nor the job sets comes from the family's recipe.
+        cfg = self.trainer.check_config(cfg, model_channel, source=f"task {task.task_id!r}") or cfg
         if cfg.mixed_precision != self.mixed_precision:
             from train.errors import ConfigError
 
@@ -225,8 +228,6 @@ class Worker:
                 f"task {task.task_id!r}: hyperparameter mixed_precision={cfg.mixed_precision!r} differs from the "
                 f"job's {self.mixed_precision!r}; the base model is loaded once per host, so set it for the job"
             )
-        # Settings and formats the base's family cannot use fail this task before any model loads.
-        self.trainer.check_config(cfg, model_channel, source=f"task {task.task_id!r}")
         return cfg
 
     def _download_instance_data(self, task: "TaskSpec") -> Path:

@@ -3,7 +3,8 @@
 
     python scripts/make_tiny_model.py OUT_DIR [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
                                               [--arch tiny|sd15|sdxl|flux-dev|flux2-klein-4b|z-image-6b|qwen-image-20b]
-                                              [--variant base|turbo] [--prediction-type epsilon|v_prediction] [--seed 0]
+                                              [--variant base|distilled|turbo] [--prediction-type epsilon|v_prediction]
+                                              [--seed 0]
 
 Nothing is downloaded: the denoiser, VAE and CLIP text encoder(s) are built from small configs
 (or, with ``--arch sd15`` / ``--arch sdxl``, from the published SD 1.5 / SDXL base config
@@ -272,7 +273,8 @@ def build_sdxl(out_dir: Path, *, full: bool = False, prediction_type: str = "eps
 
 def _flow_builder(family: str, full_arch: str):
     """FLUX.1 / FLUX.2 Klein live in scripts/tiny_flux.py (imported late: it imports this file)."""
-    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0,
+              variant: str | None = None) -> Path:
         if prediction_type != "epsilon":
             raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
         try:
@@ -280,7 +282,7 @@ def _flow_builder(family: str, full_arch: str):
         except ImportError:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import tiny_flux
-        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed)
+        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
     return build
 
 
@@ -305,8 +307,8 @@ BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "flux": _flow_builder("flux", "f
             "z-image": _dit_builder("z-image", "z-image-6b"), "qwen-image": _dit_builder("qwen-image", "qwen-image-20b")}
 ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2-klein-4b": "flux2-klein",
           "z-image-6b": "z-image", "qwen-image-20b": "qwen-image"}
-# Families whose builder takes a variant (z-image: base | turbo).
-VARIANT_FAMILIES = ("z-image",)
+# Families with published variants, and theirs (the first is the default).
+VARIANTS = {"flux2-klein": ("base", "distilled"), "z-image": ("base", "turbo")}
 
 
 def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = "epsilon", seed: int = 0,
@@ -325,8 +327,10 @@ def build_pipeline(out_dir: Path, *, arch: str = "tiny", prediction_type: str = 
     family = implied or family or "sd"
     if family not in BUILDERS:
         raise ValueError(f"family {family!r}: valid are {', '.join(BUILDERS)}")
-    if variant is not None and family not in VARIANT_FAMILIES:
-        raise ValueError(f"--variant: {family} models have no variants (only {', '.join(VARIANT_FAMILIES)} do)")
+    if variant is not None and variant not in VARIANTS.get(family, ()):
+        raise ValueError(f"--variant {variant}: " + (f"{family} variants are {', '.join(VARIANTS[family])}"
+                                                     if family in VARIANTS else f"{family} models have no variants")
+                         + f" (families with variants: {', '.join(VARIANTS)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"variant": variant} if variant is not None else {}
@@ -342,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="model family of the tiny model (default: sd; a full-shape --arch implies its family)")
     p.add_argument("--arch", choices=tuple(ARCHES), default="tiny",
                    help="tiny test model, or a published shape (random weights) for benchmarks (default: tiny)")
-    p.add_argument("--variant", choices=("base", "turbo"), default=None,
-                   help="z-image only: the published variant to imitate (default base; turbo = the distilled one)")
+    p.add_argument("--variant", choices=sorted({v for vs in VARIANTS.values() for v in vs}), default=None,
+                   help="the published variant to imitate: flux2-klein base (default; what LoRAs train on) or "
+                        "distilled, z-image base (default) or turbo")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
     a = p.parse_args(argv)
     try:

@@ -2,7 +2,8 @@
 """Build a FLUX.1 or FLUX.2 Klein pipeline with random weights, offline.
 
     python scripts/tiny_flux.py OUT_DIR --family flux|flux2-klein
-                                [--arch tiny|flux-dev|flux-schnell|flux2-klein-4b] [--seed 0]
+                                [--arch tiny|flux-dev|flux-schnell|flux2-klein-4b] [--variant base|distilled]
+                                [--seed 0]
 
 The real diffusers and transformers classes (``FluxPipeline``: ``FluxTransformer2DModel``,
 ``AutoencoderKL``, CLIP and T5 encoders; ``Flux2KleinPipeline``: ``Flux2Transformer2DModel``,
@@ -11,7 +12,9 @@ The real diffusers and transformers classes (``FluxPipeline``: ``FluxTransformer
 GPU benchmarks only: FLUX.1-dev is ~17B parameters with T5-XXL, written in bf16). The
 tokenizers are written here: CLIP's byte-level BPE as for SD, a T5 Unigram model built with
 the ``tokenizers`` library, and a byte-level BPE with Qwen's chat tokens and template. The same
-seed always gives the same weights.
+seed always gives the same weights. A FLUX.2 klein folder is the Base checkpoint (``--variant
+base``, the default: what LoRAs train on) or the step-distilled one (``--variant distilled``);
+as published, they differ only in model_index.json's ``is_distilled``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ except ImportError:  # pragma: no cover - imported as scripts.tiny_flux
     from make_tiny_model import write_tokenizer as write_clip_tokenizer
 
 FAMILIES = {"flux": ("tiny", "tiny-schnell", "flux-dev", "flux-schnell"), "flux2-klein": ("tiny", "flux2-klein-4b")}
+VARIANTS = {"flux": ("",), "flux2-klein": ("base", "distilled")}  # the first is the default
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 # Qwen3's chat template, reduced to what Flux2KleinPipeline uses (one user turn, thinking off).
 QWEN_CHAT_TEMPLATE = (
@@ -159,7 +163,7 @@ def klein_configs(arch: str, *, qwen_vocab: int) -> dict:
 
 # --- builders --------------------------------------------------------------------------------
 
-def build_flux(out_dir: Path, *, arch: str = "tiny", seed: int = 0) -> Path:
+def build_flux(out_dir: Path, *, arch: str = "tiny", seed: int = 0, variant: str = "") -> Path:
     """Build and save a FluxPipeline; return ``out_dir``. Deterministic for (arch, seed)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -185,8 +189,9 @@ def build_flux(out_dir: Path, *, arch: str = "tiny", seed: int = 0) -> Path:
     return _save(pipe, out_dir, src)
 
 
-def build_flux2_klein(out_dir: Path, *, arch: str = "tiny", seed: int = 0) -> Path:
-    """Build and save a Flux2KleinPipeline (distilled, as Klein 4B); return ``out_dir``."""
+def build_flux2_klein(out_dir: Path, *, arch: str = "tiny", seed: int = 0, variant: str = "base") -> Path:
+    """Build and save a Flux2KleinPipeline, the Base (undistilled) or the step-distilled
+    checkpoint's folder (``is_distilled`` in model_index.json); return ``out_dir``."""
     import torch
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -203,7 +208,8 @@ def build_flux2_klein(out_dir: Path, *, arch: str = "tiny", seed: int = 0) -> Pa
         torch.manual_seed(seed + 2)
         qwen = Qwen3ForCausalLM(Qwen3Config(**cfg["qwen"]))
     pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]), vae=vae,
-                              text_encoder=qwen, tokenizer=tok, transformer=transformer, is_distilled=True)
+                              text_encoder=qwen, tokenizer=tok, transformer=transformer,
+                              is_distilled=variant == "distilled")
     return _save(pipe, out_dir, src)
 
 
@@ -237,10 +243,13 @@ def _save(pipe, out_dir: Path, src: Path) -> Path:
 BUILDERS = {"flux": build_flux, "flux2-klein": build_flux2_klein}
 
 
-def build(out_dir: Path, *, family: str, arch: str = "tiny", seed: int = 0) -> Path:
+def build(out_dir: Path, *, family: str, arch: str = "tiny", seed: int = 0, variant: str | None = None) -> Path:
     if arch not in FAMILIES[family]:
         raise SystemExit(f"--arch {arch}: not a {family} arch; valid: {', '.join(FAMILIES[family])}")
-    return BUILDERS[family](out_dir, arch=arch, seed=seed)
+    variant = VARIANTS[family][0] if variant is None else variant
+    if variant not in VARIANTS[family]:
+        raise SystemExit(f"--variant {variant}: {family} has {', '.join(v or repr(v) for v in VARIANTS[family])}")
+    return BUILDERS[family](out_dir, arch=arch, seed=seed, variant=variant)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--family", choices=sorted(FAMILIES), required=True, help="model family")
     p.add_argument("--arch", default="tiny", help="tiny (default), or a full shape: "
                    + "; ".join(f"{f}: {', '.join(a[1:])}" for f, a in FAMILIES.items()))
+    p.add_argument("--variant", default=None, help="flux2-klein: base (default) or distilled")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
     a = p.parse_args(argv)
-    out = build(a.out_dir, family=a.family, arch=a.arch, seed=a.seed)
-    print(f"wrote {a.arch} {a.family} pipeline to {out}")
+    out = build(a.out_dir, family=a.family, arch=a.arch, seed=a.seed, variant=a.variant)
+    print(f"wrote {a.arch} {a.family} {a.variant or ''} pipeline to {out}")
     return 0
 
 

@@ -87,9 +87,18 @@ def tiny_scorers(tmp_path_factory) -> Path:
     return load_script("make_tiny_scorers").build_scorers(tmp_path_factory.mktemp("tiny-scorers") / "eval")
 
 
+
 @pytest.fixture(scope="session")
-def tiny_flow(tmp_path_factory) -> dict:
-    """Tiny FLUX.1 and FLUX.2 Klein pipeline folders by family (scripts/tiny_flux.py). Read-only."""
+def tiny_flow_models(tmp_path_factory) -> dict:
+    """Tiny FLUX.1-dev and FLUX.2 klein (Base) pipeline folders, built once per session (read-only)."""
     pytest.importorskip("diffusers")
     builder = load_script("tiny_flux")
     return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in ("flux", "flux2-klein")}
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_distilled(tmp_path_factory) -> Path:
+    """A tiny FLUX.2 klein folder of the step-distilled checkpoint (is_distilled: true)."""
+    pytest.importorskip("diffusers")
+    return load_script("tiny_flux").build(tmp_path_factory.mktemp("klein-distilled") / "pipe", family="flux2-klein",
+                                          variant="distilled")

@@ -1,10 +1,11 @@
 """What callers outside ``train`` use: one typed interface (``Trainer``) and the real one.
 
 The container's warm worker holds a ``Trainer``: it checks each task's config against the
-base model's family and screens the task's photos before anything loads, loads the base once
-per host (and the scorer models of the evaluation, when the job has them), and runs the tasks
-on it. ``LocalTrainer`` is train's own; the container's orchestration tests pass a stand-in
-with the same methods. Importing this module is light (no torch).
+base model's family before anything loads (filling what a task leaves unset from the family's
+recipe) and screens the task's photos, loads the base once per host (and the scorer models of
+the evaluation, when the job has them), and runs the tasks on it. ``LocalTrainer`` is train's
+own; the container's orchestration tests pass a stand-in with the same methods. Importing this
+module is light (no torch).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ if TYPE_CHECKING:  # heavy modules: only for the annotations
 
 
 class Trainer(Protocol):
-    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> None:
-        """Raise ConfigError when ``cfg`` asks for something the base's family cannot do."""
+    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> TrainConfig | None:
+        """Raise ConfigError when ``cfg`` asks for something the base's family cannot do; return
+        the config to train with: ``cfg`` with the family's recipe for every setting it leaves
+        unset (train.recipes), or None to train ``cfg`` as it is."""
 
     def screen(self, cfg: TrainConfig, *, task_id: str) -> Mapping[str, Any] | None:
         """Screen the task's photos before the base model is touched (train.screen): the
@@ -51,14 +54,16 @@ class Trainer(Protocol):
 class LocalTrainer:
     """train's own Trainer, in this process."""
 
-    mixed_precision: str = "no"   # the job's: the base model is loaded once, in this precision
-    base_quantization: str = "none"  # the job's: nf4/int8 quantize the base once, when it loads
+    mixed_precision: str = "no"   # the job's (recipe resolved): the base model is loaded once, in this precision
+    base_quantization: str = "none"  # the job's (recipe resolved): nf4/int8 quantize the base once, when it loads
     quiet_progress_bars: bool = True
 
-    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> None:
+    def check_config(self, cfg: TrainConfig, model_dir: Path, *, source: str) -> TrainConfig:
         from train.families import check_for_model
+        from train.recipes import resolve_for_model
 
         check_for_model(cfg, model_dir, source=source)
+        return resolve_for_model(cfg, model_dir)
 
     def screen(self, cfg: TrainConfig, *, task_id: str) -> Mapping[str, Any] | None:
         from train.errors import DataError, TrainError

@@ -25,8 +25,9 @@ DEFAULT_CLASS_CACHE = Path.home() / ".cache" / "lora-fanout" / "class-images"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train one DreamBooth LoRA on a Stable "
-                                "Diffusion pipeline folder; writes OUT/model and OUT/checkpoints.")
+    p = argparse.ArgumentParser(prog="python -m train", description="Train one DreamBooth LoRA on a diffusers "
+                                "pipeline folder (SD, SDXL, FLUX.1, FLUX.2 klein); writes OUT/model and OUT/checkpoints. "
+                                "Settings you leave out come from the base family's recipe (docs/families.md).")
     p.add_argument("--config", metavar="FILE.json", help="JSON object of settings (snake_case keys); flags override it")
     p.add_argument("--class-cache-dir", metavar="DIR", default=str(DEFAULT_CLASS_CACHE),
                    help="where generated class images are cached and reused (default: %(default)s)")
@@ -34,14 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-models", metavar="DIR", help="scorer models (DIR/clip, DIR/dino, optional DIR/face): "
                    "score the trained LoRA and judge it by --quality-gate (docs/quality.md); without it the "
                    "task is not evaluated")
+    from train.recipes import recipe_fields
+
     hints = typing.get_type_hints(TrainConfig)
+    from_recipe = recipe_fields()
     for f in dataclasses.fields(TrainConfig):
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata["help"]
         if f.metadata.get("choices"):
             help_text += f" ({'|'.join(f.metadata['choices'])})"
-        if default not in ("", None, (), {}):
+        if f.name in from_recipe:
+            help_text += f" (default: the model family's recipe, docs/families.md; {default} where it has none)"
+        elif default not in ("", None, (), {}):
             help_text += f" (default: {default})"
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
@@ -79,7 +85,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
         from train.quality import check_eval_models
 
         check_eval_models(Path(args.eval_models), source=f"--eval-models {args.eval_models}")
-    return cfg, args
+    from train.recipes import resolve_for_model
+
+    # Every setting neither a flag nor the file gives comes from the base family's recipe.
+    return resolve_for_model(cfg, cfg.pretrained_model), args
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -4,11 +4,18 @@ Defaults live only here. The CLI (``train/cli.py``) builds its flags from these 
 container builds the config from SageMaker hyperparameters with ``TrainConfig.from_dict``,
 which converts strings by each field's declared type (SageMaker sends every value as a
 string, and the SageMaker Python SDK JSON-quotes them: ``"400"`` arrives as ``"\\"400\\""``).
+
+A config remembers which settings were given (``given``: the keys of ``from_dict``, a flag, a
+config file, a job or task hyperparameter): ``train.recipes.resolve`` fills every other one a
+model family's recipe has from that recipe, and the result records what it took (``recipe``).
+The field defaults below are what a setting is when neither the caller nor the family's recipe
+sets it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import typing
 from dataclasses import dataclass, field
@@ -150,6 +157,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _validate(self, "config")
+        _remember(self, given=frozenset())  # the constructor below records its arguments
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The settings the caller set (keys of ``from_dict``, flags, job or task hyperparameters):
+        a model family's recipe never overrides them."""
+        return self.__dict__["_given"]
+
+    @property
+    def recipe(self) -> Any:
+        """What ``train.recipes.resolve`` filled in from the family's recipe (a ``RecipeUse``), or None."""
+        return self.__dict__["_recipe"]
 
     @property
     def alpha(self) -> float:
@@ -185,24 +204,57 @@ class TrainConfig:
         return cls._checked(source, **kwargs)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A validated copy with ``changes`` applied (typed values)."""
-        return self.from_dict({**dataclasses.asdict(self), **changes}, source="replace()")
+        """A validated copy with ``changes`` applied (typed values); they count as given."""
+        new = self.from_dict({**dataclasses.asdict(self), **changes}, source="replace()")
+        recipe = self.recipe.without(changes) if self.recipe is not None else None
+        return _remember(new, given=self.given | frozenset(changes), recipe=recipe)
+
+    def filled(self, values: Mapping[str, Any], recipe: Any, *, source: str) -> "TrainConfig":
+        """A validated copy with ``values`` for the settings not given (a family's recipe; only
+        ``train.recipes.resolve`` calls this), remembering ``recipe``."""
+        taken = {k: v for k, v in values.items() if k not in self.given}
+        new = self.from_dict({**dataclasses.asdict(self), **taken}, source=source)
+        return _remember(new, given=self.given, recipe=recipe)
 
     @classmethod
     def _checked(cls, source: str, **kwargs: Any) -> "TrainConfig":
         # Build without the generic check, then check naming the real source.
         obj = object.__new__(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            object.__setattr__(obj, f.name, kwargs.get(f.name, default))
+            object.__setattr__(obj, f.name, kwargs.get(f.name, _default(f)))
         _validate(obj, source)
-        return obj
+        return _remember(obj, given=frozenset(kwargs))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for name in ("validation_prompts", "eval_prompts", "eval_drift_prompts"):
             d[name] = list(getattr(self, name))
         return d
+
+
+def _recording_init(init):
+    """``TrainConfig(...)`` built in code gives exactly the settings it was called with."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        _remember(self, given=frozenset(names[:len(args)]) | frozenset(kwargs))
+    return __init__
+
+
+TrainConfig.__init__ = _recording_init(TrainConfig.__init__)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _remember(cfg: TrainConfig, *, given: frozenset[str], recipe: Any = None) -> TrainConfig:
+    """Record (outside the compared fields) what the caller set and what a recipe filled in."""
+    object.__setattr__(cfg, "_given", given)
+    object.__setattr__(cfg, "_recipe", recipe)
+    return cfg
 
 
 def flag_name(name: str) -> str:

@@ -20,12 +20,12 @@ from train.errors import DataError
 from train.pipeline import BaseModel
 from train.state import replace_dir
 
-GUIDANCE_SCALE = 7.5
 BATCH = 4
 
 
 def cache_key(base: BaseModel, cfg: TrainConfig, count: int) -> str:
-    parts = [base.identity(), cfg.class_prompt, cfg.resolution, count, cfg.class_inference_steps]
+    parts = [base.identity(), cfg.class_prompt, cfg.resolution, count, cfg.class_inference_steps,
+             cfg.preview_guidance_scale]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
@@ -67,13 +67,16 @@ def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None
             n = min(BATCH, count - start)
             # One generator per image: image i is the same whatever the batch size.
             gens = [torch.Generator(device="cpu").manual_seed(derive_seed(0, "class", start + j)) for j in range(n)]
-            guidance = base.family.guidance_for_sampling(cfg, GUIDANCE_SCALE)
+            # The sampling guidance of this family and variant (its recipe's preview guidance:
+            # CFG 7.5 on SD, FLUX.1-dev's distilled guidance 3.5, none on the distilled models).
+            guidance = base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale)
             images = pipe(prompt=[cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
                           height=cfg.resolution, width=cfg.resolution, generator=gens,
                           **base.family.sampling_kwargs(base, guidance)).images
             for j, image in enumerate(images):
                 image.save(tmp / f"class-{start + j:05d}.png")
     meta = {"base_model": str(base.path), "base_identity": base.identity(), "class_prompt": cfg.class_prompt,
-            "resolution": cfg.resolution, "count": count, "inference_steps": cfg.class_inference_steps}
+            "resolution": cfg.resolution, "count": count, "inference_steps": cfg.class_inference_steps,
+            "guidance_scale": cfg.preview_guidance_scale}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     replace_dir(tmp, final)

@@ -9,6 +9,7 @@ bookkeeping and always leaves the base model clean.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
     family = base.family
     family.check_config(cfg, source=f"task {task_id!r}")  # cheap; the container checked it before loading
     require_base_quantization(base, cfg, task_id)
+    log_recipe(cfg, task_id)
     # --- data: screen the photos (the container did before the base loaded: cached), read the
     # kept ones; fail on a bad image before anything is generated or attached ---
     with status.timings.phase("data"):
@@ -286,6 +288,15 @@ def preview_prompts(cfg: TrainConfig) -> tuple[str, ...]:
     return cfg.validation_prompts or (cfg.instance_prompt,)
 
 
+def log_recipe(cfg: TrainConfig, task_id: str) -> None:
+    """Which settings came from the family's recipe, and its warning on this base (if any)."""
+    if cfg.recipe is None:
+        return
+    print(f"task={task_id} {cfg.recipe.summary()}", flush=True)
+    if cfg.recipe.warning:
+        print(f"task={task_id} WARNING: {cfg.recipe.warning}", file=sys.stderr, flush=True)
+
+
 def require_task_fields(cfg: TrainConfig) -> None:
     missing = [n for n in ("instance_data", "instance_prompt") if not getattr(cfg, n)]
     if missing:
@@ -338,6 +349,7 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
         base_model_dir=base.path, train_text_encoder=cfg.train_text_encoder, rank=cfg.rank, family=base.family,
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,
         extra_manifest={"task_id": task_id, "step": step, "loss": loss, "config": cfg.to_dict(),
-                        "steps_per_second": round(steps_per_second, 4)},
+                        "steps_per_second": round(steps_per_second, 4),
+                        **({"recipe": cfg.recipe.to_manifest()} if cfg.recipe is not None else {})},
         sections=sections,
     )

@@ -1,6 +1,7 @@
-"""FLUX.1 (on an NF4-quantized base) and FLUX.2 Klein jobs through `fanout local` and the real
+"""FLUX.1 (on an NF4-quantized base) and FLUX.2 klein Base jobs through `fanout local` and the real
 container: two tasks on one host share one base load (quantized once), and the second task's
-LoRA is bit-identical to the same task trained alone on a fresh host."""
+LoRA is bit-identical to the same task trained alone on a fresh host. What the job leaves unset
+comes from the family's recipe, the same on every task, and the manifest says which."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ TASKS = [
 
 
 @pytest.fixture(scope="module", params=sorted(JOBS))
-def job(request, tmp_path_factory, tiny_flow, image_root):
+def job(request, tmp_path_factory, tiny_flow_models, image_root):
     family = request.param
-    job = run_local_job(tmp_path_factory.mktemp(f"{family}-job"), TASKS, model=tiny_flow[family], images=image_root,
+    job = run_local_job(tmp_path_factory.mktemp(f"{family}-job"), TASKS, model=tiny_flow_models[family], images=image_root,
                         hyperparameters=JOBS[family])
-    return {**job, "family": family, "summary": job["summaries"]["algo-1"], "model": tiny_flow[family]}
+    return {**job, "family": family, "summary": job["summaries"]["algo-1"], "model": tiny_flow_models[family]}
 
 
 def test_two_tasks_share_one_base_load_and_the_second_trains_as_if_alone(job, tmp_path, image_root):
@@ -47,6 +48,10 @@ def test_two_tasks_share_one_base_load_and_the_second_trains_as_if_alone(job, tm
         assert manifest["family"] == family and all(f["status"] == "ok" for f in manifest["formats"].values())
         assert manifest["hyperparameters"]["config"]["base_quantization"] == JOBS[family].get("base_quantization",
                                                                                                "none")
+        recipe = manifest["hyperparameters"]["recipe"]  # the job sets no rank: the recipe's, named as such
+        assert recipe["variant"] == {"flux": "dev", "flux2-klein": "base"}[family]
+        assert manifest["lora"]["rank"] == recipe["from_recipe"]["rank"] == {"flux": 16, "flux2-klein": 32}[family]
+        assert {"max_train_steps", "resolution"} <= set(recipe["set_by_task_or_job"])
     second = summary["share"][1]
     task = next(t for t in TASKS if t["task_id"] == second)
     hp = raw_encode({k: str(v) for k, v in JOBS[family].items()})

@@ -45,7 +45,16 @@ def test_manifest_records_the_onnxruntime_check(exported):
     assert check["within_tolerance"] and max(check["max_abs_diff"].values()) <= 1e-3
     assert len(check["shapes"]) == 2 and check["shapes"][0] != check["shapes"][1]
     assert check["differs_from_base"] and check["unet_max_abs_diff_vs_base"] > 1e-2
-    assert any("onnxruntime" in r for r in entry["verified_readers"])
+    # This run's file was read by onnxruntime (the installed version); the suite's row says which test.
+    assert [r["reader"].split(" CPU")[0] for r in entry["verified"]] == [f"onnxruntime {onnxruntime_version()}"]
+    assert "max abs diff" in entry["verified"][0]["how"]
+    assert any("onnxruntime" in r["reader"] and r["test"].endswith("test_export_onnx.py") for r in entry["suite_verified"])
+
+
+def onnxruntime_version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime")
 
 
 def test_big_graphs_keep_weights_in_a_side_file_small_ones_inline(exported):

@@ -97,7 +97,9 @@ def test_archive_is_one_model_folder_with_config_model_and_artifact(users):
                    'name: "image" data_type: TYPE_STRING'):
         assert tensor in config
     entry = manifest["formats"]["triton"]
-    assert entry["packs"] == "lora" and any("tritonserver 2.51" in r for r in entry["verified_readers"])
+    assert entry["packs"] == "lora" and any("tritonserver 2.51" in r["reader"] for r in entry["suite_verified"])
+    # This run read the archive back with its own loader in a fresh process (the footprint).
+    assert len(entry["verified"]) == 1 and "inference.py" in entry["verified"][0]["reader"]
     # A LoRA archive loads its own base per user model: the footprint shows the whole pipeline.
     footprint = entry["footprint"]
     assert footprint["weights_bytes"] > 8e6 and footprint["rss_bytes"] > footprint["runtime_rss_bytes"] > 0

@@ -30,13 +30,13 @@ FLUX_DOUBLE_TARGETS = ",".join(f"transformer_blocks.0.{m}" for m in (
 _BASES: dict = {}
 
 
-def flow_base(tiny_flow, family: str, quantization: str = "none"):
+def flow_base(tiny_flow_models, family: str, quantization: str = "none"):
     """One loaded base per (family, quantization), as a warm worker keeps it."""
     from train.pipeline import load_base
 
     key = (family, quantization)
     if key not in _BASES:
-        _BASES[key] = load_base(tiny_flow[family], base_quantization=quantization)
+        _BASES[key] = load_base(tiny_flow_models[family], base_quantization=quantization)
     return _BASES[key]
 
 
@@ -60,7 +60,7 @@ def render(pipe, seed: int = 3):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_flow, demo_data, tmp_path_factory):
+def trained(tiny_flow_models, demo_data, tmp_path_factory):
     """Each family trained once with both exports (FLUX.1 also with CLIP's LoRA)."""
     from train.task import run_task
 
@@ -69,13 +69,13 @@ def trained(tiny_flow, demo_data, tmp_path_factory):
         extra = dict(train_text_encoder=True, lora_target_modules=FLUX_DOUBLE_TARGETS) if family == "flux" else {}
         cfg = config(demo_data, export="lora,kohya", export_check=True, lora_alpha=8, **extra)
         root = tmp_path_factory.mktemp(f"run-{family}")
-        result = run_task(flow_base(tiny_flow, family), cfg, model_dir=root / "model", checkpoint_dir=root / "ck")
+        result = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=root / "model", checkpoint_dir=root / "ck")
         out[family] = (root / "model", result)
     return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rendered(trained, tiny_flow, family):
+def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rendered(trained, tiny_flow_models, family):
     model_dir, result = trained[family]
     assert result.state == "completed" and result.step == FAST["max_train_steps"]
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -85,24 +85,25 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
         entry = manifest["formats"][name]
         assert entry["status"] == "ok", entry
         assert entry["drift"]["mean_abs_diff"] <= 0.05, (name, entry["drift"])
-    base_image = render(fresh(tiny_flow[family], family))
-    pipe = fresh(tiny_flow[family], family)
+        assert len(entry["verified"]) == 1 and "rendered 1 image(s)" in entry["verified"][0]["how"]
+    base_image = render(fresh(tiny_flow_models[family], family))
+    pipe = fresh(tiny_flow_models[family], family)
     pipe.load_lora_weights(model_dir)
     with_lora = render(pipe)
     assert np.abs(with_lora - base_image).max() > 1e-3, "the trained LoRA must change the image"
-    kohya = fresh(tiny_flow[family], family)
+    kohya = fresh(tiny_flow_models[family], family)
     kohya.load_lora_weights(model_dir, weight_name="lora_kohya.safetensors")
     np.testing.assert_allclose(render(kohya), with_lora, atol=2e-3)
 
 
-def test_flux_clip_lora_is_saved_and_t5_stays_frozen(trained, tiny_flow):
+def test_flux_clip_lora_is_saved_and_t5_stays_frozen(trained, tiny_flow_models):
     model_dir, _ = trained["flux"]
     keys = lora_tensors(model_dir).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("transformer.") for k in keys)
     assert not any(k.startswith("text_encoder_2.") for k in keys)
     clip_up = [v for k, v in lora_tensors(model_dir).items() if k.startswith("text_encoder.") and "lora_B" in k]
     assert clip_up and any(float(v.abs().max()) > 0 for v in clip_up), "CLIP's LoRA must have trained (init B = 0)"
-    pipe = fresh(tiny_flow["flux"], "flux")
+    pipe = fresh(tiny_flow_models["flux"], "flux")
     pipe.load_lora_weights(model_dir)
     assert getattr(pipe.text_encoder, "peft_config", None), "CLIP's LoRA must load back"
     from safetensors.torch import load_file
@@ -120,20 +121,26 @@ def test_klein_comfyui_copy_uses_bfl_names(trained):
     assert all(k.startswith("diffusion_model.") for k in keys)
 
 
-def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_completes(tiny_flow, demo_data, tmp_path):
+def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_completes(tiny_flow_models, demo_data, tmp_path):
     """Default targets (single blocks too) on the tiny FLUX.1: diffusers' kohya converter only
     splits FLUX.1-dev's widths, so the copy is written with the reason instead of a reload."""
+    import diffusers
     from safetensors.torch import load_file
 
     from train.task import run_task
 
     cfg = config(demo_data, export="lora,kohya", export_check=True)
-    result = run_task(flow_base(tiny_flow, "flux"), cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    result = run_task(flow_base(tiny_flow_models, "flux"), cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
     assert result.state == "completed"
     entries = json.loads((tmp_path / "model" / "manifest.json").read_text())["formats"]
     assert entries["lora"]["status"] == "ok" and "drift" in entries["lora"]
     assert entries["kohya"]["status"] == "ok" and "drift" not in entries["kohya"]
     assert "(3072, 3072, 3072, 12288)" in entries["kohya"]["reload"]
+    # Per file: nothing read this copy back in this run, while the suite checks the layout with
+    # ComfyUI's key maps; the diffusers file next to it was read back and rendered here.
+    assert entries["kohya"]["verified"] == []
+    assert any(r["reader"].startswith("ComfyUI key maps") for r in entries["kohya"]["suite_verified"])
+    assert [r["reader"].split(" + ")[0] for r in entries["lora"]["verified"]] == [f"diffusers {diffusers.__version__}"]
     assert any(k.startswith("lora_unet_single_blocks_0_linear1.") for k in load_file(tmp_path / "model" / "lora_kohya.safetensors"))
 
 
@@ -159,7 +166,7 @@ def eval_loss(base, cfg, n: int = 6) -> float:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down(tiny_flow, demo_data, tmp_path,
+def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down(tiny_flow_models, demo_data, tmp_path,
                                                                                   family):
     import bitsandbytes as bnb
     from safetensors.torch import load_file
@@ -168,8 +175,8 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
     from train.task import run_task
 
     cfg = config(demo_data, max_train_steps=20, learning_rate=1e-2, export="lora")
-    plain = run_task(flow_base(tiny_flow, family), cfg, model_dir=tmp_path / "plain", checkpoint_dir=tmp_path / "c1")
-    base = flow_base(tiny_flow, family, "nf4")
+    plain = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=tmp_path / "plain", checkpoint_dir=tmp_path / "c1")
+    base = flow_base(tiny_flow_models, family, "nf4")
     assert isinstance(base.transformer.transformer_blocks[0].attn.to_q, bnb.nn.Linear4bit)
     qcfg = cfg.replace(base_quantization="nf4")
     before = eval_loss(base, qcfg)
@@ -188,28 +195,28 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
     assert after < before * 0.995, (before, after)  # deterministic: fixed draws, fixed data
 
 
-def test_int8_quantizes_the_loaded_transformer_and_t5(tiny_flow):
+def test_int8_quantizes_the_loaded_transformer_and_t5(tiny_flow_models):
     import bitsandbytes as bnb
 
-    base = flow_base(tiny_flow, "flux", "int8")
+    base = flow_base(tiny_flow_models, "flux", "int8")
     assert isinstance(base.transformer.transformer_blocks[0].ff.net[2], bnb.nn.Linear8bitLt)
     assert isinstance(base.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q, bnb.nn.Linear8bitLt)
     assert base.quantization == "int8"
 
 
-def test_settings_a_flow_matching_family_does_not_support_are_refused(tiny_flow, tiny_model, demo_data):
+def test_settings_a_flow_matching_family_does_not_support_are_refused(tiny_flow_models, tiny_model, demo_data):
     from train.errors import ConfigError
     from train.families import check_for_model
 
     with pytest.raises(ConfigError, match=r"snr_gamma.*flux"):
-        check_for_model(config(demo_data, snr_gamma=5.0, pretrained_model=str(tiny_flow["flux"])))
+        check_for_model(config(demo_data, snr_gamma=5.0, pretrained_model=str(tiny_flow_models["flux"])))
     with pytest.raises(ConfigError, match=r"noise_offset.*flux2-klein"):
-        check_for_model(config(demo_data, noise_offset=0.1, pretrained_model=str(tiny_flow["flux2-klein"])))
+        check_for_model(config(demo_data, noise_offset=0.1, pretrained_model=str(tiny_flow_models["flux2-klein"])))
     with pytest.raises(ConfigError, match=r"train_text_encoder.*FLUX.2 Klein"):
-        check_for_model(config(demo_data, train_text_encoder=True, pretrained_model=str(tiny_flow["flux2-klein"])))
+        check_for_model(config(demo_data, train_text_encoder=True, pretrained_model=str(tiny_flow_models["flux2-klein"])))
     with pytest.raises(ConfigError, match=r"export format 'merged-fp16' is not available for flux .*"
                                           r"needs the full-precision base.*available: lora, kohya"):
-        check_for_model(config(demo_data, export="lora,merged-fp16", pretrained_model=str(tiny_flow["flux"])))
+        check_for_model(config(demo_data, export="lora,merged-fp16", pretrained_model=str(tiny_flow_models["flux"])))
     # ... and the reverse: flow-matching settings on a Stable Diffusion base.
     with pytest.raises(ConfigError, match=r"weighting_scheme.*flux.*sd"):
         check_for_model(config(demo_data, weighting_scheme="logit_normal", pretrained_model=str(tiny_model)))
@@ -232,14 +239,14 @@ def test_flux_schnell_trains_without_a_guidance_embedding_and_round_trips(demo_d
     assert result.state == "completed" and entry["drift"]["mean_abs_diff"] <= 0.05
 
 
-def test_a_flux_folder_with_a_v_prediction_scheduler_is_refused_naming_the_file(tiny_flow, tmp_path):
+def test_a_flux_folder_with_a_v_prediction_scheduler_is_refused_naming_the_file(tiny_flow_models, tmp_path):
     import shutil
 
     from train.errors import ConfigError
     from train.families import family_of
 
     folder = tmp_path / "flux-v"
-    shutil.copytree(tiny_flow["flux"], folder)
+    shutil.copytree(tiny_flow_models["flux"], folder)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "DDPMScheduler", "prediction_type": "v_prediction", "num_train_timesteps": 1000}))
     with pytest.raises(ConfigError, match=r"scheduler_config.json: DDPMScheduler with prediction_type='v_prediction'"
@@ -247,22 +254,22 @@ def test_a_flux_folder_with_a_v_prediction_scheduler_is_refused_naming_the_file(
         family_of(folder)
 
 
-def test_a_task_asking_for_another_quantization_than_the_loaded_base_fails_clearly(tiny_flow, demo_data, tmp_path):
+def test_a_task_asking_for_another_quantization_than_the_loaded_base_fails_clearly(tiny_flow_models, demo_data, tmp_path):
     from train.errors import ConfigError
     from train.task import run_task
 
     cfg = config(demo_data, base_quantization="nf4", export="lora")
     with pytest.raises(ConfigError, match=r"task 'q'.*base_quantization='nf4'.*loaded with 'none'.*for the job"):
-        run_task(flow_base(tiny_flow, "flux"), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+        run_task(flow_base(tiny_flow_models, "flux"), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                  task_id="q")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_flow, demo_data, tmp_path, family):
+def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_flow_models, demo_data, tmp_path, family):
     from train.task import run_task
 
     cfg = config(demo_data, class_prompt="a photo of a toy", num_class_images=2, max_train_steps=2, export="lora")
-    result = run_task(flow_base(tiny_flow, family), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+    result = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                       class_cache_dir=tmp_path / "classes")
     assert result.state == "completed"
     generated = sorted((tmp_path / "classes").rglob("class-*.png"))
@@ -273,7 +280,7 @@ def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_f
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_buckets_pack_non_square_latents_with_positions_of_the_real_shape(tiny_flow, tmp_path, family):
+def test_buckets_pack_non_square_latents_with_positions_of_the_real_shape(tiny_flow_models, tmp_path, family):
     """crop=bucket on a flow family: a wide and a tall photo reach the transformer as
     (h/16)x(w/16)-token grids (here /4: the tiny VAE) whose position ids span the bucket's
     rows and columns, not a square's; the prediction unpacks to the latents' shape."""
@@ -282,7 +289,7 @@ def test_buckets_pack_non_square_latents_with_positions_of_the_real_shape(tiny_f
     from train.crops import bucket_sizes, nearest_bucket
     from train.task import run_task
 
-    base = flow_base(tiny_flow, family)
+    base = flow_base(tiny_flow_models, family)
     data = tmp_path / "instance"
     data.mkdir()
     rng = np.random.default_rng(1)

@@ -24,8 +24,8 @@ def cli_args(model, demo_data, out, family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(EXTRA))
-def test_sigkill_then_resume_ends_with_the_same_lora(tiny_flow, demo_data, tmp_path, family):
-    model = tiny_flow[family]
+def test_sigkill_then_resume_ends_with_the_same_lora(tiny_flow_models, demo_data, tmp_path, family):
+    model = tiny_flow_models[family]
     straight = tmp_path / "straight"
     done = run_cli(*cli_args(model, demo_data, straight, family))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -109,7 +109,7 @@ def test_a_scorer_folder_that_cannot_work_is_refused_before_the_model_loads(tiny
 
 
 @pytest.mark.parametrize("family", ["sdxl", "flux", "flux2-klein"])
-def test_every_family_renders_its_evaluation_set_with_its_own_pipeline(family, tiny_sdxl_model, tiny_flow,
+def test_every_family_renders_its_evaluation_set_with_its_own_pipeline(family, tiny_sdxl_model, tiny_flow_models,
                                                                           scorers, demo_data, tmp_path):
     from PIL import Image
 
@@ -117,7 +117,7 @@ def test_every_family_renders_its_evaluation_set_with_its_own_pipeline(family, t
     from train.pipeline import attach_lora, detach_lora, load_base
     from train.quality.evaluate import evaluate_task
 
-    base = load_base(tiny_sdxl_model if family == "sdxl" else tiny_flow[family])
+    base = load_base(tiny_sdxl_model if family == "sdxl" else tiny_flow_models[family])
     cfg = TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT, resolution=32,
                       eval_inference_steps=2)
     attach_lora(base, cfg)

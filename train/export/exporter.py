@@ -153,7 +153,6 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
              "seconds": round(time.perf_counter() - t0, 3), "bytes": _size(path)}
     if path.is_dir():
         entry["component_bytes"] = {p.name: _size(p) for p in sorted(path.iterdir()) if p.is_dir()}
-    entry["verified_readers"] = list(job.family.verified_readers.get(name) or readers.VERIFIED_READERS.get(name, ()))
     if packs:
         entry["packs"] = packs
     unreadable = job.family.unreadable_by_diffusers(job.pipe, name) if reference is not None else None
@@ -164,6 +163,9 @@ def _export_format(job: _Job, name: str, parts: lora.LoraParts, spec, reference)
         entry["reload"] = unreadable
     elif reference is not None and name in LOADERS:
         entry.update(_measure_drift(job, name, spec, reference))
+    # What read this very file back here, and what the suite checks for the format on this family.
+    entry["verified"] = readers.verified(name, entry, threshold=job.cfg.drift_threshold)
+    entry["suite_verified"] = readers.suite_verified(name, job.family.name)
     log.info("export %s: %s, %.1f MB in %.2f s%s", name, entry["path"], entry["bytes"] / 1e6,
              entry["seconds"], _drift_text(entry))
     return entry

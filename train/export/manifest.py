@@ -6,7 +6,9 @@ Schema (version 1), documented for users in docs/exports.md:
      "hyperparameters": {...}, "export_config": {...},
      "formats": {name: {"status": "ok"|"skipped"|"failed", "path", "reason"?, "seconds",
                         "bytes", "load_seconds"?, "drift"?: {...}, "flagged"?: bool,
-                        "reload"?: why diffusers could not read it back}},
+                        "reload"?: why diffusers could not read it back,
+                        "verified": [{"reader", "how"}] read back and passed in this run,
+                        "suite_verified": [{"reader", "test"}] what the tests check (readers.py)}},
      "files": [{"path", "bytes", "sha256"}], "timings": {...}}
 """
 

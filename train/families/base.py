@@ -5,6 +5,7 @@ SDXL, Flux-class flow-matching transformers and whatever comes next lives in one
 family under ``train/families/``, each a subclass of :class:`Family` registered in
 ``train/families/__init__.py``. The loop only ever calls the methods below, in this order:
 
+    detect_variant(path, index)             which variant the folder holds (its recipe: train/recipes.py)
     check_config(cfg)                       before any model loads (no torch needed)
     load(path, device, dtype)               once per host: the frozen components
     lora_targets(cfg)                       {component: target module names} for attach_lora
@@ -28,7 +29,10 @@ How to add a family (a new module, nothing else changes in the loop):
 3. Settings only some families understand carry ``families=(...)`` in their
    ``TrainConfig`` field metadata (``train/config.py``); export formats list the families they
    support in ``train/export/formats.py``. ``check_config`` enforces both, before any load.
-4. A tiny builder in ``scripts/make_tiny_model.py`` (``BUILDERS``) and the family's tests.
+4. Its recipe: ``recipe`` (and ``variant_recipes`` with ``detect_variant``) are the defaults a
+   task gets when it sets nothing, ``recipe_sources`` says where each number comes from
+   (``tests/train/test_recipes.py`` checks every one is a valid, sourced setting).
+5. A tiny builder in ``scripts/make_tiny_model.py`` (``BUILDERS``) and the family's tests.
 
 Methods get the loaded :class:`train.pipeline.BaseModel` (``base``), whose ``modules`` dict
 holds the components by their diffusers names (``base.unet``, ``base.text_encoder_2``,
@@ -88,9 +92,23 @@ class Family:
     denoiser_targets: ClassVar[tuple[str, ...]] = ()
     text_encoder_targets: ClassVar[tuple[str, ...]] = TEXT_ENCODER_TARGETS
     kohya_prefixes: ClassVar[Mapping[str, str]] = {}  # component -> kohya key prefix ("lora_unet")
-    # format -> the readers this family's file of that format was checked with (manifest
-    # "verified_readers"); formats not named here take train/export/readers.py's entry.
-    verified_readers: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # The defaults a task gets when it sets nothing (train/recipes.py): TrainConfig field -> value,
+    # overrides per variant (detect_variant), and where each number comes from (docs/families.md).
+    recipe: ClassVar[Mapping[str, Any]] = {}
+    variant_recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    recipe_sources: ClassVar[Mapping[str, str]] = {}
+
+    # --- which base: before any model loads, no torch -----------------------------------------
+
+    def detect_variant(self, path: Path, index: Mapping[str, Any]) -> str:
+        """Which published variant the folder holds ("" when the family has one), from its
+        ``model_index.json`` (``index``) and component configs; picks ``variant_recipes``."""
+        return ""
+
+    def variant_warning(self, variant: str) -> str | None:
+        """What a user should know before training a LoRA on this variant (logged per task and
+        recorded in the manifest), e.g. that a step-distilled base loses its few-step sampling."""
+        return None
 
     # --- validation: before any model loads, no torch --------------------------------------
 

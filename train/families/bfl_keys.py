@@ -123,7 +123,7 @@ def _out_features(transformer: Any, name: str) -> int:
 def kohya_flux_state(transformer: Any, text_encoder: Any | None = None, adapter: str = "default") -> dict[str, Any]:
     """FLUX.1's kohya (sd-scripts) file: ``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``,
     ``...lora_up.weight`` and ``.alpha`` (= rank: the scale is in the up matrix); CLIP's as
-    ``lora_te1_*`` with its own alpha."""
+    ``lora_te1_text_model_encoder_layers_<n>_<layer>`` with its own alpha."""
     import torch
 
     state = {}
@@ -133,7 +133,10 @@ def kohya_flux_state(transformer: Any, text_encoder: Any | None = None, adapter:
                       f"{key}.alpha": torch.tensor(float(down.shape[0]))})
     if text_encoder is not None:
         for name, (a, b, scale) in lora_layers(text_encoder, adapter).items():
-            key = "lora_te1_" + name.replace(".", "_")
+            # ComfyUI's and Forge's CLIP-L map reads lora_te1_text_model_encoder_layers_<n>_...; with
+            # transformers 5 CLIPTextModel's paths lost the text_model level, so it is put back.
+            path = name if name.startswith("text_model.") else "text_model." + name
+            key = "lora_te1_" + path.replace(".", "_")
             state.update({f"{key}.lora_down.weight": a.float().cpu(), f"{key}.lora_up.weight": b.float().cpu(),
                           f"{key}.alpha": torch.tensor(scale * a.shape[0])})
     return state

@@ -29,6 +29,24 @@ FLUX_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.ad
 KOHYA_CONVERTER_LINEAR1 = (3072, 3072, 3072, 12288)
 PROMPT_TOKENS = 512  # T5 / Qwen sequence length: the pipelines' default, so previews see what training saw
 
+# Where the flow families' recipe numbers come from (docs/families.md has the table).
+FLUX_README = "diffusers examples/dreambooth/README_flux.md (train_dreambooth_lora_flux.py)"
+AI_TOOLKIT_FLUX = "ai-toolkit config/examples/train_lora_flux_24gb.yaml"
+ONETRAINER_FLUX = "OneTrainer training_presets/#flux LoRA.json"
+FLOW_SOURCES = {
+    "mixed_precision": ("bf16 on a GPU that has it, fp16 on an older GPU, fp32 on a CPU (train/recipes.py Device); "
+                        f"{FLUX_README}: --mixed_precision=bf16"),
+    "optimizer": f"{AI_TOOLKIT_FLUX}: optimizer adamw8bit; {FLUX_README}: --use_8bit_adam in its memory example",
+    "learning_rate": f"{AI_TOOLKIT_FLUX}: lr 1e-4; {FLUX_README}: --learning_rate=1e-4 with AdamW",
+    "lr_scheduler": f"{FLUX_README}: --lr_scheduler=constant",
+    "resolution": f"{FLUX_README}: --resolution=1024",
+    "gradient_checkpointing": f"{AI_TOOLKIT_FLUX}: gradient_checkpointing true ('need the on unless you have a ton of "
+                              f"vram'); {FLUX_README}: --gradient_checkpointing in its memory example",
+    "weighting_scheme": (f"{ONETRAINER_FLUX} and #flux2 LoRA 16GB.json: timestep_distribution LOGIT_NORMAL; ai-toolkit's "
+                         "default timestep_type 'sigmoid' (a logit-normal draw) - mean 0, std 1"),
+    "preview_every": "ai-toolkit's sample_every: 250 (config/examples, ui jobConfig)",
+}
+
 
 class FlowMatchingFamily(Family):
     """A rectified-flow transformer family; subclasses load their components and encode prompts."""
@@ -67,11 +85,6 @@ class FlowMatchingFamily(Family):
     def size_multiple(self, base) -> int:
         # Latents are packed (FLUX.1) or patchified (Klein) in 2x2 patches: 16 px on the real VAEs.
         return vae_scale(base) * 2
-
-    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
-        # FLUX.1-dev's guidance is an input of the distilled transformer, not classifier-free
-        # guidance: sample with the value it trained with (the pipeline ignores it on schnell).
-        return cfg.guidance_scale
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -197,6 +210,44 @@ class Flux(FlowMatchingFamily):
     quantized_components = ("transformer", "text_encoder_2")
     offloaded_components = ("text_encoder_2",)  # T5-XXL; CLIP (0.25 GB) stays, it may train
     kohya_prefixes = {"transformer": "lora_unet", "text_encoder": "lora_te1"}
+    # The 12B transformer is 24 GB in bf16 (a bf16 LoRA peaks at 26 GB: HF blog flux-qlora), more
+    # than the 24 GB target: NF4 (6.7 GB) with checkpointing peaks near 9 GB there; T5-XXL waits
+    # in CPU memory between prompt encodings.
+    recipe = {"mixed_precision": "bf16", "rank": 16, "optimizer": "adamw8bit", "learning_rate": 1e-4,
+              "lr_scheduler": "constant", "max_train_steps": 1000, "resolution": 1024, "train_text_encoder": False,
+              "gradient_checkpointing": True, "base_quantization": "nf4", "weighting_scheme": "logit_normal",
+              "preview_every": 250}
+    variant_recipes = {
+        "dev": {"guidance_scale": 1.0, "preview_inference_steps": 28, "preview_guidance_scale": 3.5},
+        "schnell": {"preview_inference_steps": 4, "preview_guidance_scale": 0.0},
+    }
+    recipe_sources = {
+        **FLOW_SOURCES,
+        "rank": f"{AI_TOOLKIT_FLUX}: linear 16, linear_alpha 16 (alpha = rank: scale 1)",
+        "max_train_steps": (f"{AI_TOOLKIT_FLUX}: 2000 steps, '500 - 4000 is a good range'; {FLUX_README}: 500 steps x "
+                            "gradient_accumulation 4; here 1000 one-image steps per user"),
+        "train_text_encoder": f"{AI_TOOLKIT_FLUX}: train_text_encoder false ('probably won't work with flux'); T5 is "
+                              "never trained",
+        "base_quantization": ("HF blog 'flux-qlora' (2025-06-19): a bf16 FLUX.1-dev LoRA peaks at 26 GB, NF4 QLoRA at "
+                              f"~9 GB; {ONETRAINER_FLUX}: transformer NFLOAT_4"),
+        "guidance_scale": f"{FLUX_README}: --guidance_scale=1 (the guidance embedding's value while training)",
+        "preview_inference_steps": "FluxPipeline's default num_inference_steps=28",
+        "preview_guidance_scale": "FluxPipeline's default guidance_scale=3.5 (the distilled guidance embedding)",
+        "schnell:preview_inference_steps": ("diffusers docs api/pipelines/flux.md, timestep-distilled example: "
+                                            "num_inference_steps=4 (ai-toolkit's schnell example: sample_steps 4)"),
+        "schnell:preview_guidance_scale": "diffusers docs api/pipelines/flux.md: for schnell 'guidance_scale needs to be 0'",
+    }
+
+    def detect_variant(self, path: Path, index: Mapping[str, Any]) -> str:
+        """dev has a guidance embedding (guidance-distilled), schnell has none (timestep-distilled)."""
+        return "dev" if _component_config(path, "transformer").get("guidance_embeds", True) else "schnell"
+
+    def variant_warning(self, variant: str) -> str | None:
+        if variant == "schnell":
+            return ("FLUX.1-schnell is timestep-distilled: a LoRA trained on it directly can lose its 1-4 step "
+                    "sampling (ai-toolkit trains schnell only with a de-distillation training adapter); check the "
+                    "previews, or train on FLUX.1-dev (guidance-distilled; its licence is non-commercial)")
+        return None
 
     def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -284,6 +335,17 @@ class Flux(FlowMatchingFamily):
 
         return FluxPipeline(scheduler=None, vae=None, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                             text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, transformer=None)
+
+
+def _component_config(path: Path, component: str) -> dict[str, Any]:
+    """``<path>/<component>/config.json`` ({} when absent or unreadable: loading reports that)."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / component / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 # --- moving text encoders ----------------------------------------------------------------------

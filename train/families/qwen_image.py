@@ -43,13 +43,6 @@ class QwenImage(FlowMatchingFamily):
     quantized_components = ("transformer", "text_encoder")
     offloaded_components = ("text_encoder",)   # parked in CPU memory when not quantized
     kohya_prefixes = {"transformer": "diffusion_model"}
-    verified_readers = {
-        "lora": ("diffusers 0.42.1 QwenImagePipeline.load_lora_weights (rendered against the in-memory LoRA)",),
-        "kohya": ("diffusers 0.42.1 QwenImagePipeline.load_lora_weights (_convert_non_diffusers_qwen_lora_to_"
-                  "diffusers; rendered against the in-memory LoRA)",
-                  "ComfyUI LoRA key map of Qwen-Image (QwenImage model, diffusers layer names): every key, checked "
-                  "by tests/train/test_z_image_qwen_image.py"),
-    }
 
     recipe = {
         "mixed_precision": "bf16", "rank": 16, "lora_alpha": 16.0, "optimizer": "adamw8bit",

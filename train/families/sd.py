@@ -39,6 +39,17 @@ class DenoisingFamily(Family):
         return {"unet": unet, "vae": vae, "noise_scheduler": noise_scheduler}
 
 
+# Where recipe numbers come from (docs/families.md has the table). Snapshots: diffusers 58eb52c,
+# OneTrainer 23df383, ai-toolkit 27a03a9 (the field notes' list).
+BF16 = ("bf16 on a GPU that has it, fp16 on an older GPU, fp32 on a CPU (train/recipes.py Device); "
+        "every reference README trains in 16-bit mixed precision")
+DIFFUSERS_LORA_README = "diffusers examples/dreambooth/README.md, LoRA example (train_dreambooth_lora.py)"
+DPM_STEPS = ("25 DPM-Solver steps: diffusers docs/source/en/stable_diffusion.md, DPMSolverMultistepScheduler "
+             "'only requires ~20-25 steps'")
+ONETRAINER_RANK = ("OneTrainer's LoRA default lora_rank=16 (modules/util/config/TrainConfig.py); alpha = rank, "
+                   "scale 1 (diffusers README_flux.md: 'a common starting point')")
+
+
 class StableDiffusion(DenoisingFamily):
     name = "sd"
     title = "Stable Diffusion 1.x/2.x"
@@ -48,6 +59,24 @@ class StableDiffusion(DenoisingFamily):
     text_encoders = ("text_encoder",)
     required = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te"}
+    # SD 1.5 at 512 px (0.9B UNet, bf16) trains in well under 16 GB: no checkpointing, no quantization.
+    recipe = {"mixed_precision": "bf16", "rank": 16, "optimizer": "adamw", "learning_rate": 1e-4,
+              "lr_scheduler": "constant", "max_train_steps": 500, "resolution": 512, "train_text_encoder": False,
+              "gradient_checkpointing": False, "preview_inference_steps": 25, "preview_guidance_scale": 7.5}
+    recipe_sources = {
+        "mixed_precision": BF16,
+        "rank": ONETRAINER_RANK,
+        "optimizer": f"{DIFFUSERS_LORA_README}: AdamW (the script's default)",
+        "learning_rate": f"{DIFFUSERS_LORA_README}: --learning_rate=1e-4",
+        "lr_scheduler": f"{DIFFUSERS_LORA_README}: --lr_scheduler=constant",
+        "max_train_steps": f"{DIFFUSERS_LORA_README}: --max_train_steps=500",
+        "resolution": f"{DIFFUSERS_LORA_README}: --resolution=512 (SD 1.5's native size)",
+        "train_text_encoder": f"{DIFFUSERS_LORA_README}: the text encoder LoRA is optional (--train_text_encoder)",
+        "gradient_checkpointing": ("off: diffusers README.md turns it on (with 8-bit Adam) to fit full DreamBooth, every "
+                                   "UNet weight trained, in 16 GB; a LoRA's trained weights and optimizer state are MBs"),
+        "preview_inference_steps": DPM_STEPS,
+        "preview_guidance_scale": "StableDiffusionPipeline's default guidance_scale=7.5",
+    }
 
     def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         from transformers import CLIPTextModel, CLIPTokenizer

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from train.families.base import ImageInfo, Noised
-from train.families.sd import DenoisingFamily
+from train.families.sd import BF16, DPM_STEPS, ONETRAINER_RANK, DenoisingFamily
+
+SDXL_README = "diffusers examples/dreambooth/README_sdxl.md (train_dreambooth_lora_sdxl.py)"
 
 
 class StableDiffusionXL(DenoisingFamily):
@@ -24,6 +26,28 @@ class StableDiffusionXL(DenoisingFamily):
     text_encoders = ("text_encoder", "text_encoder_2")
     required = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     kohya_prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+    # SDXL (2.6B UNet, bf16) at 1024 px: with gradient checkpointing under 16 GB (README_sdxl.md),
+    # so it fits the 24 GB target with room; no quantization.
+    recipe = {"mixed_precision": "bf16", "rank": 16, "optimizer": "adamw", "learning_rate": 1e-4,
+              "lr_scheduler": "constant", "max_train_steps": 1000, "resolution": 1024, "train_text_encoder": False,
+              "gradient_checkpointing": True, "preview_every": 250, "preview_inference_steps": 25,
+              "preview_guidance_scale": 5.0}
+    recipe_sources = {
+        "mixed_precision": BF16,
+        "rank": ONETRAINER_RANK,
+        "optimizer": f"{SDXL_README}: AdamW (the script's default)",
+        "learning_rate": f"{SDXL_README}: --learning_rate=1e-4",
+        "lr_scheduler": f"{SDXL_README}: --lr_scheduler=constant",
+        "max_train_steps": (f"{SDXL_README}: --max_train_steps=500 with --gradient_accumulation_steps=4 (2000 "
+                            "images); here 1000 one-image steps, half the reference's images per user"),
+        "resolution": f"{SDXL_README}: --resolution=1024 (SDXL's native size)",
+        "train_text_encoder": f"{SDXL_README}: the text encoders' LoRA is optional (--train_text_encoder)",
+        "gradient_checkpointing": (f"{SDXL_README}: --gradient_checkpointing (with 8-bit Adam) trains SDXL LoRAs in "
+                                   "less than 16 GB"),
+        "preview_every": "ai-toolkit's sample_every: 250 (config/examples, ui jobConfig)",
+        "preview_inference_steps": DPM_STEPS,
+        "preview_guidance_scale": "StableDiffusionXLPipeline's default guidance_scale=5.0",
+    }
 
     def load(self, path: Path, device, dtype, **options: Any) -> dict[str, Any]:
         import torch

@@ -50,13 +50,6 @@ class ZImage(FlowMatchingFamily):
     offloaded_components = ("text_encoder",)
     kohya_prefixes = {"transformer": "diffusion_model"}
     variants = ("base", "turbo")
-    verified_readers = {
-        "lora": ("diffusers 0.42.1 ZImagePipeline.load_lora_weights (rendered against the in-memory LoRA)",),
-        "kohya": ("diffusers 0.42.1 ZImagePipeline.load_lora_weights (_convert_non_diffusers_z_image_lora_to_"
-                  "diffusers; rendered against the in-memory LoRA)",
-                  "ComfyUI LoRA key map of Z-Image (Lumina2 model, z_image_to_diffusers): every key, checked by "
-                  "tests/train/test_z_image_qwen_image.py"),
-    }
 
     # Defaults a task gets when it sets nothing (resolved by TrainConfig; sources in recipe_sources).
     recipe = {
@@ -84,9 +77,9 @@ class ZImage(FlowMatchingFamily):
         "base_quantization": "none: the 6B transformer fits a 24 GB GPU in bf16 (Qwen3 parked in CPU memory)",
         "preview_inference_steps": "ai-toolkit config/examples/train_lora_zimage_base_32gb.yaml (sample_steps 30)",
         "preview_guidance_scale": "ai-toolkit train_lora_zimage_base_32gb.yaml (guidance_scale 4, 'Base uses CFG')",
-        "turbo.preview_inference_steps": "diffusers Z-Image docs / ZImagePipeline example (8 steps for Turbo)",
-        "turbo.preview_guidance_scale": "diffusers Z-Image docs (guidance_scale=0.0: Turbo is CFG-distilled)",
-        "turbo.class_inference_steps": "as Turbo's previews (8 steps)",
+        "turbo:preview_inference_steps": "diffusers Z-Image docs / ZImagePipeline example (8 steps for Turbo)",
+        "turbo:preview_guidance_scale": "diffusers Z-Image docs (guidance_scale=0.0: Turbo is CFG-distilled)",
+        "turbo:class_inference_steps": "as Turbo's previews (8 steps)",
     }
 
     def detect_variant(self, path: Path, index: Mapping[str, Any]) -> str:
