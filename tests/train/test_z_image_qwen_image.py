@@ -86,9 +86,10 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
     for name in ("lora", "kohya"):  # export_check: each file reloaded with load_lora_weights and rendered
         entry = manifest["formats"][name]
         assert entry["status"] == "ok" and entry["drift"]["mean_abs_diff"] <= 0.05, (name, entry)
-        assert any(("ZImagePipeline" if family == "z-image" else "QwenImagePipeline") in r
-                   for r in entry["verified_readers"]), entry["verified_readers"]
-    assert any("ComfyUI" in r for r in manifest["formats"]["kohya"]["verified_readers"])
+        # this very file was read back by diffusers and rendered (per-file), ...
+        assert len(entry["verified"]) == 1 and "rendered 1 image(s)" in entry["verified"][0]["how"], entry
+    # ... and the suite maps every key of this family's kohya copy through ComfyUI's rules.
+    assert any("ComfyUI" in r["reader"] for r in manifest["formats"]["kohya"]["suite_verified"])
     base_image = render(fresh(models[family], family))
     pipe = fresh(models[family], family)
     pipe.load_lora_weights(model_dir)
@@ -261,18 +262,3 @@ def test_a_stated_variant_wins_a_wrong_one_is_refused_and_a_hub_folder_name_coun
         family_of(named)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_recipe_is_a_valid_config_with_a_source_for_each_value(family):
-    """What a task gets when it sets nothing must itself pass validation, per variant, and say
-    where each number comes from (docs/families.md shows the same table)."""
-    from train.config import TrainConfig
-    from train.families import family_named
-
-    fam = family_named(family)
-    for variant, overrides in {"": {}, **fam.variant_recipes}.items():
-        recipe = {**fam.recipe, **overrides}
-        cfg = TrainConfig.from_dict(recipe, source=f"{family} recipe {variant}")
-        fam.check_config(cfg, source=f"{family} recipe {variant}")
-        for name in overrides if variant else recipe:
-            assert fam.recipe_sources.get(f"{variant}.{name}" if variant else name), (family, variant, name)
-    assert fam.recipe["mixed_precision"] == "bf16" and fam.recipe["resolution"] == 1024

@@ -311,5 +311,8 @@ class Family:
 
 
 def vae_scale(base) -> int:
-    """Pixels per latent along a side (8 for every released SD / SDXL / FLUX VAE)."""
-    return 2 ** (len(base.vae.config.block_out_channels) - 1)
+    """Pixels per latent along a side (8 for every released SD / SDXL / FLUX / Z-Image / Qwen-Image VAE)."""
+    vae = base.vae
+    if hasattr(vae, "temperal_downsample"):  # Qwen-Image's video-style VAE, counted as QwenImagePipeline does
+        return 2 ** len(vae.temperal_downsample)
+    return 2 ** (len(vae.config.block_out_channels) - 1)

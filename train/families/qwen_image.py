@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from train.families.base import ImageInfo, Noised
+from train.families.base import ImageInfo, Noised, vae_scale
 from train.families.flux import PROMPT_TOKENS, FlowMatchingFamily, _onloaded
 
 # diffusers' train_dreambooth_lora_qwen_image.py default (--lora_layers unset).
@@ -148,7 +148,7 @@ class QwenImage(FlowMatchingFamily):
         mask = prompts["mask"]
         # As the reference batches prompts: no mask when no prompt of the batch is padded.
         mask = None if bool(mask.bool().all()) else mask
-        scale = 2 ** len(base.vae.temperal_downsample)
+        scale = vae_scale(base)
         pred = base.transformer(hidden_states=P._pack_latents(x, b, c, h, w), encoder_hidden_states=prompts["hidden"],
                                 encoder_hidden_states_mask=mask, timestep=noised.timesteps / 1000,
                                 img_shapes=[(1, h // 2, w // 2)] * b, return_dict=False)[0]
