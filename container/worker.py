@@ -270,6 +270,9 @@ class Worker:
         before run_task ran (or crashed without one) gets it here."""
         outcome.outcome = "failed"
         outcome.error = error
+        # Said here, inside the task's log tail: a task that fails before training (its photos
+        # refused, a bad field) would otherwise have no line of its own on its page.
+        log.warning("task %s failed: %s", outcome.task_id, error)
         # Nothing half-exported reaches model.tar.gz: a consumer sees a LoRA only for a completed task.
         shutil.rmtree(self.env.model_dir / outcome.task_id, ignore_errors=True)
         status = read_status(checkpoint_dir) if status_written else None

@@ -117,8 +117,6 @@ def _unquote(value: str) -> str:
 def decode_value(name: str, value: Any) -> Any:
     """A hyperparameter's typed value from JSON or SageMaker's strings; ValueError if it has none."""
     kind = TRAINING_TYPES[name]
-    if kind is dict:
-        return _decode_object(value)
     if isinstance(value, str):
         value = _unquote(value)
         if name in OPTIONAL_NAMES and value.strip().lower() in ("", "none", "null"):

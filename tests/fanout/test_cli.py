@@ -212,7 +212,7 @@ def test_submit_sends_the_eval_channel_and_validate_checks_the_quality_gate(caps
     assert request["HyperParameters"]["on_quality_fail"] == "retry"
 
     code, _, err = run(capsys, "validate", task_file, "--hp", 'quality_gate={"sharpness": 0.5}')
-    assert code == 2 and ("--hp: quality_gate: unknown score(s) 'sharpness'; valid: dino, clip_i, clip_t, drift, "
+    assert code == 2 and ("--hp: quality_gate: unknown score(s) sharpness; valid: dino, clip_i, clip_t, drift, "
                           "copying, identity") in err
     code, _, err = run(capsys, "validate", task_file, "--hp", "on_quality_fail=retrain")
     assert code == 2 and "on_quality_fail: 'retrain' is not one of keep, retry" in err

@@ -6,18 +6,7 @@ minutes on 2 CPU cores; trained results are shared through module-scoped fixture
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# Small but real settings: every code path (previews, checkpoints, export) runs.
-FAST = dict(resolution=32, max_train_steps=6, learning_rate=5e-3, preview_every=3, preview_inference_steps=2,
-            num_preview_images=1, checkpoint_every=3, log_every=2, class_inference_steps=2, export_check=False)
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -46,9 +35,3 @@ def base(tiny_model):
     from train.pipeline import load_base
 
     return load_base(tiny_model)
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)

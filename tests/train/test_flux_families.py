@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from train_helpers import load_script, lora_tensors
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from PIL import Image, ImageCms
 from photo_corpus import MARK, P3_GREEN, P3_PURE_RED, ROTATED, UPRIGHT, display_p3, p3_to_srgb_by_matrix, \
     srgb_colorants_error, write_corpus

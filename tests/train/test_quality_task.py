@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 
 torch = pytest.importorskip("torch")
 

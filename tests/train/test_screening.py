@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from train_helpers import run_cli
 from PIL import Image, ImageFilter
 from photo_corpus import photo
 

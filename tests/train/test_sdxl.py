@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from train_helpers import lora_tensors, max_abs_diff
 
 torch = pytest.importorskip("torch")

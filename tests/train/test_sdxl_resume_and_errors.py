@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli
+from train_helpers import run_cli
 from test_train_resume import STEPS, cli_args
 from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 

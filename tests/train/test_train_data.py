@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from PIL import Image
 
 from train.data import batch_indices, load_images, to_tensor

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FAST, run_cli
+from train_helpers import FAST, run_cli
 from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 
 STEPS = 8

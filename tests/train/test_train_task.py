@@ -14,7 +14,7 @@ from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from train_helpers import fresh_pipeline, lora_tensors, max_abs_diff, render
 
 PROMPT = "a photo of sks toy"
@@ -181,7 +181,7 @@ def test_given_class_images_are_topped_up_with_generated_ones(base, tmp_path):
 @pytest.mark.slow
 def test_bf16_mixed_precision_trains_and_exports_fp32_lora(tiny_model, demo_data, tmp_path):
     # Its own process: accelerate fixes the mixed precision once per process.
-    from conftest import run_cli
+    from train_helpers import run_cli
 
     out = tmp_path / "bf16"
     done = run_cli("--pretrained-model", str(tiny_model), "--instance-data", str(demo_data / "instance"),

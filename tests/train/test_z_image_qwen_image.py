@@ -16,7 +16,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FAST
+from train_helpers import FAST
 from train_helpers import eval_loss
 
 torch = pytest.importorskip("torch")

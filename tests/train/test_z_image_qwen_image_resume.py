@@ -6,7 +6,7 @@ an NF4 base with random flips (a fresh posterior sample every step)."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
+from train_helpers import run_cli
 from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
 
 STEPS = 6

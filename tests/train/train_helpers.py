@@ -11,6 +11,18 @@ from pathlib import Path
 
 from scripts_loader import ROOT, load_script  # noqa: F401 (load_script re-exported for the tests here)
 
+# Small but real settings: every code path (previews, checkpoints, export) runs. (Here, not in
+# conftest.py: `from conftest import` resolves to whichever test folder's conftest loaded last.)
+FAST = dict(resolution=32, max_train_steps=6, learning_rate=5e-3, preview_every=3, preview_inference_steps=2,
+            num_preview_images=1, checkpoint_every=3, log_every=2, class_inference_steps=2, export_check=False)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m train *args`` in a subprocess, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
 
 def sigkill_at_state(cli_args: list[str], out: Path, step: int, timeout: float = 240) -> None:
     """Run ``python -m train *cli_args`` and SIGKILL it as soon as the training state of ``step``

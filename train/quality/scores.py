@@ -78,17 +78,17 @@ def leave_one_out(rows) -> list[float | None]:
 
 # -- from files ---------------------------------------------------------------------------------
 
-def read_rgb(path: Path):
-    """A photo as a user sees it: EXIF rotation applied, converted to RGB (train.data's rules).
-    Above MAX_SIDE pixels it is first reduced to MAX_SIDE (a 48-megapixel upload would hold
-    150 MB per photo; every scorer looks at 640 px or less)."""
-    from PIL import Image as PILImage, ImageOps
+def read_rgb(path: Path, max_pixels: int = 64_000_000):
+    """A photo as a user sees it and training reads it (train.photos: every format, EXIF rotation,
+    colour through its ICC profile to sRGB). Above MAX_SIDE pixels it is reduced to MAX_SIDE (a
+    48-megapixel upload would hold 150 MB per photo; every scorer looks at 640 px or less)."""
+    from PIL import Image as PILImage
 
-    from train.data import _to_rgb
+    from train.photos import open_photo
 
-    with PILImage.open(path) as im:
-        rgb = _to_rgb(ImageOps.exif_transpose(im))
+    rgb = open_photo(Path(path), max_pixels, draft=(MAX_SIDE, MAX_SIDE))
     if max(rgb.size) > MAX_SIDE:
+        rgb = rgb.copy()  # open_photo may hand out a shared copy: never change it in place
         rgb.thumbnail((MAX_SIDE, MAX_SIDE), PILImage.Resampling.LANCZOS)
     return rgb
 
