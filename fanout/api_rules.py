@@ -108,6 +108,12 @@ def _string_problems(value: str, shape, path: str) -> list[str]:
     return out
 
 
+def _label(index: int, item: Any) -> str:
+    """A list item's name in messages: a tag by its key, anything else by its index."""
+    key = item.get("Key") if isinstance(item, Mapping) else None
+    return _short(key) if isinstance(key, str) else str(index)
+
+
 def problems(value: Any, shape, path: str) -> list[str]:
     """Every rule of ``shape`` that ``value`` breaks, naming the member by its path."""
     kind = shape.type_name
@@ -117,7 +123,7 @@ def problems(value: Any, shape, path: str) -> list[str]:
                 for p in problems(value[name], member, f"{path}.{name}" if path else name)]
     if kind == "list" and isinstance(value, (list, tuple)):
         out = [f"{path} has {len(value)} items; the API allows at most {meta['max']}"] if len(value) > meta.get("max", len(value)) else []
-        return out + [p for i, item in enumerate(value) for p in problems(item, shape.member, f"{path}[{i}]")]
+        return out + [p for i, item in enumerate(value) for p in problems(item, shape.member, f"{path}[{_label(i, item)}]")]
     if kind == "map" and isinstance(value, Mapping):
         out = [f"{path} has {len(value)} entries; the API allows at most {meta['max']}"] if len(value) > meta.get("max", len(value)) else []
         for key, item in value.items():

@@ -124,4 +124,4 @@ def _names(members: Iterable, total: int) -> str:
         return f"all {total} tasks"
     shown = ", ".join(repr(t.task_id) for t in members[:5])
     more = f" and {len(members) - 5} more" if len(members) > 5 else ""
-    return f"task{'s' if len(members) > 1 else ''} {shown}{more}"
+    return f"{len(members)} tasks {shown}{more}" if len(members) > 1 else f"task {shown}"
