@@ -10,11 +10,12 @@ import argparse
 import importlib
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fanout.demand import memory_gib, task_settings
 from fanout.errors import FanoutError, TaskListError
-from fanout.families import FAMILIES, UNIT_S, resolve_family
+from fanout.families import FAMILIES, UNIT_S, FamilySpec, resolve_family
 from fanout.fit import job_fit_problems
 from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
 from fanout.instances import InstanceType, instance_type, slots_per_host
@@ -70,20 +71,22 @@ def cmd_validate(args) -> int:
     return 0
 
 
+@dataclass(frozen=True)
 class _Job:
     """What the plan and the fit check need to know of the job beyond its task list."""
 
-    def __init__(self, instance: InstanceType, slots: int, found):
-        self.instance, self.slots = instance, slots
-        self.family, self.variant = found if found else (None, "")
+    instance: InstanceType
+    slots: int
+    family: FamilySpec | None = None     # None: neither --family nor --model was given
+    variant: str = ""
 
 
 def _job(args, hp) -> _Job:
     """The instance type (known to the table), its slots (gpus_per_host) and the family
-    (--family, or --model's model_index.json; None when neither is given)."""
+    (--family, or --model's model_index.json)."""
     instance = instance_type(args.instance_type or DEFAULT_INSTANCE_TYPE, "--instance-type")
-    return _Job(instance, slots_per_host(instance, hp.get("gpus_per_host")),
-                resolve_family(args.family, folder=args.model))
+    found = resolve_family(args.family, folder=args.model)
+    return _Job(instance, slots_per_host(instance, hp.get("gpus_per_host")), *(found or ()))
 
 
 def _fit_note(job: _Job, tasks, hp) -> str:

@@ -37,7 +37,8 @@ def describe(family: FamilySpec, s: TaskSettings) -> str:
 
 
 def _changes(family: FamilySpec, s: TaskSettings) -> list[tuple[str, TaskSettings]]:
-    """Setting changes that lower memory, smallest change first (each a user could make)."""
+    """Setting changes that lower memory, smallest change first (each one a user could make),
+    then the memory-saving ones together for a job that needs more than one."""
     out: list[tuple[str, TaskSettings]] = []
     if s.precision == "no":
         out.append(("mixed_precision=bf16", replace(s, precision="bf16")))
@@ -52,15 +53,11 @@ def _changes(family: FamilySpec, s: TaskSettings) -> list[tuple[str, TaskSetting
     for lower in (768, 512):
         if s.resolution > lower:
             out.append((f"resolution={lower}", replace(s, resolution=lower)))
-    # a few together, for settings that need more than one change
-    combined, names = s, []
-    for name, changed in out:
-        if name.startswith(("mixed_precision", "base_quantization=nf4", "gradient_checkpointing")):
-            combined = replace(combined, **{k: getattr(changed, k) for k in ("precision", "quantization", "checkpointing")
-                                            if getattr(changed, k) != getattr(s, k)})
-            names.append(name)
+    together = {"mixed_precision=bf16": {"precision": "bf16"}, "base_quantization=nf4": {"quantization": "nf4"},
+                "gradient_checkpointing=true": {"checkpointing": True}}
+    names = [name for name, _ in out if name in together]
     if len(names) > 1:
-        out.append((" and ".join(names), combined))
+        out.append((" and ".join(names), replace(s, **{k: v for n in names for k, v in together[n].items()})))
     return out
 
 
