@@ -10,12 +10,19 @@ import argparse
 import importlib
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+from fanout.demand import memory_gib, task_settings
 from fanout.errors import FanoutError, TaskListError
+from fanout.families import FAMILIES, UNIT_S, FamilySpec, resolve_family
+from fanout.fit import job_fit_problems
 from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
-from fanout.plan import plan_tasks, round_robin
+from fanout.instances import InstanceType, instance_type, slots_per_host
+from fanout.plan import PlanConfig, plan_tasks, round_robin
 from fanout.tasks import load_tasks
+
+DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"      # LaunchConfig's and Settings' default
 
 
 def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
@@ -49,35 +56,89 @@ def cmd_validate(args) -> int:
             print(problem, file=sys.stderr)
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         return 2
+    job = _job(args, hp)
+    fit = job_fit_problems(tasks, hp, job.family, job.instance, PlanConfig(), args.file) if job.family else []
+    if fit:
+        for problem in fit:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(fit)} problem(s)", file=sys.stderr)
+        return 2
     if args.instances:
         plan_tasks(tasks, args.instances)        # explicit host fields checked against K
-    print(f"{args.file}: {len(tasks)} task(s) OK")
+    print(f"{args.file}: {len(tasks)} task(s) OK{_fit_note(job, tasks, hp)}")
+    if job.family is None:
+        print("note: GPU memory not checked: pass --family or --model", file=sys.stderr)
     return 0
 
 
-def format_plan(plan, baseline=None) -> str:
-    rows = [f"{'host':>4}  {'tasks':>5}  {'cost':>10}  task ids"]
+@dataclass(frozen=True)
+class _Job:
+    """What the plan and the fit check need to know of the job beyond its task list."""
+
+    instance: InstanceType
+    slots: int
+    family: FamilySpec | None = None     # None: neither --family nor --model was given
+    variant: str = ""
+
+
+def _job(args, hp) -> _Job:
+    """The instance type (known to the table), its slots (gpus_per_host) and the family
+    (--family, or --model's model_index.json)."""
+    instance = instance_type(args.instance_type or DEFAULT_INSTANCE_TYPE, "--instance-type")
+    found = resolve_family(args.family, folder=args.model)
+    return _Job(instance, slots_per_host(instance, hp.get("gpus_per_host")), *(found or ()))
+
+
+def _fit_note(job: _Job, tasks, hp) -> str:
+    if job.family is None:
+        return ""
+    need = max(memory_gib(job.family, task_settings(t, hp, job.family, PlanConfig())).need for t in tasks)
+    return (f"; {job.family.name} fits {job.instance.name}: about {need:.1f} GiB of "
+            f"{job.instance.gpu_memory_gib:.1f} GiB per {job.instance.gpu.model} at most")
+
+
+def format_plan(plan, baseline=None, instance: InstanceType | None = None) -> str:
+    g = plan.slots_per_host
+    rows = [f"{'host':>4}  {'tasks':>5}  {'work':>10}  {'makespan':>10}  task ids"]
     for h in plan.hosts:
-        ids = ", ".join(h.task_ids[:6]) + (f", ... (+{len(h.task_ids) - 6})" if len(h.task_ids) > 6 else "")
-        rows.append(f"{h.index:>4}  {len(h.task_ids):>5}  {h.cost:>10.1f}  {ids}")
-    rows.append(f"makespan {plan.makespan:.1f}  lower bound {plan.lower_bound:.1f}  "
-                f"utilisation {plan.utilisation:.1%}  (cost unit: one 512px training step)")
+        rows.append(f"{h.index:>4}  {len(h.task_ids):>5}  {h.cost:>10.1f}  {h.makespan:>10.1f}  {_ids(h.task_ids)}")
+        if g > 1:
+            for slot, (ids, load) in enumerate(zip(h.slots, plan.slot_loads(h.index))):
+                rows.append(f"{'':>4}  {len(ids):>5}  {load:>10.1f}  {'':>10}  slot {slot}: {_ids(ids)}")
+    where = f"{len(plan.hosts)} host(s) x {g} GPU slot(s)" + (f" of {instance.name}" if instance else "")
+    rows.append(f"makespan {plan.makespan:.1f}  lower bound {plan.lower_bound:.1f}  utilisation {plan.utilisation:.1%}  "
+                f"({where}; family {plan.family}; cost unit: one SD 1.5 512px training step on an A10G, {UNIT_S:.2f} s)")
     if baseline is not None:
         rows.append(f"round-robin would take {baseline.makespan:.1f} ({baseline.makespan / max(plan.makespan, 1e-9):.2f}x)")
     idle = sum(1 for h in plan.hosts if not h.task_ids)
     if idle:
         rows.append(f"warning: {idle} host(s) get no task but are billed; use fewer --instances")
+    idle_slots = sum(1 for h in plan.hosts if h.task_ids for s in h.slots if not s)
+    if idle_slots:
+        rows.append(f"warning: {idle_slots} GPU slot(s) of busy hosts get no task but are billed; "
+                    "use fewer --instances or a type with fewer GPUs")
     return "\n".join(rows)
+
+
+def _ids(ids) -> str:
+    return ", ".join(ids[:6]) + (f", ... (+{len(ids) - 6})" if len(ids) > 6 else "")
 
 
 def cmd_plan(args) -> int:
     tasks = load_tasks(args.file)
     hp = _key_values(args.hp, "--hp")
-    plan = plan_tasks(tasks, args.instances, hp)
+    job = _job(args, hp)
+    fit = job_fit_problems(tasks, hp, job.family, job.instance, PlanConfig(), args.file) if job.family else []
+    if fit:
+        raise FanoutError("; ".join(fit))
+    options = dict(slots_per_host=job.slots, family=job.family or FAMILIES["sd"], variant=job.variant)
+    plan = plan_tasks(tasks, args.instances, hp, **options)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:
-        print(format_plan(plan, round_robin(tasks, args.instances, hp)))
+        print(format_plan(plan, round_robin(tasks, args.instances, hp, **options), job.instance))
+        if job.family is None:
+            print("note: no --family or --model: tasks are costed as sd and GPU memory is not checked", file=sys.stderr)
     return 0
 
 
@@ -168,6 +229,16 @@ def _add_simulate(sub) -> None:
     parser.set_defaults(func=cmd_simulate)
 
 
+def _job_args(parser) -> None:
+    parser.add_argument("--instance-type", default=None, metavar="TYPE",
+                        help=f"training instance type: GPUs per host and GPU memory (default {DEFAULT_INSTANCE_TYPE})")
+    parser.add_argument("--family", default="", metavar="NAME",
+                        help=f"model family of the base ({', '.join(FAMILIES)}; NAME/VARIANT allowed): costs and the "
+                             "GPU-memory fit")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="the base model's folder: its model_index.json names the family (instead of --family)")
+
+
 def _aws_args(parser) -> None:
     parser.add_argument("--region", default="", help="AWS region (default: boto3's chain)")
     parser.add_argument("--endpoint-url", default="", help="AWS endpoint override (e.g. a moto server)")
@@ -183,12 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=0, help="also check explicit host fields against K")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="a job hyperparameter to check as submit would send it (repeatable)")
+    _job_args(p)
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("plan", help="show which host runs which task, and the expected makespan")
+    p = sub.add_parser("plan", help="show which host and GPU slot runs which task, and the expected makespan")
     p.add_argument("file")
     p.add_argument("--instances", "-k", type=int, required=True, help="instances in the job (K)")
-    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="job-level hyperparameter (repeatable)")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE",
+                   help="job-level hyperparameter (repeatable), e.g. gpus_per_host=2")
     p.add_argument("--json", action="store_true", help="machine-readable plan")
+    _job_args(p)
     p.set_defaults(func=cmd_plan)
     add_submit(sub, _aws_args, _key_values)
     p = sub.add_parser("status", help="a job's state and each task's state from its checkpoints")

@@ -28,6 +28,15 @@ class PlanError(FanoutError):
     """The tasks cannot be assigned to hosts as asked (bad instance count, partial host fields)."""
 
 
+class InstanceError(FanoutError):
+    """An instance type this project does not know, or a job that cannot fit or fill it
+    (unknown type, more slots than GPUs, settings whose training exceeds the GPU's memory)."""
+
+
+class FamilyError(FanoutError):
+    """A model family fanout cannot learn or does not know (names where it looked, what is valid)."""
+
+
 class RequestError(FanoutError):
     """A CreateTrainingJob request would break an API limit or an option combination."""
 

@@ -31,7 +31,7 @@ TRAINING_NAMES = frozenset({
     "crop", "screen", "screen_checks", "blur_threshold", "duplicate_distance", "max_faces",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
-CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
+CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation", "gpus_per_host"})
 # Names the SageMaker SDK adds on its own (sagemaker_program, sagemaker_region, ...).
 SDK_PREFIX = "sagemaker_"
 

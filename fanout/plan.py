@@ -1,20 +1,24 @@
-"""The shard plan: a cost per task and a deterministic, balanced assignment to K hosts (pure).
+"""The shard plan: a cost per task and a deterministic, balanced assignment to K hosts x G slots (pure).
 
-Cost is in "step units": one training step at 512 px, batch 1, UNet-only LoRA. It only has to
-rank tasks and add up; absolute seconds differ per GPU. Assignment is LPT (longest first onto
-the least-loaded host), which is within 4/3 of the optimum makespan and deterministic here
-because ties break by task_id and then by host index.
+Cost is in "step units": one SD 1.5 training step at 512 px, batch 1, on an A10G
+(`fanout.families.UNIT_S` seconds). A task's cost is its seconds from the family table
+(`fanout.families`, read through `fanout.demand`) in those units, so a FLUX.1 step costs what
+it costs relative to an SD 1.5 one. Assignment is LPT over every GPU slot of the job (longest
+first onto the least-loaded slot), within 4/3 of the optimum makespan and deterministic
+because ties break by task_id, then by slot. A host's share is its slots' tasks in plan order:
+the order its slots take them from the host's queue, which is the same LPT on that host.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from fanout.demand import micro_step_seconds, preview_seconds, read_value, task_settings
 from fanout.errors import PlanError
+from fanout.families import UNIT_S, FamilySpec, family_named
 from fanout.tasks import TaskSpec
 
 
@@ -24,7 +28,8 @@ def _h(text: str) -> dict:
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """Cost-model knobs. The first six mirror TrainConfig defaults (a container test checks)."""
+    """Cost-model knobs. Every field named like a TrainConfig field mirrors its default (a
+    container test checks); a family's recipe defaults (FamilySpec.defaults) come on top."""
 
     max_train_steps: int = field(default=400, metadata=_h("training steps when neither job nor task sets them"))
     resolution: int = field(default=512, metadata=_h("training resolution (px) by default"))
@@ -32,18 +37,29 @@ class PlanConfig:
     preview_every: int = field(default=100, metadata=_h("steps between previews by default (0: none)"))
     num_preview_images: int = field(default=2, metadata=_h("images per preview prompt by default"))
     train_text_encoder: bool = field(default=False, metadata=_h("text-encoder LoRA by default"))
+    gradient_accumulation_steps: int = field(default=1, metadata=_h("micro-batches per optimizer step by default"))
+    preview_inference_steps: int = field(default=20, metadata=_h("sampling steps of a preview image by default"))
+    preview_guidance_scale: float = field(default=7.5, metadata=_h("preview guidance by default (> 1: CFG doubles the batch)"))
+    gradient_checkpointing: bool = field(default=False, metadata=_h("gradient checkpointing by default (GPU memory)"))
+    mixed_precision: str = field(default="no", metadata=_h("precision of the frozen weights by default (GPU memory)"))
+    base_quantization: str = field(default="none", metadata=_h("quantized base by default (GPU memory)"))
+    rank: int = field(default=4, metadata=_h("LoRA rank by default (GPU memory)"))
     prior_factor: float = field(default=2.0, metadata=_h("cost multiplier with prior preservation (batch doubles)"))
     text_encoder_factor: float = field(default=1.35, metadata=_h("cost multiplier when the text encoder trains too"))
-    preview_image_cost: float = field(default=4.0, metadata=_h("step units per preview image at 512 px"))
-    task_overhead: float = field(default=60.0, metadata=_h("fixed step units per task (data load, export, upload)"))
+    preview_image_cost: float | None = field(default=None, metadata=_h(
+        "step units per preview image at 512 px; None: from the family's step time and the preview's sampling steps"))
+    task_overhead: float | None = field(default=None, metadata=_h(
+        "fixed step units per task (data load, export, upload); None: the family table's task_fixed_s"))
     max_cost_ratio: float = field(default=3.0, metadata=_h("split_backlog: most to least costly task in one job"))
 
 
 @dataclass(frozen=True)
 class HostShare:
     index: int
-    task_ids: tuple[str, ...]
-    cost: float
+    task_ids: tuple[str, ...]                       # plan order: the order its slots take them
+    cost: float                                     # work: the sum of its tasks' costs
+    slots: tuple[tuple[str, ...], ...] = ()         # per GPU slot, the tasks LPT gave it
+    makespan: float = 0.0                           # when its busiest slot is done
 
 
 @dataclass(frozen=True)
@@ -52,69 +68,53 @@ class Plan:
     costs: Mapping[str, float]
     makespan: float
     lower_bound: float
+    slots_per_host: int = 1
+    family: str = "sd"
 
     def share(self, index: int) -> tuple[str, ...]:
         """Task ids host ``index`` runs, in order (empty when the index is out of range)."""
         return self.hosts[index].task_ids if 0 <= index < len(self.hosts) else ()
 
+    def slot_loads(self, index: int) -> tuple[float, ...]:
+        """Cost of each GPU slot of host ``index``."""
+        return tuple(round(math.fsum(self.costs[t] for t in slot), 3) for slot in self.hosts[index].slots)
+
     @property
     def total(self) -> float:
-        return sum(self.costs.values())
+        return math.fsum(self.costs.values())
 
     @property
     def utilisation(self) -> float:
-        """Busy host-time over billed host-time (1.0 = no host idles while another works)."""
-        billed = self.makespan * len(self.hosts)
-        return self.total / billed if billed else 1.0
+        """Busy GPU-time over billed GPU-time (1.0 = no slot idles while another works)."""
+        billed = self.makespan * len(self.hosts) * self.slots_per_host
+        return min(1.0, self.total / billed) if billed else 1.0     # min: costs are rounded to 3 places
 
     def to_dict(self) -> dict[str, Any]:
         """The `fanout plan --json` document."""
         return {
-            "hosts": [{"index": h.index, "tasks": list(h.task_ids), "cost": h.cost} for h in self.hosts],
+            "hosts": [{"index": h.index, "tasks": list(h.task_ids), "cost": h.cost, "makespan": h.makespan,
+                       "slots": [list(s) for s in h.slots]} for h in self.hosts],
             "costs": dict(self.costs), "makespan": self.makespan, "lower_bound": self.lower_bound,
+            "slots_per_host": self.slots_per_host, "family": self.family,
         }
 
 
-def _value(raw: Any, kind: type, default):
-    """A hyperparameter as SageMaker may send it ("400", "\\"400\\"", 400); default if unreadable.
-
-    The planner only estimates; the container validates and fails the task on a bad value.
-    """
-    value = raw
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-            if isinstance(value, str):
-                value = json.loads(value) if value[:1] in '0123456789-tf' else value
-        except (json.JSONDecodeError, ValueError):
-            pass
-    if kind is bool:
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value) if value is not None else default
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        return default
+_value = read_value     # the name older callers import
 
 
 def task_cost(task: TaskSpec, job_hyperparameters: Mapping[str, Any] | None = None,
-              config: PlanConfig = PlanConfig()) -> float:
+              config: PlanConfig = PlanConfig(), family: FamilySpec | str = "sd", variant: str = "") -> float:
     """Estimated cost of one task in step units (see the module docstring)."""
-    hp = {**(job_hyperparameters or {}), **task.hyperparameters}
-    steps = max(0, _value(hp.get("max_train_steps"), int, config.max_train_steps))
-    resolution = max(1, _value(hp.get("resolution"), int, config.resolution))
-    batch = max(1, _value(hp.get("train_batch_size"), int, config.train_batch_size))
-    every = _value(hp.get("preview_every"), int, config.preview_every)
-    images = max(0, _value(hp.get("num_preview_images"), int, config.num_preview_images))
-    text_encoder = _value(hp.get("train_text_encoder"), bool, config.train_text_encoder)
-    area = (resolution / 512.0) ** 2
-    step = batch * area * (config.prior_factor if task.class_prompt else 1.0)
-    step *= config.text_encoder_factor if text_encoder else 1.0
-    previews = (steps // every) if every > 0 else 0
-    prompts = max(1, len(task.validation_prompts))
-    preview = previews * prompts * images * config.preview_image_cost * area
-    return round(steps * step + preview + config.task_overhead, 3)
+    spec = family_named(family) if isinstance(family, str) else family
+    s = task_settings(task, job_hyperparameters, spec, config)
+    train = s.steps * micro_step_seconds(spec, s, None, config.prior_factor, config.text_encoder_factor)
+    if config.preview_image_cost is None:
+        preview = preview_seconds(spec, variant or spec.variants[0], s) / UNIT_S
+    else:
+        rounds = s.steps // s.preview_every if s.preview_every > 0 else 0
+        preview = rounds * s.prompts * s.preview_images * config.preview_image_cost * (s.resolution / 512.0) ** 2
+    overhead = spec.task_fixed_s / UNIT_S if config.task_overhead is None else config.task_overhead
+    return round(train / UNIT_S + preview + overhead, 3)
 
 
 def _check(tasks: Sequence[TaskSpec], instances: int) -> None:
@@ -146,45 +146,77 @@ def _explicit(tasks: Sequence[TaskSpec], instances: int) -> list[list[str]] | No
     return shares
 
 
-def _lpt(costs: Mapping[str, float], instances: int) -> list[list[str]]:
-    """Longest processing time first onto the least-loaded host (ties: task_id, host index)."""
-    shares: list[list[str]] = [[] for _ in range(instances)]
-    heap = [(0.0, i) for i in range(instances)]
-    for task_id in sorted(costs, key=lambda tid: (-costs[tid], tid)):
-        load, index = heapq.heappop(heap)
-        shares[index].append(task_id)
-        heapq.heappush(heap, (load + costs[task_id], index))
-    return shares
+def _lpt(costs: Mapping[str, float], task_ids, hosts: int, slots: int) -> list[list[list[str]]]:
+    """Longest processing time first onto the least-loaded slot, per host per slot.
+
+    Ties go to the lowest slot number across hosts first (slot 0 of every host, then slot 1),
+    so that a small batch spreads over hosts rather than filling one host's GPUs."""
+    out: list[list[list[str]]] = [[[] for _ in range(slots)] for _ in range(hosts)]
+    heap = [(0.0, g, h) for g in range(slots) for h in range(hosts)]
+    heapq.heapify(heap)
+    for task_id in sorted(task_ids, key=lambda tid: (-costs[tid], tid)):
+        load, g, h = heapq.heappop(heap)
+        out[h][g].append(task_id)
+        heapq.heappush(heap, (load + costs[task_id], g, h))
+    return out
+
+
+def _costs(tasks, job_hyperparameters, config, family, variant) -> dict[str, float]:
+    return {t.task_id: task_cost(t, job_hyperparameters, config, family, variant) for t in tasks}
+
+
+def _plan(shares: Sequence[Sequence[Sequence[str]]], costs: Mapping[str, float], slots: int, family: str) -> Plan:
+    """A Plan from per-host, per-slot task lists (a host's tasks in the order its slots got them)."""
+    hosts = []
+    for index, host in enumerate(shares):
+        order = sorted((t for slot in host for t in slot), key=lambda tid: (-costs[tid], tid))
+        loads = [math.fsum(costs[t] for t in slot) for slot in host]     # fsum: the same in any order
+        hosts.append(HostShare(index, tuple(order), round(math.fsum(loads), 3), tuple(tuple(s) for s in host),
+                               round(max(loads, default=0.0), 3)))
+    total = math.fsum(costs.values())
+    lower = max(total / (len(shares) * slots), max(costs.values(), default=0.0))
+    return Plan(tuple(hosts), costs, max((h.makespan for h in hosts), default=0.0), round(lower, 3), slots, family)
 
 
 def plan_tasks(tasks: Sequence[TaskSpec], instances: int,
                job_hyperparameters: Mapping[str, Any] | None = None,
-               config: PlanConfig = PlanConfig()) -> Plan:
-    """Assign every task to exactly one of ``instances`` hosts (deterministic)."""
+               config: PlanConfig = PlanConfig(), *, slots_per_host: int = 1,
+               family: FamilySpec | str = "sd", variant: str = "") -> Plan:
+    """Assign every task to exactly one of ``instances`` hosts x ``slots_per_host`` GPU slots
+    (deterministic). Tasks that all set `host` keep their host; LPT then spreads each host's
+    tasks over its slots, as the host's queue will."""
     _check(tasks, instances)
-    costs = {t.task_id: task_cost(t, job_hyperparameters, config) for t in tasks}
-    shares = _explicit(tasks, instances) or _lpt(costs, instances)
-    hosts = tuple(HostShare(i, tuple(ids), round(sum(costs[t] for t in ids), 3)) for i, ids in enumerate(shares))
-    total = sum(costs.values())
-    lower = max(total / instances, max(costs.values(), default=0.0))
-    return Plan(hosts, costs, max((h.cost for h in hosts), default=0.0), round(lower, 3))
+    if isinstance(slots_per_host, bool) or not isinstance(slots_per_host, int) or slots_per_host < 1:
+        raise PlanError(f"slots per host must be a positive integer, got {slots_per_host!r}")
+    spec = family_named(family) if isinstance(family, str) else family
+    costs = _costs(tasks, job_hyperparameters, config, spec, variant)
+    pinned = _explicit(tasks, instances)
+    if pinned is None:
+        shares = _lpt(costs, costs, instances, slots_per_host)
+    else:
+        shares = [_lpt(costs, ids, 1, slots_per_host)[0] for ids in pinned]
+    return _plan(shares, costs, slots_per_host, spec.name)
 
 
 def round_robin(tasks: Sequence[TaskSpec], instances: int,
                 job_hyperparameters: Mapping[str, Any] | None = None,
-                config: PlanConfig = PlanConfig()) -> Plan:
-    """Task i on host i mod K: the naive baseline the benchmarks compare against."""
+                config: PlanConfig = PlanConfig(), *, slots_per_host: int = 1,
+                family: FamilySpec | str = "sd", variant: str = "") -> Plan:
+    """Task i on slot i mod (K x G), in the task list's order: the naive baseline the
+    benchmarks compare against."""
     _check(tasks, instances)
-    costs = {t.task_id: task_cost(t, job_hyperparameters, config) for t in tasks}
-    shares = [[t.task_id for t in tasks[i::instances]] for i in range(instances)]
-    hosts = tuple(HostShare(i, tuple(ids), round(sum(costs[t] for t in ids), 3)) for i, ids in enumerate(shares))
-    lower = max(sum(costs.values()) / instances, max(costs.values(), default=0.0))
-    return Plan(hosts, costs, max((h.cost for h in hosts), default=0.0), round(lower, 3))
+    spec = family_named(family) if isinstance(family, str) else family
+    costs = _costs(tasks, job_hyperparameters, config, spec, variant)
+    lanes = instances * slots_per_host
+    shares = [[[t.task_id for t in tasks[g * instances + h::lanes]] for g in range(slots_per_host)]
+              for h in range(instances)]
+    return _plan(shares, costs, slots_per_host, spec.name)
 
 
 def split_backlog(tasks: Sequence[TaskSpec], max_tasks_per_job: int,
                   job_hyperparameters: Mapping[str, Any] | None = None,
-                  config: PlanConfig = PlanConfig()) -> list[tuple[TaskSpec, ...]]:
+                  config: PlanConfig = PlanConfig(), family: FamilySpec | str = "sd",
+                  variant: str = "") -> list[tuple[TaskSpec, ...]]:
     """Cut a backlog into jobs of similar-cost tasks, most costly first.
 
     One long task in a job of short ones keeps the whole cluster billing while it finishes
@@ -193,7 +225,7 @@ def split_backlog(tasks: Sequence[TaskSpec], max_tasks_per_job: int,
     """
     if max_tasks_per_job < 1:
         raise PlanError(f"max_tasks_per_job must be at least 1, got {max_tasks_per_job!r}")
-    costed = sorted(((task_cost(t, job_hyperparameters, config), t) for t in tasks),
+    costed = sorted(((task_cost(t, job_hyperparameters, config, family, variant), t) for t in tasks),
                     key=lambda ct: (-ct[0], ct[1].task_id))
     jobs: list[list[TaskSpec]] = []
     head = math.inf
@@ -205,9 +237,10 @@ def split_backlog(tasks: Sequence[TaskSpec], max_tasks_per_job: int,
     return [tuple(job) for job in jobs]
 
 
-def instances_for(task_count: int, max_instances: int) -> int:
-    """Hosts for a backlog: one per task up to the cap (an idle host still bills)."""
-    return max(1, min(max_instances, task_count))
+def instances_for(task_count: int, max_instances: int, slots_per_host: int = 1) -> int:
+    """Hosts for a backlog: enough that every task has a GPU slot, up to the cap (an idle host,
+    or an idle GPU of a host, still bills)."""
+    return max(1, min(max_instances, math.ceil(task_count / max(1, slots_per_host))))
 
 
 def claim_limit(max_tasks_per_job: int, max_jobs_per_run: int) -> int:
@@ -217,9 +250,11 @@ def claim_limit(max_tasks_per_job: int, max_jobs_per_run: int) -> int:
 
 def launch_batches(tasks: Sequence[TaskSpec], max_tasks_per_job: int, max_instances: int,
                    job_hyperparameters: Mapping[str, Any] | None = None,
-                   config: PlanConfig = PlanConfig()) -> list[tuple[tuple[TaskSpec, ...], int]]:
-    """launch_pending's decision for the tasks it claimed: jobs of similar cost, each with its K.
+                   config: PlanConfig = PlanConfig(), *, slots_per_host: int = 1,
+                   family: FamilySpec | str = "sd", variant: str = "") -> list[tuple[tuple[TaskSpec, ...], int]]:
+    """launch_pending's decision for the tasks it claimed: jobs of similar cost, each with its K
+    (hosts of ``slots_per_host`` GPU slots each).
 
     Pure, so that `fanout simulate` drives the same decision the Lambda makes."""
-    return [(batch, instances_for(len(batch), max_instances))
-            for batch in split_backlog(tasks, max_tasks_per_job, job_hyperparameters, config)]
+    return [(batch, instances_for(len(batch), max_instances, slots_per_host))
+            for batch in split_backlog(tasks, max_tasks_per_job, job_hyperparameters, config, family, variant)]

@@ -3,7 +3,10 @@
 `prepare_job` turns validated tasks and a LaunchConfig into everything the launcher uploads
 and sends: a deterministic job name, the job's task list (with the plan's `host` fields, so
 the container runs exactly the plan the operator read), the S3 layout and the request dict.
-`check_request` enforces the API limits before SageMaker would reject the call.
+`check_config` refuses what no request could fix (an instance type this project does not
+know, more slots than GPUs, settings whose training cannot fit the GPU: `fanout.fit`);
+`check_request` applies CreateTrainingJob's own rules, read from botocore's service model
+(`fanout.api_rules`), before SageMaker would reject the call.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from fanout.errors import RequestError
+from fanout.api_rules import operation_input, request_problems
+from fanout.errors import FanoutError, RequestError
+from fanout.families import family_named
+from fanout.fit import job_fit_problems
 from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
+from fanout.instances import instance_type, slots_per_host
 from fanout.metrics import metric_definitions
 from fanout.plan import Plan, PlanConfig, plan_tasks
 from fanout.tasks import TaskSpec, dump_tasks
 
+# The service model's rules for these (tests/fanout/test_api_rules.py checks they are its values);
+# kept as constants for messages and job_name_for, the model itself is what check_request applies.
 JOB_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 MAX_HYPERPARAMETERS = 100
 MAX_HYPERPARAMETER_VALUE = 2500
@@ -45,14 +54,17 @@ class LaunchConfig:
     class_uri: str | None = _h(None, "s3:// prefix of class images (the optional `class` channel)")
     eval_uri: str | None = _h(None, "s3:// prefix of the scorer models clip/, dino/, face/ (the optional `eval` "
                                     "channel; without it tasks are not evaluated)")
-    instance_type: str = _h("ml.g5.xlarge", "training instance type")
-    instance_count: int = _h(1, "instances (K); tasks are spread over them")
+    instance_type: str = _h("ml.g5.xlarge", "training instance type (one of fanout.instances.INSTANCE_TYPES)")
+    instance_count: int = _h(1, "instances (K); tasks are spread over their K x G GPU slots")
+    family: str = _h("", "model family of the base (sd, sdxl, flux, flux2-klein, z-image, qwen-image; name/variant "
+                         "allowed); empty: costs as sd and the GPU-memory fit is not checked (the CLI and the "
+                         "launcher read it from model_uri's model_index.json)")
     volume_size_gb: int = _h(50, "EBS volume per instance (GB)")
     hyperparameters: Mapping[str, Any] = _h({}, "job-level training hyperparameters (not the task list)")
     max_runtime_s: int = _h(86400, "StoppingCondition.MaxRuntimeInSeconds")
     spot: bool = _h(False, "managed spot training (checkpoints make interruptions resumable)")
     max_wait_s: int = _h(0, "spot MaxWaitTimeInSeconds; 0 means twice max_runtime_s")
-    warm_pool_s: int = _h(0, "warm pool KeepAlivePeriodInSeconds (0: off, at most 3600)")
+    warm_pool_s: int = _h(0, "warm pool KeepAlivePeriodInSeconds (0: off; the API's maximum applies)")
     retry_attempts: int = _h(0, "RetryStrategy.MaximumRetryAttempts for capacity errors (0: off)")
     subnets: tuple[str, ...] = _h((), "VpcConfig subnets (with security_groups)")
     security_groups: tuple[str, ...] = _h((), "VpcConfig security groups (with subnets)")
@@ -194,8 +206,11 @@ def build_request(config: LaunchConfig, job_name: str, layout: JobLayout, digest
 def prepare_job(tasks: Sequence[TaskSpec], config: LaunchConfig, job_name: str | None = None,
                 salt: str = "", plan_config: PlanConfig = PlanConfig()) -> PreparedJob:
     """Plan, name and build one job for ``tasks`` (pure; same input, same output)."""
-    check_config(config, tasks)
-    plan = plan_tasks(tasks, config.instance_count, config.hyperparameters, plan_config)
+    check_config(config, tasks, plan_config)
+    slots = slots_per_host(instance_type(config.instance_type), config.hyperparameters.get("gpus_per_host"))
+    family, variant = _family(config)
+    plan = plan_tasks(tasks, config.instance_count, config.hyperparameters, plan_config, slots_per_host=slots,
+                      family=family, variant=variant)
     pinned = job_tasks(tasks, plan, config.network_isolation)
     text = dump_tasks(pinned)
     digest = batch_digest(text, config.hyperparameters, salt)
@@ -204,7 +219,14 @@ def prepare_job(tasks: Sequence[TaskSpec], config: LaunchConfig, job_name: str |
     return PreparedJob(name, digest, plan, pinned, text, layout, build_request(config, name, layout, digest))
 
 
-def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec]) -> None:
+def _family(config: LaunchConfig):
+    """(family, variant) of the config: its explicit family, or sd when none was learned."""
+    name, _, variant = (config.family or "sd").partition("/")
+    spec = family_named(name, "LaunchConfig.family")
+    return spec, variant or spec.variants[0]
+
+
+def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec], plan_config: PlanConfig = PlanConfig()) -> None:
     """Option combinations SageMaker or the container cannot honour, said before any upload."""
     for name in ("image_uri", "role_arn", "model_uri", "images_uri", "output_uri"):
         if not getattr(config, name):
@@ -227,6 +249,16 @@ def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec]) -> None:
                             + task_value_problems(tasks, job_values=config.hyperparameters))
     if problems:
         raise RequestError("; ".join(problems))
+    try:
+        instance = instance_type(config.instance_type, "instance_type")
+        slots_per_host(instance, config.hyperparameters.get("gpus_per_host"))
+        if config.family:
+            family, _ = _family(config)
+            problems = job_fit_problems(tasks, config.hyperparameters, family, instance, plan_config, "GPU memory")
+    except FanoutError as exc:
+        raise RequestError(str(exc)) from None
+    if problems:
+        raise RequestError("; ".join(problems))
 
 
 def check_request(request: Mapping[str, Any]) -> None:
@@ -237,32 +269,19 @@ def check_request(request: Mapping[str, Any]) -> None:
 
 
 def _request_problems(request: Mapping[str, Any]) -> list[str]:
-    problems = []
-    name = request.get("TrainingJobName", "")
-    if not re.match(JOB_NAME_PATTERN, name):
-        problems.append(f"job name {name!r} must match {JOB_NAME_PATTERN} (at most 63 chars)")
-    hp = request.get("HyperParameters", {})
-    if len(hp) > MAX_HYPERPARAMETERS:
-        problems.append(f"{len(hp)} hyperparameters; at most {MAX_HYPERPARAMETERS} (the task list travels in its channel)")
-    for key, value in hp.items():
-        if not isinstance(value, str) or len(value) > MAX_HYPERPARAMETER_VALUE or len(key) > 256:
-            problems.append(f"hyperparameter {key!r}: values are strings of at most {MAX_HYPERPARAMETER_VALUE} chars, keys at most 256")
+    """botocore's validator (types, required members, minimums), then the model's maximums,
+    enums and patterns (fanout.api_rules), then what the model cannot say."""
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(request, operation_input())
+    problems = [line.strip() for line in report.generate_report().splitlines() if line.strip()] if report.has_errors() else []
+    problems += request_problems(request)
     stop = request.get("StoppingCondition", {})
     if request.get("EnableManagedSpotTraining") and stop.get("MaxWaitTimeInSeconds", 0) < stop.get("MaxRuntimeInSeconds", 0):
         problems.append("spot MaxWaitTimeInSeconds must be at least MaxRuntimeInSeconds")
     resources = request.get("ResourceConfig", {})
-    if not 0 <= resources.get("KeepAlivePeriodInSeconds", 0) <= 3600:
-        problems.append("warm pool KeepAlivePeriodInSeconds must be 0..3600")
     if resources.get("InstanceCount", 0) < 1 or resources.get("VolumeSizeInGB", 0) < 1:
         problems.append("InstanceCount and VolumeSizeInGB must be at least 1")
-    vpc = request.get("VpcConfig")
-    if vpc and not (1 <= len(vpc["Subnets"]) <= 16 and 1 <= len(vpc["SecurityGroupIds"]) <= 5):
-        problems.append("VpcConfig needs 1-16 subnets and 1-5 security groups")
-    if not 0 <= request.get("RetryStrategy", {}).get("MaximumRetryAttempts", 1) <= 30:
-        problems.append("RetryStrategy.MaximumRetryAttempts must be 1..30")
-    tags = request.get("Tags", [])
-    if len(tags) > 50 or any(len(t["Key"]) > 128 or len(t["Value"]) > 256 for t in tags):
-        problems.append("at most 50 tags, keys at most 128 chars, values at most 256")
     return problems
 
 

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from fanout import outcomes
-from fanout.errors import PublishError, TaskListError
+from fanout.api_rules import member_problems
+from fanout.errors import FamilyError, FanoutError, PublishError, SettingsError, TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
+from fanout.families import FamilySpec, resolve_family
+from fanout.fit import task_fit_problem
 from fanout.hyperparameters import task_name_problems, task_value_problems
+from fanout.instances import InstanceType, instance_type, slots_per_host
 from fanout.launcher import IMAGE_SUFFIXES, Launcher, RateLimiter, S3Objects, image_count, image_keys
-from fanout.plan import claim_limit, launch_batches
+from fanout.plan import PlanConfig, claim_limit, launch_batches
 from fanout.publisher import SWEEP_AFTER_S, EventPublisher
 from fanout.quality import Quality, model_fields
 from fanout.redaction import shown_name
@@ -156,10 +160,60 @@ def register_upload(svc: Service, bucket: str, key: str) -> str:
     return "created" if outcomes.record_new(svc, user_id, request_id, task) else "duplicate"
 
 
-def _launch_config(svc: Service, count: int) -> LaunchConfig:
+@dataclass
+class LaunchTarget:
+    """What every job of a launch_pending run shares: the instance type, its slots, the family."""
+
+    instance: InstanceType
+    slots: int
+    family: FamilySpec | None = None
+    variant: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def family_setting(self) -> str:
+        if self.family is None:
+            return ""
+        return f"{self.family.name}/{self.variant}" if self.variant else self.family.name
+
+
+def launch_target(svc: Service) -> LaunchTarget:
+    """The deployment's launch settings checked before anything is claimed (SettingsError: a
+    setting no request could ever launch with); the family from FANOUT_MODEL_FAMILY or the
+    base's model_index.json. A family that cannot be read is a warning, not an error: costs
+    then fall back to sd and the GPU-memory fit is not checked (set FANOUT_MODEL_FAMILY)."""
+    s = svc.settings
+    try:
+        instance = instance_type(s.instance_type, "FANOUT_INSTANCE_TYPE")
+        target = LaunchTarget(instance, slots_per_host(instance, s.job_hyperparameters.get("gpus_per_host")))
+    except FanoutError as exc:
+        raise SettingsError(str(exc)) from None
+    problems = member_problems("RoleArn", s.role_arn) + (member_problems("OutputDataConfig.KmsKeyId", s.kms_key)
+                                                         if s.kms_key else [])
+    if problems:
+        raise SettingsError("FANOUT_ROLE_ARN / FANOUT_KMS_KEY: " + "; ".join(problems))
+    try:
+        found = resolve_family(s.model_family, s3=svc.objects.s3, model_uri=s.model_uri)
+    except FamilyError as exc:
+        if s.model_family:
+            raise SettingsError(f"FANOUT_MODEL_FAMILY: {exc}") from None
+        found = None
+        target.warnings.append(f"GPU memory fit not checked and tasks costed as sd: {exc}")
+        log.warning("%s", target.warnings[-1])
+    if found:
+        target.family, target.variant = found
+        probe = TaskSpec("job-defaults", "-", "-")      # no task override: the job's own settings
+        problem = task_fit_problem(probe, s.job_hyperparameters, target.family, instance, PlanConfig())
+        if problem:
+            raise SettingsError(f"FANOUT_HYPERPARAMETERS on FANOUT_INSTANCE_TYPE: {problem}")
+    return target
+
+
+def _launch_config(svc: Service, count: int, target: LaunchTarget | None = None) -> LaunchConfig:
     s = svc.settings
     return LaunchConfig(image_uri=s.image_uri, role_arn=s.role_arn, model_uri=s.model_uri,
                         images_uri=svc.uri("requests") + "/", output_uri=svc.uri("jobs") + "/",
+                        family=target.family_setting if target else "",
                         instance_type=s.instance_type, instance_count=count, volume_size_gb=s.volume_size_gb,
                         hyperparameters=s.job_hyperparameters, max_runtime_s=s.max_runtime_s,
                         spot=s.spot, max_wait_s=s.max_wait_s, warm_pool_s=s.warm_pool_s,
@@ -215,13 +269,18 @@ def _with_images(svc: Service, claimer: str, claimed: dict[str, dict],
     return [t for t in tasks if has_images[t.task_id]], listed
 
 
-def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec]) -> list[TaskSpec]:
-    """Tasks whose hyperparameters pass today's checks (the others FAILED with the reason), so
-    that one request accepted under older rules cannot fail every batch it is put in."""
+def _valid(svc: Service, claimer: str, claimed: dict[str, dict], tasks: list[TaskSpec],
+           target: LaunchTarget | None = None) -> list[TaskSpec]:
+    """Tasks whose hyperparameters pass today's checks and whose training fits the GPU (the
+    others FAILED with the reason), so that one request accepted under older rules, or asking
+    for more than the instance type holds, cannot fail every batch it is put in."""
     good = []
+    hp = svc.settings.job_hyperparameters
     for t in tasks:
-        problems = task_name_problems([t], t.task_id) or task_value_problems([t], t.task_id,
-                                                                             svc.settings.job_hyperparameters)
+        problems = task_name_problems([t], t.task_id) or task_value_problems([t], t.task_id, hp)
+        if not problems and target is not None and target.family is not None:
+            fit = task_fit_problem(t, hp, target.family, target.instance, PlanConfig())
+            problems = [f"does not fit {target.instance.name}: {fit}"] if fit else []
         if problems:
             outcomes.fail_claimed(svc, claimed[t.task_id], claimer, "; ".join(problems), "invalid_hyperparameters")
         else:
@@ -247,20 +306,23 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     A job that cannot be created hands its claims back (PENDING, with the reason)."""
     claimer = claimer or uuid.uuid4().hex
     republished, unpublished = svc.events.sweep(svc.ago(SWEEP_AFTER_S)) if svc.events else (0, [])
+    target = launch_target(svc)              # before claiming: a bad setting claims nothing
     claimed, collided = _claim(svc, claimer)
     adopted = _adopt_created(svc, claimer, claimed)
     tasks = [replace(t, line=0) for item in claimed.values() for t in parse_tasks(item["task"])]
-    tasks, listed = _with_images(svc, claimer, claimed, _valid(svc, claimer, claimed, tasks))
+    tasks, listed = _with_images(svc, claimer, claimed, _valid(svc, claimer, claimed, tasks, target))
     hp = svc.settings.job_hyperparameters
     result: dict[str, Any] = {"jobs": [], "launched": adopted, "released": len(collided),
                               "failed": len(claimed) - len(tasks), "errors": collided + unpublished,
-                              "republished": republished}
-    for batch, count in launch_batches(tasks, svc.settings.max_tasks_per_job, svc.settings.max_instances, hp):
+                              "republished": republished, "warnings": target.warnings}
+    batches = launch_batches(tasks, svc.settings.max_tasks_per_job, svc.settings.max_instances, hp,
+                             slots_per_host=target.slots, family=target.family or "sd", variant=target.variant)
+    for batch, count in batches:
         keys = [claimed[t.task_id]["request_key"] for t in batch]
         # the retry counts are part of the name: a re-queued batch is a new job, a re-run launch is not
         salt = json.dumps({k: int(claimed[t.task_id].get("retries", 0)) for k, t in zip(keys, batch)}, sort_keys=True)
         try:
-            job = prepare_job(batch, _launch_config(svc, count), salt=salt)
+            job = prepare_job(batch, _launch_config(svc, count, target), salt=salt)
             _each(lambda k: svc.requests.note_launching(k, claimer, job.name, svc.clock()), keys)
             launched = svc.launcher.launch(job, svc.uri("requests") + "/", listed)
         except Exception as exc:   # edge of a batch: whatever failed, the claims go back with the reason

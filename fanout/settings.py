@@ -30,7 +30,10 @@ class Settings:
     image_uri: str = _s("", "ECR URI of the training image (launch_pending)")
     role_arn: str = _s("", "IAM role SageMaker assumes for the jobs (launch_pending)")
     model_uri: str = _s("", "s3:// URI of the base diffusers pipeline (the `model` channel)")
-    instance_type: str = _s("ml.g5.xlarge", "training instance type")
+    instance_type: str = _s("ml.g5.xlarge", "training instance type (one of fanout.instances; its GPUs are each "
+                                             "host's slots, its GPU memory is checked before a launch)")
+    model_family: str = _s("", "model family of FANOUT_MODEL_URI (sd, sdxl, flux, flux2-klein, z-image, qwen-image); "
+                               "empty: read from its model_index.json (needs s3:GetObject on it)")
     max_instances: int = _s(8, "most instances in one job (K)")
     max_tasks_per_job: int = _s(64, "most requests one job trains; a larger backlog is split")
     max_jobs_per_run: int = _s(4, "most jobs one launch_pending run creates (claims at most this many jobs' worth)")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
+from dataclasses import replace
+
+from fanout.families import FAMILIES, resolve_family
 from fanout.request import LaunchConfig, prepare_job
 from fanout.tasks import load_tasks
 
@@ -26,7 +29,11 @@ def add_submit(sub, aws_args, key_values) -> None:
     p.add_argument("--class-uri", help="s3:// prefix of class images (optional `class` channel)")
     p.add_argument("--eval-uri", help="s3:// prefix of the scorer models clip/, dino/, face/ (optional `eval` "
                                       "channel: tasks are scored and judged by quality_gate; docs/quality.md)")
-    p.add_argument("--instance-type", default=LaunchConfig.instance_type)
+    p.add_argument("--instance-type", default=LaunchConfig.instance_type,
+                   help="training instance type (its GPUs are the job's slots; its GPU memory is checked)")
+    p.add_argument("--family", default="", metavar="NAME",
+                   help=f"model family of the base ({', '.join(FAMILIES)}); default: read from "
+                        "<model-uri>/model_index.json (a dry run reads nothing and then does not check GPU memory)")
     p.add_argument("--volume-gb", type=int, default=LaunchConfig.volume_size_gb)
     p.add_argument("--job-name", help="explicit job name (default: derived from the batch)")
     p.add_argument("--job-prefix", default=LaunchConfig.job_prefix)
@@ -64,6 +71,7 @@ def launch_config(args, key_values) -> LaunchConfig:
 def cmd_submit(args, key_values) -> int:
     tasks = load_tasks(args.file)
     config = launch_config(args, key_values)
+    config = replace(config, family=_family(args, config))
     job = prepare_job(tasks, config, job_name=args.job_name)
     dropped = [t.task_id for t, o in zip(tasks, job.tasks) if t.output_uri and not o.output_uri]
     if dropped:
@@ -82,3 +90,19 @@ def cmd_submit(args, key_values) -> int:
         print(f"note: job {result.job_name} already exists for this batch; not creating another", file=sys.stderr)
     print(result.job_name)
     return 0
+
+
+def _family(args, config: LaunchConfig) -> str:
+    """--family, or the family model_index.json under --model-uri names (read with the same S3
+    client the launch uses); a dry run reads nothing, so without --family it cannot check fit."""
+    if args.family:
+        return args.family
+    if not config.model_uri.startswith("s3://"):
+        return ""                                   # prepare_job says what is wrong with it
+    if args.dry_run:
+        print("note: dry run: GPU memory fit not checked (pass --family to check it)", file=sys.stderr)
+        return ""
+    from fanout.settings import make_client
+
+    spec, variant = resolve_family(s3=make_client("s3", args.region, args.endpoint_url), model_uri=config.model_uri)
+    return f"{spec.name}/{variant}" if variant else spec.name

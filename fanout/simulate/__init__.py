@@ -9,9 +9,10 @@ Python API::
 
 from fanout.simulate.engine import Run, Simulation, simulate
 from fanout.simulate.inputs import Aws, Policy, SimulationError, TrainTimes, Workload, arrivals
-from fanout.simulate.policies import ONE_PER_REQUEST, PACKING, SearchSpace, compare, search, standard_policies
+from fanout.simulate.policies import (ONE_PER_REQUEST, PACKING, SearchSpace, compare, instance_policies, search,
+                                      standard_policies)
 from fanout.simulate.report import plot, summary, table
 
 __all__ = ["Aws", "ONE_PER_REQUEST", "PACKING", "Policy", "Run", "SearchSpace", "Simulation", "SimulationError",
-           "TrainTimes", "Workload", "arrivals", "compare", "plot", "search", "simulate", "standard_policies",
-           "summary", "table"]
+           "TrainTimes", "Workload", "arrivals", "compare", "instance_policies", "plot", "search", "simulate",
+           "standard_policies", "summary", "table"]

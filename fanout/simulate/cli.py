@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from fanout.simulate.inputs import Aws, SimulationError, TrainTimes, Workload, load_train_times, overridden
-from fanout.simulate.policies import PACKING, compare, search, settings_for, standard_policies
+from fanout.simulate.policies import ONE_PER_REQUEST, PACKING, compare, instance_policies, search, settings_for, standard_policies
 from fanout.simulate.report import plot, summary, table
 
 
@@ -29,6 +29,12 @@ def add_arguments(parser) -> None:
                         help="add a policy to the table: packing with these Policy fields, e.g. name=held "
                              "min_batch=32 max_wait_s=600 max_instances=4 schedule_period_s=300 (repeatable)")
     parser.add_argument("--warm-pool-seconds", type=float, default=600.0, help="keep-alive of the warm-pool policy")
+    parser.add_argument("--instance-type", default=PACKING.instance_type, metavar="TYPE",
+                        help="instance type of the standard policies (fanout.instances; a multi-GPU type runs one "
+                             "slot per GPU)")
+    parser.add_argument("--types", metavar="T1,T2,...",
+                        help="also compare packing, on demand and on spot, on each of these types with the GPUs held "
+                             "equal (the first type's quota and hosts per job in GPUs), e.g. ml.g5.xlarge,ml.g5.12xlarge")
     parser.add_argument("--json", metavar="FILE", help="write every policy's figures (and the search) as JSON")
     parser.add_argument("--plots", metavar="DIR", help="write ttm_cdf.png and instances.png (needs matplotlib)")
     parser.add_argument("--search", action="store_true",
@@ -49,20 +55,25 @@ def inputs(args) -> tuple[Workload, TrainTimes, Aws]:
 def run(args) -> int:
     workload, times, aws = inputs(args)
     started = time.perf_counter()
-    policies = standard_policies(args.warm_pool_seconds)
+    policies = standard_policies(args.warm_pool_seconds, args.instance_type)
+    if args.types:
+        policies += instance_policies([t.strip() for t in args.types.split(",") if t.strip()], aws)
     if args.policy:
-        policies.append(overridden(replace(PACKING, name="custom"), args.policy, "--policy"))
+        custom = replace(PACKING, name="custom", instance_type=args.instance_type)
+        policies.append(overridden(custom, args.policy, "--policy"))
     runs = compare(policies, workload, times, aws, args.seed)
     elapsed = time.perf_counter() - started
     rows = [summary(r) for r in runs]
+    prices = ", ".join(sorted({f"{p.instance_type} ${p.price(aws)}/instance-hour" for p in policies}))
     print(f"{len(runs[0].requests)} requests ({workload.arrival}, {workload.family} at {workload.resolution} px), "
-          f"quota {aws.instance_quota} instances, ${aws.price_per_hour}/instance-hour; simulated in {elapsed:.1f} s")
+          f"quota {aws.instance_quota} instances unless a policy says; {prices}; simulated in {elapsed:.1f} s")
     print(table(rows))
     document = {"inputs": {"workload": asdict(workload), "train_times": asdict(times), "aws": asdict(aws),
                            "seed": args.seed}, "policies": rows, "simulation_seconds": round(elapsed, 2)}
     if args.search:
         started = time.perf_counter()
-        found = search(workload, times, aws, args.seed, p95_limit_s=args.p95_limit)
+        found = search(workload, times, aws, args.seed, p95_limit_s=args.p95_limit,
+                       baseline=replace(ONE_PER_REQUEST, instance_type=args.instance_type))
         document["search"] = {**found, "seconds": round(time.perf_counter() - started, 2)}
         print(f"\nsearch: {len(found['tried'])} policies in {document['search']['seconds']:.0f} s; "
               f"p95 limit ({'--p95-limit' if args.p95_limit else 'one job per request'}) {found['p95_limit_s'] / 3600:.2f} h")

@@ -52,12 +52,13 @@ class Job:
     k: int
     spot: bool
     created: float
-    hosts: list[list[list[Any]]]   # per host: [request, remaining seconds] in run order
+    hosts: list[list[list[Any]]]   # per GPU slot (K x G lanes): [request, remaining seconds] in run order
     size: int = 0                  # tasks in the job
     ready: float = 0.0             # billing starts (TrainingStartTime)
     first_task: float = 0.0
     billed_s: float = 0.0          # instance-seconds
-    busy_s: float = 0.0            # instance-seconds spent in tasks
+    busy_s: float = 0.0            # GPU-seconds spent in tasks
+    slots: int = 1                 # GPU slots per host
     failed: list[Request] = field(default_factory=list)
 
 
@@ -102,8 +103,12 @@ class Simulation:
         times.check()
         self.times, self.aws, self.policy, self.hp = times, aws, policy, dict(job_hyperparameters or {})
         self.rng = random.Random(f"{seed}:{policy.name}")
-        family = workload.family
-        self.run_ = Run(policy, [Request(t, at, times.task_seconds(t, family), times.checkpoint_seconds(t, family), at)
+        family, variant, speed = workload.family, workload.variant, policy.instance().gpu.speed
+        self.family, self.variant, self.slots = times.family(family), variant, policy.slots()
+        self.price, self.quota = policy.price(aws), policy.quota(aws)
+        self.load_s = times.slot_load_seconds(family)      # each slot loads its base in parallel with the others
+        self.run_ = Run(policy, [Request(t, at, times.task_seconds(t, family, speed, variant),
+                                         times.checkpoint_seconds(t, family, speed, variant), at)
                                  for at, t in arrivals(workload, seed)])
         self.heap: list = []
         self.seq = itertools.count()
@@ -155,7 +160,8 @@ class Simulation:
         claimed = [self.pending.popleft() for _ in range(min(len(self.pending),
                                                              plan.claim_limit(p.max_tasks_per_job, p.max_jobs_per_run)))]
         by_id = {r.task.task_id: r for r in claimed}
-        batches = plan.launch_batches([r.task for r in claimed], p.max_tasks_per_job, p.max_instances, self.hp)
+        batches = plan.launch_batches([r.task for r in claimed], p.max_tasks_per_job, p.max_instances, self.hp,
+                                      slots_per_host=self.slots, family=self.family, variant=self.variant)
         self._call(Invocation([([by_id[t.task_id] for t in batch], k) for batch, k in batches], next_call=self.now))
 
     def _call(self, inv: Invocation) -> None:
@@ -176,7 +182,7 @@ class Simulation:
             self._release(requests)                     # retries spent: launch_pending releases the batch
         else:
             pool = self._take_pool(k) if self.policy.warm_pool_s else None
-            if pool is None and self.in_use + k > self.aws.instance_quota:
+            if pool is None and self.in_use + k > self.quota:
                 self.run_.refusals += 1                 # ResourceLimitExceeded -> CapacityError -> released
                 self._release(requests)
             else:
@@ -199,17 +205,18 @@ class Simulation:
 
     # -- SageMaker ---------------------------------------------------------------------------
     def _start(self, requests: list[Request], k: int, pool: Pool | None) -> None:
-        assignment = plan.plan_tasks([r.task for r in requests], k, self.hp)
+        assignment = plan.plan_tasks([r.task for r in requests], k, self.hp, slots_per_host=self.slots,
+                                     family=self.family, variant=self.variant)
         by_id = {r.task.task_id: r for r in requests}
-        job = Job(k, self.policy.spot, self.now, [[[by_id[t], by_id[t].seconds] for t in assignment.share(i)]
-                                                  for i in range(k)], size=len(requests))
+        lanes = [[[by_id[t], by_id[t].seconds] for t in slot] for host in assignment.hosts for slot in host.slots]
+        job = Job(k, self.policy.spot, self.now, lanes, size=len(requests), slots=self.slots)
         self.run_.jobs.append(job)
         if pool is None:
             self.in_use += k
             self._track()
-            self._segment(job, self.now + self.aws.cold_provision_s, self.aws.cold_start_s)
+            self._segment(job, self.now + self.aws.cold_provision_s, self.aws.cold_start_s + self.load_s)
         else:
-            self._segment(job, self.now + self.aws.warm_provision_s, self.aws.warm_start_s)
+            self._segment(job, self.now + self.aws.warm_provision_s, self.aws.warm_start_s + self.load_s)
 
     def _segment(self, job: Job, ready: float, start_s: float) -> None:
         """Hosts bill from ``ready`` and train from ready + start_s until the job ends or spot
@@ -252,12 +259,12 @@ class Simulation:
         self.at(self.now + self.aws.spot_restart_s, "restart", job)
 
     def _restart(self, job: Job) -> None:
-        self._segment(job, self.now + self.aws.cold_provision_s, self.aws.cold_start_s)
+        self._segment(job, self.now + self.aws.cold_provision_s, self.aws.cold_start_s + self.load_s)
 
     def _end(self, job: Job) -> None:
         self._advance(job, math.inf)
         job.billed_s += (self.now - job.ready) * job.k
-        price = self.aws.price_per_hour * ((1.0 - self.aws.spot_discount) if job.spot else 1.0)
+        price = self.price * ((1.0 - self.aws.spot_discount) if job.spot else 1.0)
         self.run_.cost += job.billed_s / 3600.0 * price
         if self.policy.warm_pool_s:
             pool = Pool(job.k, self.now, self.now + self.policy.warm_pool_s)
@@ -306,7 +313,7 @@ class Simulation:
     def _bill_pool(self, pool: Pool, until: float) -> None:
         seconds = (until - pool.since) * pool.k
         self.run_.pool_s += seconds
-        self.run_.cost += seconds / 3600.0 * self.aws.price_per_hour
+        self.run_.cost += seconds / 3600.0 * self.price
 
     def _track(self) -> None:
         self.run_.instances.append((self.now, self.in_use, sum(p.k for p in self.pools)))

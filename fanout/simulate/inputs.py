@@ -14,7 +14,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fanout.demand import micro_step_seconds, preview_seconds, task_settings
 from fanout.errors import FanoutError
+from fanout.families import ALIASES, FAMILIES, FamilySpec, family_named
+from fanout.instances import InstanceType, instance_type, slots_per_host
+from fanout.plan import PlanConfig
 from fanout.settings import Settings
 from fanout.tasks import TaskSpec
 
@@ -44,20 +48,28 @@ class Workload:
     steps_min: int = _f(400, "fewest training steps of a request (uniform between min and max)")
     steps_max: int = _f(1200, "most training steps of a request")
     resolution: int = _f(512, "training resolution of every request (px)")
-    family: str = _f("sd15", "base-model family of the job (a key of TrainTimes.step_s)")
+    family: str = _f("sd", f"base-model family of the job ({', '.join(FAMILIES)}; a key of TrainTimes.step_s)")
+    variant: str = _f("", "the family's variant (flux2-klein: base|distilled, z-image: base|turbo); empty: the first")
     trace: str = _f("", "CSV of requests: time_s (required), max_train_steps, resolution, prior, text_encoder")
+
+
+def _family_steps() -> dict[str, dict[str, float]]:
+    return {name: {str(r): v for r, v in spec.step_s.items()} for name, spec in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
 class TrainTimes:
-    """Seconds one task takes on one host of the instance type, by family and resolution."""
+    """Seconds one task takes on one GPU slot, by family and resolution (the family table's
+    figures, `fanout.families`; a faster GPU divides the training and preview part by its
+    `fanout.instances` speed)."""
 
-    step_s: Mapping[str, Mapping[str, float]] = _f(
-        {"sd15": {"512": 0.30, "768": 0.68}, "sd2": {"768": 0.68}, "sdxl": {"1024": 1.25}, "flux": {"1024": 3.0}},
-        "seconds per training step (batch 1, rank 4, bf16) by family and resolution; other resolutions "
-        "scale by pixel area from the nearest entry (assumption, see docs)")
-    preview_image_s: float = _f(2.0, "seconds per preview image at 512 px, scaled by area (assumption: 20 sampling steps)")
-    task_fixed_s: float = _f(15.0, "fixed seconds per task: images, LoRA attach, export, upload (assumption; CPU floor measured 0.63 s)")
+    step_s: Mapping[str, Mapping[str, float]] = field(default_factory=_family_steps, metadata={"help": (
+        "seconds per training micro-step on an A10G (batch 1, bf16) by family and resolution; other resolutions "
+        "scale by pixel area from the nearest entry (fanout.families; assumptions, see docs)")})
+    preview_image_s: float | None = _f(None, "seconds per preview image at 512 px (area-scaled); None: the preview's "
+                                             "sampling steps x a third of a training step, x2 with CFG")
+    task_fixed_s: float | None = _f(None, "fixed seconds per task (images, LoRA attach, export, upload); None: the family's")
+    load_s: float | None = _f(None, "seconds a slot takes to load its base (billed once per start); None: the family's")
     prior_factor: float = _f(2.0, "step time multiplier with prior preservation (the batch doubles)")
     text_encoder_factor: float = _f(1.35, "step time multiplier with text-encoder LoRA (the planner's factor)")
     checkpoint_every: int = _f(100, "steps between resume states (TrainConfig.checkpoint_every)")
@@ -73,51 +85,76 @@ class TrainTimes:
             if not ok:
                 raise SimulationError(f"{source}: step_s[{family!r}] must map resolutions to seconds per step, "
                                       f"e.g. {{\"512\": 0.3}}, got {table!r}")
-        if min(self.preview_image_s, self.task_fixed_s) < 0 or self.checkpoint_every < 0:
-            raise SimulationError(f"{source}: preview_image_s, task_fixed_s and checkpoint_every must be >= 0")
+        if any(v is not None and v < 0 for v in (self.preview_image_s, self.task_fixed_s, self.load_s)) \
+                or self.checkpoint_every < 0:
+            raise SimulationError(f"{source}: preview_image_s, task_fixed_s, load_s and checkpoint_every must be >= 0")
 
-    def step_seconds(self, family: str, resolution: int) -> float:
-        table = self.step_s.get(family)
+    def _table(self, family: str) -> Mapping[str, float]:
+        canonical = ALIASES.get(family, family)
+        names = [family, canonical] + [alias for alias, name in ALIASES.items() if name == canonical]
+        table = next((self.step_s[n] for n in names if n in self.step_s), None)
         if not table:
             raise SimulationError(f"no training time for family {family!r}; known: {', '.join(sorted(self.step_s))} "
                                   "(add it with --train-times FILE)")
-        nearest = min(table, key=lambda r: abs(int(r) - resolution))
-        return float(table[nearest]) * (resolution / int(nearest)) ** 2
+        return table
 
-    def task_seconds(self, task: TaskSpec, family: str) -> float:
-        """Wall seconds of one task on a warm host (the container runs them back to back)."""
-        hp = task.hyperparameters
-        steps, resolution = int(hp.get("max_train_steps", 400)), int(hp.get("resolution", 512))
-        step = self.step_seconds(family, resolution)
-        step *= self.prior_factor if task.class_prompt else 1.0
-        step *= self.text_encoder_factor if hp.get("train_text_encoder") else 1.0
-        previews = steps // self.preview_every if self.preview_every > 0 else 0
-        preview = previews * self.num_preview_images * self.preview_image_s * (resolution / 512) ** 2
-        return self.task_fixed_s + steps * step + preview
+    def family(self, family: str) -> FamilySpec:
+        """The family table's entry; a family only a --train-times file knows gets sd's overheads
+        and no GPU-memory model (it is simulated, never fit-checked)."""
+        table = self._table(family)
+        if ALIASES.get(family, family) in FAMILIES:
+            return family_named(family)
+        return FamilySpec(family, family, (), step_s={int(r): float(v) for r, v in table.items()})
 
-    def checkpoint_seconds(self, task: TaskSpec, family: str) -> float:
+    def step_seconds(self, family: str, resolution: int) -> float:
+        return self.family(family).step_seconds(resolution, self._table(family))
+
+    def _config(self) -> PlanConfig:
+        return PlanConfig(preview_every=self.preview_every, num_preview_images=self.num_preview_images)
+
+    def task_seconds(self, task: TaskSpec, family: str, speed: float = 1.0, variant: str = "") -> float:
+        """Wall seconds of one task on a warm GPU slot (a slot runs its tasks back to back)."""
+        spec, table = self.family(family), self._table(family)
+        s = task_settings(task, {}, spec, self._config())
+        train = s.steps * micro_step_seconds(spec, s, table, self.prior_factor, self.text_encoder_factor)
+        if self.preview_image_s is None:
+            preview = preview_seconds(spec, variant or spec.variants[0], s, table)
+        else:
+            rounds = s.steps // s.preview_every if s.preview_every > 0 else 0
+            preview = rounds * s.prompts * s.preview_images * self.preview_image_s * (s.resolution / 512) ** 2
+        fixed = spec.task_fixed_s if self.task_fixed_s is None else self.task_fixed_s
+        return fixed + (train + preview) / speed
+
+    def checkpoint_seconds(self, task: TaskSpec, family: str, speed: float = 1.0, variant: str = "") -> float:
         """Seconds of work between two resume states of this task (what an interruption can lose)."""
         every = self.checkpoint_every or int(task.hyperparameters.get("max_train_steps", 400))
         steps = max(1, int(task.hyperparameters.get("max_train_steps", 400)))
-        return self.task_seconds(task, family) * min(1.0, every / steps)
+        return self.task_seconds(task, family, speed, variant) * min(1.0, every / steps)
+
+    def slot_load_seconds(self, family: str) -> float:
+        return self.family(family).load_s if self.load_s is None else self.load_s
 
 
 @dataclass(frozen=True)
 class Aws:
     """SageMaker as the simulation sees it (instance type: g5-class, ml.g5.xlarge)."""
 
-    price_per_hour: float = _f(1.408, "on-demand $ per instance-hour, ml.g5.xlarge training, us-east-1 (AWS pricing page)")
+    price_per_hour: float = _f(0.0, "on-demand $ per instance-hour; 0: the policy's instance type's price in the "
+                                    "instance table (fanout.instances: third-party quotes, us-east-1)")
     spot_discount: float = _f(0.55, "share of the price spot saves (assumption: g5.xlarge spot was ~46-70% below on-demand)")
     interruptions_per_hour: float = _f(0.05, "spot interruptions per instance-hour (assumption; AWS publishes only monthly bands)")
     spot_restart_s: float = _f(180.0, "seconds an interrupted job waits for spot capacity before re-provisioning (assumption)")
-    instance_quota: int = _f(200, "account quota of training instances of this type (assumption: a raised quota)")
+    instance_quota: int = _f(200, "account quota of training instances of the policy's type (assumption: a raised "
+                                  "quota; a policy may carry its own, quotas are per type)")
     api_tps: float = _f(1.0, "CreateTrainingJob calls per second the account is allowed (~1 TPS, AWS docs)")
     api_burst: float = _f(1.0, "calls the API accepts at once after a quiet spell (assumption: no burst)")
     max_attempts: int = _f(8, "botocore attempts per call before giving up (Settings.max_attempts)")
     cold_provision_s: float = _f(180.0, "unbilled 'Starting' seconds of a new cluster (assumption; AWS gives no figure)")
-    cold_start_s: float = _f(90.0, "billed seconds from TrainingStartTime to the first task: image, channels, base model load (assumption)")
+    cold_start_s: float = _f(60.0, "billed seconds from TrainingStartTime to the first task: image, channels "
+                                   "(assumption); the family's base load (TrainTimes.slot_load_seconds) comes on top")
     warm_provision_s: float = _f(15.0, "unbilled seconds to start on a matching warm pool (assumption)")
-    warm_start_s: float = _f(30.0, "billed seconds to the first task on a warm pool (assumption: image cached, model reloaded)")
+    warm_start_s: float = _f(0.0, "billed seconds to the first task on a warm pool before the base reloads (assumption: "
+                                  "image and channels kept); the family's base load comes on top")
     delivery_s: float = _f(5.0, "seconds from a task's end to its model registered (per-task upload + S3 event; assumption)")
     job_end_s: float = _f(30.0, "billed seconds after the last task: model.tar.gz upload (assumption)")
     task_failure_rate: float = _f(0.0, "chance a task fails (retried up to max_retries; set your measured rate)")
@@ -151,11 +188,39 @@ class Policy:
     launch_rate: float = _f(_setting("launch_rate"), "Settings.launch_rate: CreateTrainingJob calls per second per run")
     warm_pool_s: float = _f(_setting("warm_pool_s"), "Settings.warm_pool_s: KeepAlivePeriodInSeconds (0: off; at most 3600)")
     spot: bool = _f(_setting("spot"), "Settings.spot: managed spot training")
+    instance_type: str = _f(_setting("instance_type"), "Settings.instance_type: the jobs' instance type (fanout.instances)")
+    gpus_per_host: int = _f(0, "slots per host (the gpus_per_host hyperparameter); 0: every GPU of the type")
+    instance_quota: int = _f(0, "quota of instances of this policy's type; 0: Aws.instance_quota")
+
+    def instance(self) -> InstanceType:
+        try:
+            return instance_type(self.instance_type, f"policy {self.name!r}: instance_type")
+        except FanoutError as exc:
+            raise SimulationError(str(exc)) from None
+
+    def slots(self) -> int:
+        try:
+            return slots_per_host(self.instance(), self.gpus_per_host or None)
+        except FanoutError as exc:
+            raise SimulationError(f"policy {self.name!r}: {exc}") from None
+
+    def quota(self, aws: Aws) -> int:
+        return self.instance_quota or aws.instance_quota
+
+    def price(self, aws: Aws) -> float:
+        """$ per instance-hour: Aws.price_per_hour when set, else the instance table's quote."""
+        price = aws.price_per_hour or self.instance().price_per_hour
+        if price is None:
+            raise SimulationError(f"policy {self.name!r}: no price is quoted for {self.instance_type} in the instance "
+                                  "table; give one with --aws price_per_hour=USD")
+        return price
 
     def check(self, aws: Aws) -> None:
-        if self.max_instances > aws.instance_quota:
+        self.price(aws)
+        self.slots()
+        if self.max_instances > self.quota(aws):
             raise SimulationError(f"policy {self.name!r}: max_instances={self.max_instances} exceeds the instance "
-                                  f"quota {aws.instance_quota}; every such job would be refused")
+                                  f"quota {self.quota(aws)}; every such job would be refused")
         if self.spot and self.warm_pool_s:
             raise SimulationError(f"policy {self.name!r}: spot and warm pools cannot be combined (SageMaker refuses it)")
         if not self.on_arrival and self.schedule_period_s <= 0:

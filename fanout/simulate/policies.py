@@ -22,10 +22,29 @@ ONE_PER_REQUEST = Policy(name="one job per request", schedule_period_s=10.0, max
                          max_jobs_per_run=10)
 
 
-def standard_policies(warm_pool_s: float = 600.0) -> list[Policy]:
-    """one job per request; packing; packing + warm pool; packing + spot."""
-    return [ONE_PER_REQUEST, PACKING, replace(PACKING, name="packing + warm pool", warm_pool_s=warm_pool_s),
-            replace(PACKING, name="packing + spot", spot=True)]
+def standard_policies(warm_pool_s: float = 600.0, instance_type: str = PACKING.instance_type) -> list[Policy]:
+    """one job per request; packing; packing + warm pool; packing + spot (on ``instance_type``)."""
+    policies = [ONE_PER_REQUEST, PACKING, replace(PACKING, name="packing + warm pool", warm_pool_s=warm_pool_s),
+                replace(PACKING, name="packing + spot", spot=True)]
+    return [replace(p, instance_type=instance_type) for p in policies]
+
+
+def instance_policies(types: Sequence[str], aws: Aws, base: Policy = PACKING) -> list[Policy]:
+    """Packing, on demand and on spot, on each of ``types`` with the GPUs held equal: the first
+    type's instance quota and hosts per job, converted to each type's GPUs per host (4x
+    ml.g5.xlarge against 1x ml.g5.12xlarge: the same 4 A10Gs a job, the same GPUs in the
+    account). Quotas are per type in SageMaker; this compares types, not accounts."""
+    first = replace(base, instance_type=types[0])
+    out = []
+    for name in types:
+        policy = replace(base, instance_type=name)
+        per_host = policy.slots()
+        quota = max(1, aws.instance_quota * first.slots() // per_host)
+        hosts = max(1, base.max_instances * first.slots() // per_host)
+        policy = replace(policy, instance_quota=quota, max_instances=min(hosts, quota))
+        label = f"{name} (K<={policy.max_instances} x {per_host} GPU{'s' if per_host > 1 else ''}, quota {quota})"
+        out += [replace(policy, name=f"packing, {label}"), replace(policy, name=f"packing + spot, {label}", spot=True)]
+    return out
 
 
 def compare(policies: Sequence[Policy], workload: Workload = Workload(), times: TrainTimes = TrainTimes(),
@@ -47,7 +66,7 @@ class SearchSpace:
     holds: tuple[tuple[int, float], ...] = ((1, 0.0),)    # (min_batch, max_wait_s)
 
 
-def candidates(space: SearchSpace) -> list[Policy]:
+def candidates(space: SearchSpace, instance_type: str = PACKING.instance_type) -> list[Policy]:
     out = []
     for k, tasks, jobs, period, mode, (batch, wait) in itertools.product(
             space.max_instances, space.max_tasks_per_job, space.max_jobs_per_run, space.schedule_period_s,
@@ -58,7 +77,8 @@ def candidates(space: SearchSpace) -> list[Policy]:
             (f", hold to {batch} or {wait:g}s" if batch > 1 else "")
         out.append(Policy(name=name, schedule_period_s=period, max_tasks_per_job=tasks, max_instances=k,
                           max_jobs_per_run=jobs, min_batch=batch, max_wait_s=wait,
-                          warm_pool_s=space.warm_pool_s if mode == "warm pool" else 0.0, spot=mode == "spot"))
+                          warm_pool_s=space.warm_pool_s if mode == "warm pool" else 0.0, spot=mode == "spot",
+                          instance_type=instance_type))
     return out
 
 
@@ -70,8 +90,8 @@ def search(workload: Workload = Workload(), times: TrainTimes = TrainTimes(), aw
     every candidate's summary comes back too."""
     base = summary(simulate(workload, times, aws, baseline, seed))
     limit = base["time_to_model"]["p95"] if p95_limit_s is None else p95_limit_s
-    tried = [summary(simulate(workload, times, aws, p, seed)) for p in candidates(space)
-             if p.max_instances <= aws.instance_quota]
+    tried = [summary(simulate(workload, times, aws, p, seed)) for p in candidates(space, baseline.instance_type)
+             if p.max_instances <= p.quota(aws)]
     fit = [s for s in [base] + tried if s["failed"] == 0 and s["time_to_model"]["p95"] is not None
            and s["time_to_model"]["p95"] <= limit]
     best = min(fit, key=lambda s: (s["cost_per_lora"], s["time_to_model"]["p95"]), default=None)

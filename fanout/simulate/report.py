@@ -32,6 +32,7 @@ def summary(run: Run) -> dict[str, Any]:
     completed = len(waits)
     billed = sum(j.billed_s for j in run.jobs) + run.pool_s
     busy = sum(j.busy_s for j in run.jobs)
+    slots = run.jobs[0].slots if run.jobs else 1          # one instance type per policy: busy GPU-s over billed GPU-s
     return {
         "name": run.policy.name,
         "completed": completed,
@@ -40,7 +41,9 @@ def summary(run: Run) -> dict[str, Any]:
         "cost_per_lora": round(run.cost / completed, 4) if completed else None,
         "time_to_model": {f"p{q}": round(percentile(waits, q), 1) if waits else None for q in (50, 95, 99)},
         "instance_hours": round(billed / 3600.0, 2),
-        "train_share": round(busy / billed, 4) if billed else None,
+        "train_share": round(busy / (billed * slots), 4) if billed else None,
+        "instance_type": run.policy.instance_type,
+        "slots_per_host": slots,
         "jobs_created": len(run.jobs),
         "throttles": run.throttles,
         "capacity_refusals": run.refusals,

@@ -18,7 +18,7 @@ locals {
       { sid = "ReadRequests", actions = ["s3:GetObject"], resources = ["${local.bucket_arn}/requests/*"], conditions = [] },
       { sid = "NewRequest", actions = ["dynamodb:PutItem"], resources = [local.requests_arn], conditions = [] },
     ]
-    # claim through the status index, list images, write job inputs, create jobs
+    # claim through the status index, list images, write job inputs, read the base's family, create jobs
     launch_pending = [
       {
         sid        = "Claim"
@@ -33,6 +33,13 @@ locals {
         conditions = [{ test = "StringLike", variable = "s3:prefix", values = ["requests/*"] }]
       },
       { sid = "JobInputs", actions = ["s3:PutObject"], resources = ["${local.bucket_arn}/jobs/*"], conditions = [] },
+      # the base's model_index.json names its family: what a task costs and whether it fits the GPU
+      {
+        sid        = "ReadModelIndex"
+        actions    = ["s3:GetObject"]
+        resources  = ["arn:${local.partition}:s3:::${local.model_bucket}/${local.model_prefix}/model_index.json"]
+        conditions = []
+      },
       {
         sid        = "CreateJobs"
         actions    = ["sagemaker:CreateTrainingJob"]

@@ -47,4 +47,7 @@ def settings(aws_env) -> Settings:
            "FANOUT_REGION": "us-east-1", "FANOUT_ENDPOINT_URL": aws_env}
     settings = Settings.from_env(env)
     bootstrap(settings, settings.client("s3"), settings.client("dynamodb"))
+    # the base's model_index.json: launch_pending learns the family (costs, GPU-memory fit) from it
+    settings.client("s3").put_object(Bucket="fanout-test", Key="base/sd15/model_index.json",
+                                     Body=b'{"_class_name": "StableDiffusionPipeline"}')
     return settings

@@ -50,8 +50,9 @@ def test_plan_table_and_json(capsys, task_file):
     assert code == 0 and "makespan" in out and "lower bound" in out and "utilisation" in out
     code, out, _ = run(capsys, "plan", task_file, "--instances", 2, "--json")
     doc = json.loads(out)
-    assert set(doc) == {"hosts", "costs", "makespan", "lower_bound"}
-    assert doc["hosts"][0] == {"index": 0, "tasks": ["cat"], "cost": doc["costs"]["cat"]}
+    assert set(doc) == {"hosts", "costs", "makespan", "lower_bound", "slots_per_host", "family"}
+    assert doc["hosts"][0] == {"index": 0, "tasks": ["cat"], "cost": doc["costs"]["cat"], "slots": [["cat"]],
+                               "makespan": doc["costs"]["cat"]}
     assert sorted(t for h in doc["hosts"] for t in h["tasks"]) == ["cat", "dog", "owl"]
     code, out, _ = run(capsys, "plan", task_file, "-k", 5)
     assert "2 host(s) get no task but are billed" in out
@@ -83,6 +84,8 @@ def ops_bucket(aws_env):
     for folder in ("dog", "cat", "owl", "someone-else"):
         for i in range(2):
             s3.put_object(Bucket="ops", Key=f"images/{folder}/{i}.jpg", Body=b"jpg")
+    # submit learns the family (costs, GPU-memory fit) from the base's model_index.json
+    s3.put_object(Bucket="ops", Key="base/sd15/model_index.json", Body=b'{"_class_name": "StableDiffusionPipeline"}')
     return s3
 
 

@@ -41,7 +41,7 @@ def test_plan_balances_a_mixed_list_better_than_round_robin():
     assert plan.makespan <= plan.lower_bound * 4 / 3
     assert 0 < plan.utilisation <= 1
     doc = json.loads(json.dumps(plan.to_dict()))
-    assert set(doc) == {"hosts", "costs", "makespan", "lower_bound"}
+    assert set(doc) == {"hosts", "costs", "makespan", "lower_bound", "slots_per_host", "family"}
     assert [h["index"] for h in doc["hosts"]] == [0, 1, 2, 3]
 
 

@@ -13,7 +13,7 @@ from fanout.request import (BATCH_TAG, JOB_NAME_PATTERN, MAX_HYPERPARAMETER_VALU
                             images_manifest, job_name_for, prepare_job)
 from fanout.tasks import TaskSpec, parse_tasks
 
-CONFIG = LaunchConfig(image_uri="123.dkr.ecr.us-east-1.amazonaws.com/lora:1", role_arn="arn:aws:iam::1:role/sm",
+CONFIG = LaunchConfig(image_uri="123.dkr.ecr.us-east-1.amazonaws.com/lora:1", role_arn="arn:aws:iam::123456789012:role/sm",
                       model_uri="s3://b/base/sd15", images_uri="s3://b/images/", output_uri="s3://b/jobs",
                       instance_count=4)
 
@@ -69,12 +69,12 @@ def test_all_options_reach_the_request():
 
 @pytest.mark.parametrize("change, message", [
     (dict(spot=True, max_runtime_s=7200, max_wait_s=3600), "MaxWaitTimeInSeconds must be at least"),
-    (dict(hyperparameters={f"sagemaker_h{i}": i for i in range(101)}), "101 hyperparameters; at most 100"),
+    (dict(hyperparameters={f"sagemaker_h{i}": i for i in range(101)}), "HyperParameters has 101 entries; the API allows at most 100"),
     (dict(hyperparameters={"max_train_step": 400}), "unknown name(s) max_train_step; valid:"),
-    (dict(hyperparameters={"export": "lora," * 500 + "lora"}), "at most 2500 chars"),  # a valid value, too long
-    (dict(warm_pool_s=4000), "0..3600"),
+    (dict(hyperparameters={"export": "lora," * 500 + "lora"}), "is 2504 characters; the API allows at most 2500"),
+    (dict(warm_pool_s=22000), "KeepAlivePeriodInSeconds is 22000; the API allows 0..21600"),   # botocore's model
     (dict(spot=True, warm_pool_s=60), "cannot be combined"),
-    (dict(subnets=("subnet-1",)), "1-16 subnets and 1-5 security groups"),
+    (dict(subnets=("subnet-1",)), "parameter VpcConfig.SecurityGroupIds, value: 0, valid min length: 1"),
     (dict(output_uri="/local/out"), "output_uri must be an s3:// URI"),
     (dict(role_arn=""), "role_arn is required"),
 ])
@@ -90,7 +90,7 @@ def test_job_names_are_deterministic_valid_and_follow_the_content():
     assert prepare_job(tasks(5), replace(CONFIG, hyperparameters={"rank": 8})).name != a.name
     long = job_name_for("My_Team.avatars/" + "x" * 80, "f" * 64)
     assert re.match(JOB_NAME_PATTERN, long) and len(long) <= 63
-    with pytest.raises(RequestError, match="job name"):
+    with pytest.raises(RequestError, match="TrainingJobName 'bad_name' does not match the API's pattern"):
         check_request({**a.request, "TrainingJobName": "bad_name"})
 
 

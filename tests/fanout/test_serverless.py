@@ -241,8 +241,9 @@ def test_handlers_read_settings_from_the_environment(aws_env, settings, monkeypa
     monkeypatch.setattr(handlers, "_service", None)
     monkeypatch.setenv("FANOUT_BUCKET", settings.bucket)
     monkeypatch.setenv("FANOUT_ENDPOINT_URL", aws_env)
+    monkeypatch.setenv("FANOUT_ROLE_ARN", settings.role_arn)
     assert handlers.launch_pending({}) == {"jobs": [], "launched": 0, "released": 0, "failed": 0, "errors": [],
-                                           "republished": 0}
+                                           "republished": 0, "warnings": []}
     monkeypatch.setattr(handlers, "_service", None)
     monkeypatch.delenv("FANOUT_BUCKET")
     with pytest.raises(Exception, match="FANOUT_BUCKET"):

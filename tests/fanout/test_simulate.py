@@ -55,9 +55,9 @@ def test_with_no_start_time_one_host_trains_the_tasks_back_to_back(tmp_path):
     trace.write_text("time_s,max_train_steps,resolution,prior\n0,400,512,0\n0,600,512,1\n0,500,768,0\n0,900,512,0\n")
     workload = Workload(arrival="trace", trace=str(trace))
     aws = Aws(instance_quota=1, cold_provision_s=0, cold_start_s=0, job_end_s=0, delivery_s=0)
-    times = TrainTimes()
+    times = TrainTimes(load_s=0)
     run = simulate(workload, times, aws, Policy(max_instances=1, max_tasks_per_job=10, max_jobs_per_run=1))
-    total = sum(times.task_seconds(task, "sd15") for _, task in arrivals(workload, 0))
+    total = sum(times.task_seconds(task, "sd") for _, task in arrivals(workload, 0))
     assert len(run.jobs) == 1
     assert max(r.done for r in run.requests) == pytest.approx(total)
     assert summary(run)["train_share"] == pytest.approx(1.0)
