@@ -49,8 +49,15 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServeProcess":
+        return self.start().wait_ready()
+
+    def start(self) -> "ServeProcess":
+        """Start the process and return at once (the base loads while the caller does other work)."""
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self) -> "ServeProcess":
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -64,6 +71,9 @@ class ServeProcess:
             time.sleep(0.2)
         self.__exit__(None, None, None)
         raise ServeError(f"serve not ready after {self.start_timeout} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        self.__exit__(None, None, None)
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:

@@ -68,7 +68,7 @@ class Engine:
 
     def _load(self):
         if self.cfg.quantization == "none":
-            return self.family.load_pipeline(self.base_dir, dtype=self.dtype, device=self.device)
+            return self.family.load_pipeline(str(self.base_dir), dtype=self.dtype, device=self.device)
         if self.device.type != "cuda":
             raise ConfigError(f"quantization={self.cfg.quantization}: bitsandbytes quantization needs a CUDA GPU")
         from diffusers import PipelineQuantizationConfig
@@ -79,7 +79,7 @@ class Engine:
         # The denoiser (and FLUX.1's T5) hold nearly all the weights: the trainer quantizes the same ones.
         components = list(getattr(self.family, "quantized_components", (self.family.denoiser,)))
         quant = PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=components)
-        pipe = self.family.pipeline_type().from_pretrained(self.base_dir, dtype=self.dtype, quantization_config=quant,
+        pipe = self.family.pipeline_type().from_pretrained(str(self.base_dir), dtype=self.dtype, quantization_config=quant,
                                                            **self.family.load_kwargs())
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
@@ -118,12 +118,15 @@ class Engine:
 
     # --- per request -------------------------------------------------------------------------
 
-    def render(self, gen: Generation, adapter: Adapter) -> tuple[list, bool]:
-        """The images of ``gen`` with exactly ``adapter`` in the pipeline; and whether it was
-        already in (no swap). One request at a time per engine."""
+    def render(self, gen: Generation, adapter: Adapter) -> tuple[list, bool, list[str]]:
+        """The images of ``gen`` with exactly ``adapter`` in the pipeline, whether it was already
+        in (no swap), and what the tokenizers cut from the prompt. One request at a time per
+        engine: the tokenizers are the pipeline's too (fast tokenizers are not thread-safe:
+        another thread's call can change the padding and truncation of this one's)."""
         import torch
 
         with self.lock:
+            warnings = self.prompt_warnings(gen.prompt)
             hot = self.current == adapter.key
             if not hot:
                 self._swap(adapter)
@@ -134,7 +137,7 @@ class Engine:
                 kwargs["negative_prompt"] = gen.negative_prompt
             with torch.inference_mode():
                 images = self.pipe(**kwargs).images
-        return images, hot
+        return images, hot, warnings
 
     def _swap(self, adapter: Adapter) -> None:
         self.current = None  # until the swap has fully succeeded

@@ -93,7 +93,7 @@ class Server:
         ref = self.resolver.resolve(gen.model)
         adapter, source = self._adapter(ref, engine.served)
         engine = self._pick(ref.key)
-        images, hot = engine.render(gen, adapter)
+        images, hot, warnings = engine.render(gen, adapter)
         cache = "hit" if source == "memory" else "miss"
         self._count("ok")
         self._count(f"cache_{cache}")
@@ -102,7 +102,7 @@ class Server:
                 "cache": cache, "seconds": round(time.perf_counter() - t0, 4),
                 "adapter": {"source": "pipeline" if hot else source, "rank": adapter.rank,
                             "family": engine.family.name},
-                "parameters": gen.parameters(), "warnings": engine.prompt_warnings(gen.prompt)}
+                "parameters": gen.parameters(), "warnings": warnings}
 
     def _adapter(self, ref: ModelRef, served) -> tuple[Adapter, str]:
         found = self.memory.get(ref.key)
