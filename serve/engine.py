@@ -41,6 +41,8 @@ class Engine:
         self.defaults = family_defaults(self.family.name)
         self.dtype = self._dtype()
         self.pipe = self._load()
+        if self.device.type == "cpu":
+            _own_memory(self.pipe)
         self.denoiser = getattr(self.pipe, self.family.denoiser)
         self.served = ServedBase(family=self.family.name, weights_sha256=weights_sha256,
                                  denoiser=self.family.denoiser, text_encoders=tuple(self.family.text_encoders),
@@ -205,6 +207,20 @@ def _token_limit(pipe, name: str, tok) -> int | None:
         return default.default
     limit = getattr(tok, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 100_000 else None
+
+
+def _own_memory(pipe) -> None:
+    """On the CPU, copy every weight out of the safetensors memory map into memory of its own:
+    no page faults in the first requests, and every tensor at an allocator's alignment (oneDNN
+    picks kernels by alignment, so a mapped and an allocated copy of one weight can differ in
+    the last bit; with owned memory the server draws what any fresh in-memory copy draws)."""
+    import torch
+
+    with torch.no_grad():
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                for tensor in list(module.parameters()) + list(module.buffers()):
+                    tensor.data = tensor.data.clone()
 
 
 def devices(cfg: ServeConfig) -> list[str]:

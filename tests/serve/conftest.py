@@ -23,7 +23,7 @@ from scripts_loader import load_script  # noqa: E402
 from users import export_lora, make_users, pristine, reference, train_lora  # noqa: E402
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
-USERS = 30
+USERS = {"sd": 30, "sdxl": 12, "flux": 12, "flux2-klein": 12}   # within the suite's time budget on 2 cores
 BUCKET, TABLE = "serve-test", "serve-models"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -88,7 +88,7 @@ class Served:
     users: dict[str, Path]            # user name -> model folder
     names: dict[str, str]             # user name -> what a request says in "model"
     references: dict[str, object]     # user name -> its image (numpy)
-    pipe: object                      # the pristine pipeline (for more references)
+    pipe: object                      # the pristine pipeline (deep-copied for more references)
     extra: dict = field(default_factory=dict)
 
 
@@ -117,7 +117,7 @@ def serve_family(bases, instance_images, aws, tmp_path_factory):
             # families' are written by its exporter from a random adapter (no training: cheaper)
             trained = train_lora(bases[family], instance_images, root / "trained", train_text_encoder=True) \
                 if family == "sd" else export_lora(bases[family], family, root / "trained")
-            users = make_users(trained, root / "models", USERS)
+            users = make_users(trained, root / "models", USERS[family])
             names = {u: u for u in users}
             if family == "sd":
                 names = {u: _upload(aws["s3"], folder, f"models/{u}/r1/") for u, folder in users.items()}
@@ -125,7 +125,7 @@ def serve_family(bases, instance_images, aws, tmp_path_factory):
             refs = {u: reference(pipe, folder)[0] for u, folder in users.items()}
             t1 = time.perf_counter()
             server.wait_ready()
-            print(f"{family}: trained, {USERS} users and their references in {t1 - t0:.1f} s; "
+            print(f"{family}: trained, {USERS[family]} users and their references in {t1 - t0:.1f} s; "
                   f"server ready {time.perf_counter() - t1:.1f} s later")
         except BaseException:
             server.stop()

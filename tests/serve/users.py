@@ -96,7 +96,8 @@ def pristine(base_dir: Path, family: str):
 
 
 def reference(pipe, user_dir: Path, call: dict | None = None) -> list[np.ndarray]:
-    """The user's images from a fresh copy of ``pipe`` with only this user's LoRA loaded."""
+    """The user's images from a fresh pipeline (a deep copy of ``pipe``, which never held an
+    adapter) with only this user's LoRA loaded."""
     import torch
 
     call = {**CALL, **(call or {})}
