@@ -84,6 +84,11 @@ def _manifest(folder: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
+def check_ref(ref: ModelRef, served: ServedBase) -> None:
+    """What the models table says of the model, checked on every request (before any cache)."""
+    _check_origin(ref, {}, served)
+
+
 def _check_origin(ref: ModelRef, manifest: dict, served: ServedBase) -> None:
     for source, family in (("manifest.json", manifest.get("family")), ("the models table", ref.family)):
         if family and family != served.family:
@@ -136,7 +141,8 @@ def _check_layers(ref: ModelRef, denoiser: dict, served: ServedBase) -> int:
     unserved = sorted(name for name in layers if name not in served.layers)
     if unserved:
         raise Unprocessable(f"model {ref.name}: LoRA on {len(unserved)} layer(s) this server does not serve, e.g. "
-                            f"{', '.join(unserved[:3])}; hotswap cannot add layers (restart with --lora-targets)")
+                            f"{', '.join(unserved[:3])}: a LoRA made for another base, or on custom layers (hotswap cannot add "
+                            "layers; serve those with --lora-targets)")
     rank = 0
     for name, pair in layers.items():
         a, b = pair.get("A"), pair.get("B")

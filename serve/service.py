@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve.adapters import Adapter, read_adapter
+from serve.adapters import Adapter, check_ref, read_adapter
 from serve.cache import DiskCache, MemoryCache
 from serve.config import ServeConfig
 from serve.errors import NotReady, ServeError
@@ -105,6 +105,7 @@ class Server:
                 "parameters": gen.parameters(), "warnings": warnings}
 
     def _adapter(self, ref: ModelRef, served) -> tuple[Adapter, str]:
+        check_ref(ref, served)
         found = self.memory.get(ref.key)
         if found is not None:
             return found, "memory"
