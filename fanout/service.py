@@ -264,11 +264,12 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
     return result
 
 
-def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None) -> None:
+def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None,
+              **serving: Any) -> None:
     task = json.loads(item["task"])
     svc.models.register(item["user_id"], item["request_id"], now, artifact_uri=task.get("output_uri"),
                         model_tar_uri=model_tar, task_id=task["task_id"], job_name=job_name,
-                        base_model=svc.settings.model_uri or None, request_key=item["request_key"])
+                        base_model=svc.settings.model_uri or None, request_key=item["request_key"], **serving)
 
 
 def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
@@ -315,8 +316,25 @@ def record_task_artifact(svc: Service, bucket: str, key: str) -> str:
     now = svc.clock()
     done = svc.requests.complete(item["request_key"], now)
     if done or item.get("status") == COMPLETED:
-        _register(svc, item, item.get("job_name"), now)
+        _register(svc, item, item.get("job_name"), now, **serving_fields(svc, bucket, key))
     return "completed" if done else "duplicate"
+
+
+def serving_fields(svc: Service, bucket: str, key: str) -> dict[str, str]:
+    """What the inference server (serve/, docs/serving.md) needs to serve the model by its id:
+    the LoRA file's URI, and from the manifest the family and the base's weights hash (it
+    refuses a model of another family or base before downloading it)."""
+    fields = {"adapter_uri": f"s3://{bucket}/{key[: -len('manifest.json')]}{LORA_FILE}"}
+    try:
+        manifest = json.loads((_read_bounded(svc, bucket, key, MAX_MANIFEST_BYTES) or b"{}").decode("utf-8"))
+    except (svc.objects.s3.exceptions.NoSuchKey, ValueError):
+        return fields
+    if isinstance(manifest, dict) and isinstance(manifest.get("family"), str):
+        fields["family"] = manifest["family"]
+    base = manifest.get("base_model") if isinstance(manifest, dict) else None
+    if isinstance(base, dict) and isinstance(base.get("weights_sha256"), str):
+        fields["base_weights_sha256"] = base["weights_sha256"]
+    return fields
 
 
 def _manifest_problem(svc: Service, bucket: str, key: str, task_id: str) -> str | None:
