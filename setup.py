@@ -68,6 +68,7 @@ setup(
         "console_scripts": [
             "train=container.entry:main",
             "fanout=fanout.cli:main",
+            "serve=serve.cli:main",
         ]
     },
 )
