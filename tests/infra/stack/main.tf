@@ -36,18 +36,20 @@ provider "aws" {
   skip_get_ec2_platforms      = true
   s3_force_path_style         = true
   endpoints {
-    cloudwatchevents = var.endpoint
-    cloudwatchlogs   = var.endpoint
-    dynamodb         = var.endpoint
-    ec2              = var.endpoint
-    ecr              = var.endpoint
-    iam              = var.endpoint
-    kms              = var.endpoint
-    lambda           = var.endpoint
-    s3               = var.endpoint
-    sagemaker        = var.endpoint
-    sqs              = var.endpoint
-    sts              = var.endpoint
+    applicationautoscaling = var.endpoint
+    cloudformation         = var.endpoint
+    cloudwatchevents       = var.endpoint
+    cloudwatchlogs         = var.endpoint
+    dynamodb               = var.endpoint
+    ec2                    = var.endpoint
+    ecr                    = var.endpoint
+    iam                    = var.endpoint
+    kms                    = var.endpoint
+    lambda                 = var.endpoint
+    s3                     = var.endpoint
+    sagemaker              = var.endpoint
+    sqs                    = var.endpoint
+    sts                    = var.endpoint
   }
 }
 
@@ -81,6 +83,12 @@ module "fanout" {
   lambda_zip           = var.lambda_zip
   lambda_runtime       = "python3.8"
   tags                 = { project = "fanout-test" }
+  # the optional inference endpoint, asynchronous (the CloudFormation endpoint configuration)
+  serve_endpoint      = true
+  serve_async         = true
+  serve_max_instances = 3
+  serve_instance_type = "ml.g4dn.xlarge" # moto's list of endpoint instance types has no g5
+  serve_settings      = { SERVE_MAX_RANK = "32" }
 }
 
 output "stack" {
@@ -95,5 +103,7 @@ output "stack" {
     environment    = module.fanout.environment
     subnet_id      = aws_subnet.test.id
     security_group = aws_security_group.test.id
+    serve_endpoint = module.fanout.serve_endpoint_name
+    serve_role     = module.fanout.serve_role_arn
   }
 }
