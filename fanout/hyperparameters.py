@@ -23,6 +23,7 @@ TRAINING_NAMES = frozenset({
     "train_batch_size", "train_text_encoder",
     "lora_target_modules",
     "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
+    "triton_env",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
@@ -63,7 +64,7 @@ TRAINING_TYPES: dict[str, type] = {
     **dict.fromkeys(("center_crop", "export_check", "gradient_checkpointing", "random_flip", "resume",
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
-                     "lora_target_modules", "weighting_scheme", "base_quantization"), str),
+                     "lora_target_modules", "weighting_scheme", "base_quantization", "triton_env"), str),
 }
 OPTIONAL_NAMES = frozenset({"lora_alpha", "snr_gamma"})          # unset (null, "", "none") turns them off
 CHOICES: dict[str, tuple[str, ...]] = {

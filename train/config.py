@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from train.errors import ConfigError
-from train.export.formats import FORMATS  # light: no torch
+from train.export.config import TRITON_ENV_DEFAULT  # light: no torch
+from train.export.formats import FORMATS
 from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
 from train.quantize import BASE_QUANTIZATIONS
@@ -100,6 +101,9 @@ class TrainConfig:
     export_check: bool = _f(True, "load each exported file back, render the validation prompts and record the "
                                   "difference to the in-memory LoRA in manifest.json")
     save_dtype: str = _f("fp32", "dtype of the exported LoRA weights", choices=SAVE_DTYPES)
+    triton_env: str = _f(TRITON_ENV_DEFAULT, "EXECUTION_ENV_PATH written into the triton "
+                         "archive's config.pbtxt: the serving env on the Triton host (docs/exports.md); 'none': the "
+                         "serving image's own Python")
 
     def __post_init__(self) -> None:
         _validate(self, "config")
