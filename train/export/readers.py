@@ -21,7 +21,9 @@ VERIFIED_READERS: dict[str, tuple[str, ...]] = {
     "merged-nf4": (CURRENT + " + bitsandbytes 0.50 (CUDA only; checked by scripts/gpu_check_exports.py)",),
     "merged-bnb8": (CURRENT + " + bitsandbytes 0.50 (CUDA only; checked by scripts/gpu_check_exports.py)",),
     "mme": ("the packed format's readers, through code/inference.py (model_fn / predict_fn)",),
-    "onnx": ("onnxruntime 1.32.0 CPUExecutionProvider, opset 18",),
+    "onnx": ("onnxruntime 1.32.0 CPUExecutionProvider, opset 18",
+             "optimum-onnx 0.1.0 ORTStableDiffusionPipeline (optimum 2.1.0, transformers 4.57.6, diffusers 0.35.2, "
+             "onnxruntime 1.32.0)"),
     "triton": ("tritonserver 2.51 (nvidia-pytriton 0.7.0) Python backend, CPU, serving env " + CURRENT
                + " + numpy 1.26",),
 }
