@@ -28,7 +28,6 @@ from pathlib import Path
 
 # scripts/ is sys.path[0] when a script runs, so its sibling builders import directly.
 import make_demo_data
-import serve_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = ("ana", "ben", "chloe", "dev", "eli")
@@ -109,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{FAILS_ON_PURPOSE} fails on purpose (its image folder was never uploaded); the others do not care.")
     unexpected = unexpected_outcomes(job, task_list(a.steps))
     if rc == 0 and not unexpected:  # then serve two of the users' LoRAs over HTTP from one base
+        import serve_demo
+
         unexpected += serve_demo.run(model, job / "s3" / "model", [f"{u}-toy" for u in USERS[:2]], work / "serve")
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)
