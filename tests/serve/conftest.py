@@ -3,7 +3,7 @@ that starts one real server process per family (``python -m serve``) over 30 use
 
 The server starts first and loads its base while this process trains the family's LoRA, makes
 the users and renders their reference images (two cores: the work overlaps). Servers live for
-the module and are stopped at its end.
+the session and are stopped at its end.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUCKET, TABLE = "serve-test", "serve-models"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """The servers run one torch thread (--threads 1); the references here must too: on a CPU,
     bit-identical results need the same reductions, hence the same thread count."""
@@ -92,9 +92,9 @@ class Served:
     extra: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve_family(bases, instance_images, aws, tmp_path_factory):
-    """family -> Served (made once per module). SD's users are in S3 (moto) and the models table;
+    """family -> Served (made once per session, used by both test modules). SD's users are in S3 (moto) and the models table;
     the other families' in a local folder."""
     made: dict[str, Served] = {}
     proc = load_script("serve_process")
