@@ -179,7 +179,8 @@ def _entry_name(key: str) -> str:
 
 def download_base(s3, uri: str, into: Path) -> Path:
     """An s3:// base pipeline prefix copied to ``into`` once (a `.complete` marker written last)."""
-    match = S3_URI.match(uri if uri.endswith("/") else uri + "/")
+    uri = uri if uri.endswith("/") else uri + "/"
+    match = S3_URI.match(uri)
     if not match:
         raise Unprocessable(f"base_model: {uri!r} is not s3://BUCKET/PREFIX/")
     bucket, prefix = match.groups()

@@ -72,3 +72,21 @@ def test_both_caches_evict_the_least_recently_used(tmp_path):
         disk.put("w", lambda folder: (_ for _ in ()).throw(OSError("network")))
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["x", "z"]
     assert DiskCache(tmp_path / "cache", 2).names() == ["x", "z"]    # a restart finds them
+
+
+def test_a_base_given_as_an_s3_prefix_is_downloaded_once(aws, tiny_model, tmp_path):
+    """What the Terraform endpoint does: SERVE_BASE_MODEL=s3://.../base/ (the jobs' model channel)."""
+    from serve.sources import download_base
+
+    s3 = aws["s3"]
+    for path in tiny_model.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "serve-test", f"bases/sd/{path.relative_to(tiny_model).as_posix()}")
+    folder = download_base(s3, "s3://serve-test/bases/sd/", tmp_path)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != ".complete") \
+        == sorted(p.relative_to(tiny_model).as_posix() for p in tiny_model.rglob("*") if p.is_file())
+    (folder / "model_index.json").write_text("{}")          # a second start reuses the copy
+    assert download_base(s3, "s3://serve-test/bases/sd", tmp_path) == folder
+    assert (folder / "model_index.json").read_text() == "{}"
+    with pytest.raises(UnknownModel, match="no model_index.json under s3://serve-test/bases/none/"):
+        download_base(s3, "s3://serve-test/bases/none/", tmp_path)
