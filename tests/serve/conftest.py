@@ -134,6 +134,12 @@ def serve_family(bases, instance_images, aws, tmp_path_factory):
                               extra={"root": root, "trained": trained})
         return made[family]
 
+    def stop(family: str) -> None:
+        """Stop a family's server once no test needs it (the suite goes on for a while)."""
+        if family in made:
+            made[family].server.stop()
+
+    get.stop = stop
     yield get
     for served in made.values():
         served.server.stop()

@@ -55,3 +55,5 @@ def test_thirty_users_in_random_order_each_get_exactly_their_own_lora(serve_fami
     a, b = users[0], users[1]
     for user in (a, b, a, b):
         assert np.array_equal(decode(ask(url, served.names[user]).json()["images"][0]), served.references[user])
+    if family != "sd":          # only SD's server is used by the error tests too
+        serve_family.stop(family)
