@@ -20,11 +20,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from scripts_loader import load_script  # noqa: E402
-from users import export_lora, make_users, pristine, reference, train_lora  # noqa: E402
+from serving_helpers import BUCKET, TABLE, export_lora, make_users, pristine, reference, train_lora  # noqa: E402
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 USERS = {"sd": 30, "sdxl": 12, "flux": 12, "flux2-klein": 12}   # within the suite's time budget on 2 cores
-BUCKET, TABLE = "serve-test", "serve-models"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import BUCKET, TABLE
-from users import CALL, decode
+from serving_helpers import BUCKET, CALL, TABLE, decode
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,7 @@ def odd_models(sd, bases, aws):
     (root / "garbage").mkdir()
     (root / "garbage" / "pytorch_lora_weights.safetensors").write_bytes(b"not a safetensors file" * 10)
     # a LoRA of another family (SDXL's own exporter wrote its manifest: family sdxl)
-    from users import export_lora
+    from serving_helpers import export_lora
     sdxl = export_lora(bases["sdxl"], "sdxl", root / "sdxl-user")
     # the same SDXL LoRA without its manifest: caught by its layer shapes
     (root / "sdxl-bare").mkdir()

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from users import CALL, decode
+from serving_helpers import CALL, decode
 
 pytestmark = pytest.mark.slow
 FAMILIES = ("sd", "sdxl", "flux", "flux2-klein")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 LORA = "pytorch_lora_weights.safetensors"
+BUCKET, TABLE = "serve-test", "serve-models"   # the moto bucket and models table of the serving tests
 CALL = {"prompt": "a photo of sks toy", "num_inference_steps": 1, "height": 32, "width": 32, "seed": 7}
 UP_KEYS = ("lora_B", "lora.up", "lora_up")
 
