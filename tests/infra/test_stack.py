@@ -96,6 +96,17 @@ def test_second_plan_shows_no_changes(stack):
     assert "No changes." in run.stdout
 
 
+def test_a_real_time_endpoint_replaces_the_async_configuration_and_nothing_else(stack):
+    """The other endpoint kind, planned against the applied stack (not applied: one cycle)."""
+    stack["tf"]("plan", "-input=false", "-var", "serve_async=false", "-out=realtime.bin", "-detailed-exitcode", ok=(2,))
+    plan = json.loads(stack["tf"]("show", "-json", "realtime.bin").stdout)
+    changed = {r["address"]: r["change"]["actions"] for r in plan["resource_changes"] if r["change"]["actions"] != ["no-op"]}
+    assert changed.pop("module.fanout.aws_sagemaker_endpoint_configuration.serve[0]") == ["create"]
+    assert changed.pop("module.fanout.aws_cloudformation_stack.serve_async[0]") == ["delete"]
+    assert set(changed) <= {"module.fanout.aws_sagemaker_endpoint.serve[0]", "module.fanout.aws_iam_role_policy.serve[0]",
+                            "module.fanout.aws_appautoscaling_target.serve[0]", "module.fanout.aws_appautoscaling_policy.serve[0]"}
+
+
 def test_stack_check_reads_back_what_the_handlers_expect(stack, lambda_zip):
     report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip,
                                      stack["out"]["serve_endpoint"])

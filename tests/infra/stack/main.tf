@@ -25,6 +25,12 @@ variable "lambda_zip" {
   type = string
 }
 
+variable "serve_async" {
+  description = "The endpoint's kind: the cycle applies the asynchronous one and plans the real-time one."
+  type        = bool
+  default     = true
+}
+
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "testing"
@@ -85,7 +91,7 @@ module "fanout" {
   tags                 = { project = "fanout-test" }
   # the optional inference endpoint, asynchronous (the CloudFormation endpoint configuration)
   serve_endpoint      = true
-  serve_async         = true
+  serve_async         = var.serve_async
   serve_max_instances = 3
   serve_instance_type = "ml.g4dn.xlarge" # moto's list of endpoint instance types has no g5
   serve_settings      = { SERVE_MAX_RANK = "32" }
