@@ -1,4 +1,7 @@
 # The SageMaker training image: `docker run IMAGE train` trains this host's share of a task list.
+# The same image is the inference container: SageMaker hosting runs `docker run IMAGE serve`
+# (serve/: /ping and /invocations on 8080, one base per GPU, users' LoRAs hot-swapped in;
+# docs/serving.md says why one image and not two).
 #
 #   docker build -t lora-fanout .
 #   docker build --build-arg BASE_IMAGE=<a torch image with requirements/torch.txt's torch> -t lora-fanout .
@@ -24,6 +27,7 @@ COPY fanout ./fanout
 COPY train ./train
 COPY container ./container
 COPY report ./report
+COPY serve ./serve
 # sagemaker-training is an sdist with a small C extension (gethostname): it needs a C compiler
 # and Python.h. Only what the base lacks is installed; g++ is not needed. The pip cache is a
 # build cache, never in a layer: a rebuild reuses the wheels built from sdists (and downloads,
@@ -72,14 +76,19 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/tmp/wheels \
     python -m pip install --no-index --no-deps /tmp/wheels/*.whl; \
     python -m pip check; \
     cd /; \
-    python -c "import train, torch, torchao, diffusers, peft, bitsandbytes, sagemaker_training, fanout, container.entry; assert 'site-packages' in container.entry.__file__, container.entry.__file__"; \
+    python -c "import train, torch, torchao, diffusers, peft, bitsandbytes, sagemaker_training, fanout, container.entry, serve.app; assert 'site-packages' in container.entry.__file__, container.entry.__file__"; \
     python -c "import report.render; report.render.environment().get_template('task.html')"; \
-    command -v train
+    command -v train; \
+    command -v serve
 
 # SageMaker mounts its tree here; the container never writes outside it.
 RUN mkdir -p /opt/ml/input/data /opt/ml/input/config /opt/ml/model /opt/ml/checkpoints /opt/ml/output/data
 WORKDIR /opt/ml
 
+# SageMaker's inference contract: `serve` listens here (GET /ping, POST /invocations).
+EXPOSE 8080
+
 # Exec form, no shell and no ENTRYPOINT wrapper: `docker run IMAGE train` makes `train` PID 1,
-# so SageMaker's SIGTERM (stop, spot notice) reaches the Python handler that saves state.
+# so SageMaker's SIGTERM (stop, spot notice) reaches the Python handler that saves state; and
+# `docker run IMAGE serve` (SageMaker hosting) makes `serve` PID 1 the same way.
 CMD ["train"]

@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python scripts/bench_launch.py
 	$(BIN)/python -m fanout simulate --plots build/simulate
 	$(BIN)/python scripts/bench_report.py
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_serve.py --users 1000 --requests 200
 
 clean:
 	rm -rf build .pytest_cache

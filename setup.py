@@ -70,6 +70,7 @@ setup(
         "console_scripts": [
             "train=container.entry:main",
             "fanout=fanout.cli:main",
+            "serve=serve.cli:main",
         ]
     },
 )

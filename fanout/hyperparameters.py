@@ -29,6 +29,7 @@ TRAINING_NAMES = frozenset({
     "quality_gate", "on_quality_fail", "eval_prompts", "eval_drift_prompts", "eval_subject", "eval_rare_token",
     "eval_seed", "eval_inference_steps", "eval_images_per_prompt",
     "crop", "screen", "screen_checks", "blur_threshold", "duplicate_distance", "max_faces",
+    "triton_env",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
 CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation", "gpus_per_host"})
@@ -71,7 +72,7 @@ TRAINING_TYPES: dict[str, type] = {
                      "train_text_encoder"), bool),
     **dict.fromkeys(("export", "lr_scheduler", "mixed_precision", "optimizer", "save_dtype",
                      "lora_target_modules", "weighting_scheme", "base_quantization", "on_quality_fail",
-                     "eval_subject", "eval_rare_token", "crop", "screen", "screen_checks"), str),
+                     "eval_subject", "eval_rare_token", "crop", "screen", "screen_checks", "triton_env"), str),
     **dict.fromkeys(("eval_prompts", "eval_drift_prompts"), tuple),   # a list of strings
     "quality_gate": dict,                                             # a JSON object: score -> limit
 }

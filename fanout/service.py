@@ -345,12 +345,12 @@ def launch_pending(svc: Service, claimer: str | None = None) -> dict[str, Any]:
 
 
 def _register(svc: Service, item: dict, job_name: str | None, now: str, model_tar: str | None = None,
-              quality: Quality | None = None) -> None:
+              quality: Quality | None = None, **serving: Any) -> None:
     task = json.loads(item["task"])
     svc.models.register(item["user_id"], item["request_id"], now, artifact_uri=task.get("output_uri"),
                         model_tar_uri=model_tar, task_id=task["task_id"], job_name=job_name,
                         base_model=svc.settings.model_uri or None, request_key=item["request_key"],
-                        **(model_fields(quality) if quality else {}))
+                        **(model_fields(quality) if quality else {}), **serving)
 
 
 def record_job_state(svc: Service, change: JobStateChange) -> dict[str, Any]:
@@ -406,11 +406,25 @@ def record_task_artifact(svc: Service, bucket: str, key: str) -> str:
             return "invalid"
     settled = outcomes.settle(svc, item, manifest.get("quality"))
     if settled.register:
-        _register(svc, item, item.get("job_name"), svc.clock(), quality=settled.quality)
+        _register(svc, item, item.get("job_name"), svc.clock(), quality=settled.quality,
+                  **serving_fields(bucket, key, manifest))
     unpublished = outcomes.catch_up(svc, item, settled.written)
     if unpublished:          # recorded, not published: the record fails, its redelivery publishes them
         raise PublishError(unpublished[0])
     return "duplicate" if settled.outcome == "unchanged" else settled.outcome
+
+
+def serving_fields(bucket: str, key: str, manifest: dict) -> dict[str, str]:
+    """What the inference server (serve/, docs/serving.md) needs to serve the model by its id:
+    the LoRA file's URI, and from the manifest the family and the base's weights hash (it
+    refuses a model of another family or base before downloading it)."""
+    fields = {"adapter_uri": f"s3://{bucket}/{key[: -len('manifest.json')]}{LORA_FILE}"}
+    if isinstance(manifest.get("family"), str):
+        fields["family"] = manifest["family"]
+    base = manifest.get("base_model")
+    if isinstance(base, dict) and isinstance(base.get("weights_sha256"), str):
+        fields["base_weights_sha256"] = base["weights_sha256"]
+    return fields
 
 
 def _manifest_problem(svc: Service, bucket: str, key: str, task: dict, found: dict) -> str | None:
@@ -431,7 +445,7 @@ def _manifest_problem(svc: Service, bucket: str, key: str, task: dict, found: di
         return f"{uri} is the manifest of task {manifest.get('task_id')!r}, not of {task_id!r}"
     # a retrained request (quality retry) trains with another seed: an earlier attempt's
     # manifest arriving late must not settle the new attempt
-    wanted, got = (task.get("hyperparameters") or {}).get("seed"), (manifest.get("hyperparameters") or {}).get("seed")
+    wanted, got = (task.get("hyperparameters") or {}).get("seed"), _trained_seed(manifest)
     if wanted is not None and got is not None and str(got) != str(wanted):
         return f"{uri} is from an earlier attempt (seed {got}; the request now trains with seed {wanted})"
     files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
@@ -445,6 +459,14 @@ def _manifest_problem(svc: Service, bucket: str, key: str, task: dict, found: di
         return f"{uri} lists file(s) missing or of another size under s3://{bucket}/{prefix}: {', '.join(missing[:5])}"
     found.update(manifest)
     return None
+
+
+def _trained_seed(manifest: dict) -> Any:
+    """The seed the manifest's LoRA trained with: train writes the task's whole config under
+    ``hyperparameters.config`` (train/task.py export)."""
+    hp = manifest.get("hyperparameters")
+    config = hp.get("config") if isinstance(hp, dict) else None
+    return config.get("seed") if isinstance(config, dict) else None
 
 
 def _sizes_under(svc: Service, bucket: str, prefix: str) -> dict[str, int]:

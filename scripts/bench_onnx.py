@@ -5,7 +5,7 @@
 
 Builds the base (random weights, scripts/make_tiny_model.py), attaches a UNet + text-encoder
 LoRA, runs `export_model(formats="onnx")` on the CPU and prints the export seconds, each
-graph's size (and its external-data file: the SD 1.5 UNet is over protobuf's 2 GB), and the
+graph's size (unet/model.onnx, ...; and its external-data file: the SD 1.5 UNet is over protobuf's 2 GB), and the
 onnxruntime-vs-torch differences from the manifest.
 """
 
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     entry = manifest["formats"]["onnx"]
     print(f"onnx export ({a.arch}): {entry['status']}, write {entry['seconds']} s, total "
           f"{time.perf_counter() - t0:.1f} s (check {entry.get('onnxruntime_check', {}).get('seconds')} s)")
-    for path in sorted((work / "model" / "onnx").glob("*.onnx*")):
-        print(f"  {path.name:<28} {path.stat().st_size / 1e6:>10.1f} MB")
+    folder = work / "model" / "onnx"
+    for path in sorted(folder.glob("*/model.onnx*")):
+        print(f"  {path.relative_to(folder).as_posix():<28} {path.stat().st_size / 1e6:>10.1f} MB")
     print(json.dumps(entry.get("onnxruntime_check"), indent=1))
     return 0 if entry["status"] == "ok" and not entry.get("flagged") else 1
 

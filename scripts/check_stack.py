@@ -23,6 +23,12 @@ The offline test runs it against the stack Terraform applied to moto. Checked:
 - unless --no-monitoring (alarms = false, dashboard = false): every alarm of the module exists,
   notifies a topic, and watches the metrics the handlers write (FANOUT_METRICS_NAMESPACE,
   service = FANOUT_JOB_PREFIX); the dashboard exists and shows that namespace and service.
+- with --serve-endpoint NAME, the inference endpoint (serve.tf): its configuration's variant runs
+  a model whose SERVE_* environment is serve.config.ServeConfig names and parses, reads models
+  from this stack's bucket and table, whose role trusts SageMaker; an asynchronous one writes
+  under the bucket; the variant scales on invocations per instance
+  (+ DescribeEndpoint, DescribeEndpointConfig, DescribeModel, DescribeScalableTargets,
+  DescribeScalingPolicies).
 Prints one line per check; exit status 1 when any failed.
 """
 
@@ -331,8 +337,53 @@ def check_monitoring(report: Report, cloudwatch, prefix: str, settings: Settings
                  f"no {settings.metrics_namespace} metric with service {settings.job_prefix}")
 
 
+def check_serve(report: Report, client: Callable[[str], Any], endpoint: str, settings: Settings) -> None:
+    """The inference endpoint of serve.tf reads back as serve/ and this stack expect."""
+    from serve.config import ServeConfig
+
+    sm = client("sagemaker")
+    try:
+        described = sm.describe_endpoint(EndpointName=endpoint)
+    except sm.exceptions.ClientError as exc:
+        report.check(False, f"endpoint {endpoint}", str(exc))
+        return
+    config = sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+    [variant] = config["ProductionVariants"][:1] or [{}]
+    model = sm.describe_model(ModelName=variant.get("ModelName", ""))
+    env = model["PrimaryContainer"].get("Environment", {})
+    unknown = sorted(k for k in env if not k.startswith("SERVE_"))
+    report.check(not unknown, f"{endpoint} environment is SERVE_* settings only", f"{unknown} unknown")
+    try:
+        cfg = ServeConfig.from_env(env)
+        report.check(True, f"{endpoint} environment parses with ServeConfig.from_env")
+    except Exception as exc:              # the report names what is wrong, whatever it is
+        report.check(False, f"{endpoint} environment parses with ServeConfig.from_env", str(exc))
+        return
+    report.check(cfg.model_prefixes == (f"s3://{settings.bucket}/models/",),
+                 f"{endpoint} reads models from s3://{settings.bucket}/models/ only", f"it reads {cfg.model_prefixes}")
+    report.check(cfg.models_table == settings.models_table, f"{endpoint} looks model ids up in {settings.models_table}",
+                 f"it reads {cfg.models_table!r}")
+    report.check(cfg.base_model == settings.model_uri, f"{endpoint} serves the jobs' base {settings.model_uri}",
+                 f"it serves {cfg.base_model}")
+    check_role(report, client("iam"), model["ExecutionRoleArn"])
+    output = config.get("AsyncInferenceConfig", {}).get("OutputConfig", {})
+    if output:
+        paths = [output.get("S3OutputPath", ""), output.get("S3FailurePath", "")]
+        report.check(all(p.startswith(f"s3://{settings.bucket}/serving/") for p in paths),
+                     f"{endpoint} (asynchronous) writes under s3://{settings.bucket}/serving/", f"it writes {paths}")
+    resource = f"endpoint/{endpoint}/variant/{variant.get('VariantName')}"
+    scaling = client("application-autoscaling")
+    targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
+    report.check(targets, f"{resource} has a scalable target", "none registered")
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"]
+    metrics = [p.get("TargetTrackingScalingPolicyConfiguration", {}).get("PredefinedMetricSpecification", {})
+               .get("PredefinedMetricType") for p in policies]
+    report.check("SageMakerVariantInvocationsPerInstance" in metrics,
+                 f"{resource} scales on invocations per instance", f"its policies track {metrics}")
+
+
 def check_stack(client: Callable[[str], Any], names: dict[str, str], zip_path: Path | None = None,
-                monitoring: bool = True, prefix: str | None = None) -> Report:
+                monitoring: bool = True, prefix: str | None = None, serve_endpoint: str = "") -> Report:
     """Every check above; ``client(service)`` gives a boto3 client."""
     report, lam = Report(), client("lambda")
     configs = check_functions(report, lam, names, zip_path)
@@ -349,6 +400,8 @@ def check_stack(client: Callable[[str], Any], names: dict[str, str], zip_path: P
     check_events(report, client("events"), settings)
     if monitoring:
         check_monitoring(report, client("cloudwatch"), prefix or settings.job_prefix, settings)
+    if serve_endpoint:
+        check_serve(report, client, serve_endpoint, settings)
     return report
 
 
@@ -360,9 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint-url", default="", help="AWS endpoint override (tests: a moto server)")
     parser.add_argument("--no-monitoring", action="store_true",
                         help="the stack was deployed with alarms = false and dashboard = false")
+    parser.add_argument("--serve-endpoint", default="", help="also check this inference endpoint (serve_endpoint = true)")
     args = parser.parse_args(argv)
     report = check_stack(lambda service: make_client(service, args.region, args.endpoint_url),
-                         function_names(args.prefix), args.zip, monitoring=not args.no_monitoring, prefix=args.prefix)
+                         function_names(args.prefix), args.zip, monitoring=not args.no_monitoring, prefix=args.prefix,
+                         serve_endpoint=args.serve_endpoint)
     for ok, text in report.lines:
         print(("ok   " if ok else "FAIL ") + text)
     print(f"{len(report.lines) - len(report.failures)} checks ok, {len(report.failures)} failed")

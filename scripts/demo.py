@@ -129,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(make_demo_data.screening_lines(job / "s3" / "checkpoints")))
     from fanout.lifecycle import format_events, local_job_events   # the app's view (docs/fanout.md#lifecycle-events)
     print("\n" + format_events(local_job_events(job, task_list(a.steps))))
-    if (job / "report.html").is_file():  # written by `fanout local` (report/: every task, its page, the cost)
-        print(f"job report (open it in a browser): {job / 'report.html'}")
     unexpected = unexpected_outcomes(job, task_list(a.steps))
+    if rc == 0 and not unexpected:  # then serve two of the users' LoRAs over HTTP from one base
+        import serve_demo
+
+        unexpected += serve_demo.run(model, job / "s3" / "model", [f"{u}-toy" for u in USERS[:2]], work / "serve")
+    if (job / "report.html").is_file():  # written by `fanout local` (report/: every task, its page, the cost)
+        print(f"\njob report (open it in a browser): {job / 'report.html'}")
     if unexpected:
         print("the demo did not go as it should: " + "; ".join(unexpected), file=sys.stderr)
     return rc or (1 if unexpected else 0)

@@ -111,7 +111,9 @@ run_in_image sh -c '
   found=$(find / -xdev \( -name "lora_fanout.egg-info" -o -path "*/src/setup.py" \) 2>/dev/null | head -n 1)
   [ -z "$found" ] || { echo "source or build leftovers: $found"; exit 1; }
   [ "$(command -v train)" ] || { echo "no train command"; exit 1; }
-  echo "ok: no source copy, egg-info or compiler in the image; train is $(command -v train)"
+  [ "$(command -v serve)" ] || { echo "no serve command"; exit 1; }
+  serve --help >/dev/null || { echo "serve --help failed"; exit 1; }
+  echo "ok: no source copy, egg-info or compiler in the image; train is $(command -v train), serve $(command -v serve)"
 ' || die "image contents"
 
 # --- 4. a 2-task job as a non-root user ------------------------------------------------------

@@ -12,6 +12,8 @@
   finds the same Python the env was made with.
 - `triton-host`: the same server and numpy<2 over this interpreter's own packages (for the GPU
   check: a CUDA torch there).
+- `optimum`: Hugging Face Optimum's ONNX Runtime pipelines (optimum-onnx 0.1.0, which needs
+  transformers < 4.58) with onnxruntime, to load the `onnx` export the way its users do.
 - `old-stack`: what many serving images pin: diffusers 0.32 + transformers 4.54 + peft 0.17,
   with diffusers 0.35 beside it in `diffusers-0.35/` (put first on PYTHONPATH to read with it).
   torch is the project's CPU wheel (2.13.0): PyPI has no older CPU-only torch (its 2.5 wheel
@@ -52,6 +54,12 @@ RECIPES: dict[str, dict[str, list[str]]] = {
         "no_deps": ["nvidia-pytriton==0.7.0"],
         "side": [],
         "host_site": True,
+    },
+    "optimum": {
+        "packages": [TORCH, "optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6", "diffusers==0.35.2",
+                     "onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.2.6"],
+        "no_deps": [],
+        "side": [],
     },
     "old-stack": {
         "packages": [TORCH, "diffusers==0.32.2", "transformers==4.54.1", "peft==0.17.1", "accelerate==1.15.0",

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 
 from train.crops import CROPS  # light: no torch, no OpenCV
 from train.errors import ConfigError
-from train.export.formats import FORMATS  # light: no torch
+from train.export.config import TRITON_ENV_DEFAULT  # light: no torch
+from train.export.formats import FORMATS
 from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
 from train.quality.gate import MAXIMA as QUALITY_MAXIMA, ON_QUALITY_FAIL, SCORES as QUALITY_SCORES, gate_problem
@@ -154,6 +155,9 @@ class TrainConfig:
     eval_inference_steps: int = _f(0, "sampling steps of an evaluation image (0: as the previews, "
                                       "--preview-inference-steps)")
     eval_images_per_prompt: int = _f(1, "evaluation images per prompt")
+    triton_env: str = _f(TRITON_ENV_DEFAULT, "EXECUTION_ENV_PATH written into the triton "
+                         "archive's config.pbtxt: the serving env on the Triton host (docs/exports.md); 'none': the "
+                         "serving image's own Python")
 
     def __post_init__(self) -> None:
         _validate(self, "config")

@@ -344,7 +344,9 @@ def export(base: BaseModel, cfg: TrainConfig, model_dir: Path, *, task_id: str, 
     return export_model(
         base.pipeline(),
         ExportConfig(formats=cfg.export_formats, save_dtype=cfg.save_dtype, drift_check=cfg.export_check,
-                     drift_resolution=cfg.resolution),
+                     drift_resolution=cfg.resolution, triton_env=cfg.triton_env,
+                     # named after the task: two users' archives unpack side by side in one repository
+                     triton_name=task_id, mme_name=task_id),
         model_dir,
         base_model_dir=base.path, train_text_encoder=cfg.train_text_encoder, rank=cfg.rank, family=base.family,
         lora_alpha=cfg.alpha, validation_prompts=preview_prompts(cfg), seed=cfg.seed,

@@ -67,3 +67,13 @@ output "dashboard_name" {
   description = "The CloudWatch dashboard (empty when dashboard is false)."
   value       = join("", aws_cloudwatch_dashboard.pipeline[*].dashboard_name)
 }
+
+output "serve_endpoint_name" {
+  description = "The inference endpoint (empty when serve_endpoint is false): POST {\"model\": \"<user_id>/<model_id>\", \"prompt\": ...}."
+  value       = var.serve_endpoint ? aws_sagemaker_endpoint.serve[0].name : ""
+}
+
+output "serve_role_arn" {
+  description = "The endpoint's execution role (empty when serve_endpoint is false)."
+  value       = var.serve_endpoint ? aws_iam_role.serve[0].arn : ""
+}

@@ -253,3 +253,61 @@ variable "dashboard" {
   type        = bool
   default     = true
 }
+
+# --- the optional inference endpoint (serve.tf, docs/serving.md) ------------------------------
+
+variable "serve_endpoint" {
+  description = "Create a SageMaker endpoint running the image's `serve` (one base per GPU, users' LoRAs hot-swapped in)."
+  type        = bool
+  default     = false
+}
+
+variable "serve_async" {
+  description = "Make the endpoint asynchronous (S3 in, S3 out under serving/) instead of real-time."
+  type        = bool
+  default     = false
+}
+
+variable "serve_image_uri" {
+  description = "Image of the endpoint (empty: the training image; the same image serves with `serve`)."
+  type        = string
+  default     = ""
+}
+
+variable "serve_instance_type" {
+  description = "Instance type of the endpoint (one base pipeline per GPU of it)."
+  type        = string
+  default     = "ml.g5.xlarge"
+}
+
+variable "serve_min_instances" {
+  description = "Fewest instances autoscaling keeps (also the initial count)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.serve_min_instances >= 1
+    error_message = "The serve_min_instances must be at least 1 (a real-time endpoint cannot scale to zero)."
+  }
+}
+
+variable "serve_max_instances" {
+  description = "Most instances autoscaling may run."
+  type        = number
+  default     = 4
+}
+
+variable "serve_invocations_per_instance" {
+  description = "Autoscaling target: invocations per instance per minute (SageMakerVariantInvocationsPerInstance)."
+  type        = number
+  default     = 30
+}
+
+variable "serve_settings" {
+  description = "Extra serve settings as SERVE_<NAME> = value, e.g. { SERVE_MAX_RANK = \"128\", SERVE_CACHE_SIZE = \"32\" }."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for k in keys(var.serve_settings) : can(regex("^SERVE_[A-Z_]+$", k))])
+    error_message = "The serve_settings keys must be SERVE_<NAME> (python -m serve --help lists the names)."
+  }
+}

@@ -60,3 +60,13 @@ def test_no_compiler_or_source_reaches_the_image():
     # The import check runs outside any source folder, so it fails if the package is not installed.
     assert install.index("cd /;") < install.index("python -c")
     assert "g++" not in DOCKERFILE.replace("g++ is not needed", "")
+
+
+def test_the_image_is_also_the_inference_container():
+    """SageMaker hosting runs `docker run IMAGE serve`: the serve package and command are in it."""
+    copied = " ".join(_instructions("COPY"))
+    assert "serve ./serve" in copied
+    install = next(r for r in _instructions("RUN", _final_stage()) if "pip install" in r)
+    assert "serve.app" in install and "command -v serve" in install
+    setup = (ROOT / "setup.py").read_text()
+    assert '"serve=serve.cli:main"' in setup

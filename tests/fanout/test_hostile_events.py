@@ -138,6 +138,21 @@ def test_a_manifest_that_does_not_vouch_for_the_task_registers_no_model(svc, man
     assert len(svc.models.models_of("u1")) == 1
 
 
+def test_a_late_manifest_of_an_earlier_attempt_does_not_settle_a_retrained_request(svc):
+    """A quality retry retrains with another seed; the first attempt's manifest arriving late
+    (its seed in hyperparameters.config, where train writes it) must not complete the new one."""
+    handlers.on_upload(upload_request(svc, "u1", "r1", hyperparameters={"seed": 7}))
+    launch_pending(svc)
+    files = [{"path": "pytorch_lora_weights.safetensors", "bytes": 17}]
+    old = {"task_id": "u1.r1", "files": files, "hyperparameters": {"config": {"seed": 0}}}
+    out = handlers.on_task_artifact(upload_artifacts(svc, "u1", "r1", old))
+    assert out["results"] == {"models/u1/r1/manifest.json": "invalid"}
+    assert "from an earlier attempt (seed 0" in svc.requests.get("u1/r1")["reason"]
+    new = {**old, "hyperparameters": {"config": {"seed": 7}}}
+    assert handlers.on_task_artifact(upload_artifacts(svc, "u1", "r1", new))["results"] == {
+        "models/u1/r1/manifest.json": "completed"}
+
+
 # -- job events of other systems' jobs --------------------------------------------------------
 
 def test_a_job_that_is_not_ours_makes_us_touch_no_bucket(svc):

@@ -229,6 +229,21 @@ def test_task_artifact_completes_before_the_job_ends_once(svc):
     assert end["completed"] == 0 and svc.requests.get("u5/r5")["status"] == COMPLETED
 
 
+def test_a_registered_model_says_what_the_inference_server_needs(svc):
+    """serve/ takes a model by its id alone: the item names the LoRA file, the family and base."""
+    handlers.on_upload(upload_request(svc, "u6", "r6"))
+    handlers.launch_pending({})
+    weights = b"safetensors bytes"
+    event = upload_artifacts(svc, "u6", "r6", {
+        "task_id": task_id_for("u6", "r6"), "family": "flux2-klein", "base_model": {"weights_sha256": "ab" * 32},
+        "files": [{"path": "pytorch_lora_weights.safetensors", "bytes": len(weights)}]})
+    assert handlers.on_task_artifact(event)["results"] == {"models/u6/r6/manifest.json": "completed"}
+    [model] = svc.models.models_of("u6")
+    assert model["adapter_uri"] == "s3://fanout-test/models/u6/r6/pytorch_lora_weights.safetensors"
+    assert model["family"] == "flux2-klein" and model["base_weights_sha256"] == "ab" * 32
+    assert model["base_model"] == "s3://fanout-test/base/sd15/"
+
+
 def test_a_dead_launchers_claim_is_taken_over(svc):
     handlers.on_upload(upload_request(svc, "u", "r"))
     assert svc.requests.claim("u/r", "dead-lambda", svc.clock(), svc.ago(3600))

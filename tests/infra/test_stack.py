@@ -82,7 +82,7 @@ def test_init_takes_the_provider_from_the_local_mirror_at_the_locked_hash(stack)
 def test_plan_creates_the_whole_stack(stack):
     created = [r["address"] for r in stack["plan"]["resource_changes"] if r["change"]["actions"] == ["create"]]
     count = lambda kind: sum(f"module.fanout.{kind}." in a for a in created)   # noqa: E731
-    assert count("aws_lambda_function") == 5 and count("aws_iam_role") == 6 and count("aws_iam_role_policy") == 6
+    assert count("aws_lambda_function") == 5 and count("aws_iam_role") == 7 and count("aws_iam_role_policy") == 7
     assert count("aws_dynamodb_table") == 2 and count("aws_s3_bucket_notification") == 1
     assert count("aws_cloudwatch_event_rule") == 2 and count("aws_cloudwatch_event_target") == 2
     assert count("aws_lambda_permission") == 5 and count("aws_cloudwatch_log_group") == 5
@@ -92,6 +92,10 @@ def test_plan_creates_the_whole_stack(stack):
     assert count("aws_cloudwatch_metric_alarm") == 6 and count("aws_cloudwatch_dashboard") == 1
     assert stack["out"]["image_uri"].endswith(".dkr.ecr.us-east-1.amazonaws.com/fanout-test-trainer:1")
     assert stack["out"]["event_bus"] == f"{PREFIX}-events" and stack["out"]["environment"]["FANOUT_EVENT_BUS"] == f"{PREFIX}-events"
+    # the optional inference endpoint, asynchronous here: model, CloudFormation endpoint config, endpoint, scaling
+    assert count("aws_sagemaker_model") == 1 and count("aws_sagemaker_endpoint") == 1
+    assert count("aws_cloudformation_stack") == 1 and count("aws_sagemaker_endpoint_configuration") == 0
+    assert count("aws_appautoscaling_target") == 1 and count("aws_appautoscaling_policy") == 1
 
 
 def test_events_alarms_and_the_dashboard_are_optional(stack):
@@ -111,13 +115,26 @@ def test_second_plan_shows_no_changes(stack):
     assert "No changes." in run.stdout
 
 
+def test_a_real_time_endpoint_replaces_the_async_configuration_and_nothing_else(stack):
+    """The other endpoint kind, planned against the applied stack (not applied: one cycle)."""
+    stack["tf"]("plan", "-input=false", "-var", "serve_async=false", "-out=realtime.bin", "-detailed-exitcode", ok=(2,))
+    plan = json.loads(stack["tf"]("show", "-json", "realtime.bin").stdout)
+    changed = {r["address"]: r["change"]["actions"] for r in plan["resource_changes"] if r["change"]["actions"] != ["no-op"]}
+    assert changed.pop("module.fanout.aws_sagemaker_endpoint_configuration.serve[0]") == ["create"]
+    assert changed.pop("module.fanout.aws_cloudformation_stack.serve_async[0]") == ["delete"]
+    assert set(changed) <= {"module.fanout.aws_sagemaker_endpoint.serve[0]", "module.fanout.aws_iam_role_policy.serve[0]",
+                            "module.fanout.aws_appautoscaling_target.serve[0]", "module.fanout.aws_appautoscaling_policy.serve[0]"}
+
+
 def test_stack_check_reads_back_what_the_handlers_expect(stack, lambda_zip):
-    report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip)
+    report = check_stack.check_stack(stack["client"], check_stack.function_names(PREFIX), lambda_zip,
+                                     serve_endpoint=stack["out"]["serve_endpoint"])
     assert report.failures == []
     assert len(report.lines) >= 60
     checked = "\n".join(text for _, text in report.lines)
     assert f"FANOUT_EVENT_BUS {PREFIX}-events exists" in checked and f"alarm {PREFIX}-failure-rate watches the handlers' metrics" in checked
     assert f"dashboard {PREFIX}-pipeline shows the handlers' metrics" in checked and "on_preview filters pass the keys it accepts" in checked
+    assert any(line.endswith("scales on invocations per instance") for _, line in report.lines)
     cli = _check_cli(stack, lambda_zip)
     assert cli.returncode == 0 and cli.stdout.splitlines()[-1] == f"{len(report.lines)} checks ok, 0 failed"
 
@@ -127,7 +144,8 @@ def _check_cli(stack, lambda_zip) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "check_stack.py"), "--prefix", PREFIX, "--zip", str(lambda_zip),
-                           "--region", "us-east-1", "--endpoint-url", stack["endpoint"]], capture_output=True, text=True, env=env)
+                           "--region", "us-east-1", "--endpoint-url", stack["endpoint"],
+                           "--serve-endpoint", stack["out"]["serve_endpoint"]], capture_output=True, text=True, env=env)
 
 
 def _status(client, user: str, request: str) -> str:
@@ -235,6 +253,25 @@ def test_each_role_grants_what_its_function_called_and_nothing_else(stack):
             assert not iam_coverage.allows(policy, "s3:GetObject", f"arn:aws:s3:::{BUCKET}/requests/u/r/request.json")
 
 
+def test_the_endpoint_role_reads_models_and_nothing_of_the_training_side(stack):
+    """IAM limited to the models prefix (and the base, the models table, its async outputs)."""
+    iam = stack["client"]("iam")
+    role = stack["out"]["serve_role"].rsplit("/", 1)[-1]
+    policy = iam.get_role_policy(RoleName=role, PolicyName="fanout-serve")["PolicyDocument"]
+    policy = json.loads(unquote(policy)) if isinstance(policy, str) else policy
+    bucket = f"arn:aws:s3:::{BUCKET}"
+    assert iam_coverage.allows(policy, "s3:GetObject", f"{bucket}/models/alice/r1/pytorch_lora_weights.safetensors")
+    assert iam_coverage.allows(policy, "s3:GetObject", f"{bucket}/base/sd15/unet/config.json")
+    assert iam_coverage.allows(policy, "dynamodb:GetItem", f"arn:aws:dynamodb:us-east-1:123456789012:table/{PREFIX}-models")
+    assert iam_coverage.allows(policy, "s3:PutObject", f"{bucket}/serving/async-out/x.out")
+    for action, resource in (("s3:GetObject", f"{bucket}/requests/alice/r1/request.json"),
+                             ("s3:GetObject", f"{bucket}/jobs/j/checkpoints/t/status.json"),
+                             ("s3:PutObject", f"{bucket}/models/alice/r1/pytorch_lora_weights.safetensors"),
+                             ("dynamodb:PutItem", f"arn:aws:dynamodb:us-east-1:123456789012:table/{PREFIX}-models"),
+                             ("dynamodb:GetItem", f"arn:aws:dynamodb:us-east-1:123456789012:table/{PREFIX}-requests")):
+        assert not iam_coverage.allows(policy, action, resource), (action, resource)
+
+
 def test_stack_check_and_plan_catch_a_drifted_stack(stack, lambda_zip):
     client = stack["client"]
     lam = client("lambda")
@@ -270,3 +307,4 @@ def test_destroy_leaves_nothing(stack):
     assert client("cloudwatch").describe_alarms()["MetricAlarms"] == []
     assert client("cloudwatch").list_dashboards()["DashboardEntries"] == []
     assert client("sns").list_topics()["Topics"] == []
+    assert client("sagemaker").list_endpoints()["Endpoints"] == [] and client("sagemaker").list_models()["Models"] == []

@@ -50,20 +50,39 @@ def in_process(pipe) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def users(tiny_model, triton_env, tmp_path_factory):
-    """user-a: LoRA archive (UNet + text encoder); user-b: merged-fp16 archive. Returns
-    {name: (archive, manifest, reference image)}."""
+def users(tiny_model, triton_env, tmp_path_factory, demo_data):
+    """user-a: LoRA archive (UNet + text encoder); user-b: merged-fp16 archive; user-c: the
+    archive a training task writes (`python -m train --export lora,triton --triton-env ENV`:
+    the same code path, run_task). Returns {name: (archive, manifest, reference image)}."""
     root = tmp_path_factory.mktemp("triton-users")
     out = {}
     for name, seed, source in (("user-a", 1, "lora"), ("user-b", 2, "merged-fp16")):
         pipe = attach_lora(load_pipe(tiny_model), seed=seed)
         formats = "lora,triton" if source == "lora" else "lora,merged-fp16,triton"
         manifest = export_model(pipe, ExportConfig(formats=formats, triton_source=source, triton_env=str(triton_env),
-                                                   drift_check=False), root / name, base_model_dir=tiny_model,
-                                train_text_encoder=True, rank=4, lora_alpha=8)
+                                                   triton_name=name, drift_check=False, triton_footprint=name == "user-a"),
+                                root / name, base_model_dir=tiny_model, train_text_encoder=True, rank=4, lora_alpha=8)
         reference = in_process(pipe if source == "lora" else load_pipe(root / name / "merged-fp16"))
         out[name] = (root / name / manifest["formats"]["triton"]["path"], manifest, reference)
+    out["user-c"] = trained_archive(tiny_model, demo_data, triton_env, root / "user-c")
     return out
+
+
+def trained_archive(tiny_model, demo_data, triton_env, root):
+    """A task trained by the loop with the triton format, as `python -m train` runs it."""
+    from train.config import TrainConfig
+    from train.families import family_named
+    from train.pipeline import load_base
+    from train.task import run_task
+
+    cfg = TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT, resolution=32,
+                      max_train_steps=2, learning_rate=5e-3, preview_every=0, checkpoint_every=0, num_preview_images=1,
+                      preview_inference_steps=1, export="lora,triton", export_check=False, triton_env=str(triton_env))
+    run_task(load_base(tiny_model), cfg, model_dir=root / "model", checkpoint_dir=root / "ck", task_id="user-c")
+    manifest = __import__("json").loads((root / "model" / "manifest.json").read_text())
+    pipe = family_named("sd").load_pipeline(tiny_model, dtype=torch.float32)
+    pipe.load_lora_weights(root / "model")
+    return root / "model" / manifest["formats"]["triton"]["path"], manifest, in_process(pipe)
 
 
 def test_bad_triton_options_fail_early_with_the_valid_values(trained_pipe, tiny_model, tmp_path):
@@ -84,14 +103,23 @@ def trained_pipe(tiny_model):
 
 
 @pytest.mark.slow
-def test_archive_is_one_model_folder_with_config_model_and_artifact(users):
+def test_archive_is_one_model_folder_with_config_model_and_artifact(users, triton_env):
     archive, manifest, _ = users["user-a"]
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-        config = tar.extractfile("model/config.pbtxt").read().decode()
-    assert {"model/config.pbtxt", "model/1/model.py", "model/1/inference.py", "model/1/serving.json",
-            "model/1/pytorch_lora_weights.safetensors"} <= names
-    assert 'backend: "python"' in config and "EXECUTION_ENV_PATH" in config
+        config = tar.extractfile("user-a/config.pbtxt").read().decode()
+    assert {"user-a/config.pbtxt", "user-a/1/model.py", "user-a/1/inference.py", "user-a/1/serving.json",
+            "user-a/1/pytorch_lora_weights.safetensors"} <= names
+    assert 'backend: "python"' in config and f'"EXECUTION_ENV_PATH" value: {{ string_value: "{triton_env}" }}' in config
+    # what a training task writes: named after the task, the serving env set from its settings
+    trained, _, _ = users["user-c"]
+    assert trained.name == "user-c.tar.gz"
+    with tarfile.open(trained) as tar:
+        assert str(triton_env) in tar.extractfile("user-c/config.pbtxt").read().decode()
+    # the default is a conventional path of the serving image; "none" leaves the image's Python
+    assert '"EXECUTION_ENV_PATH" value: { string_value: "/opt/tritonserver/envs/lora-fanout" }' in config_pbtxt(
+        "lora", ExportConfig().triton_env)
+    assert "EXECUTION_ENV_PATH" not in config_pbtxt("lora", "none")
     for tensor in ('name: "prompt" data_type: TYPE_STRING', 'name: "seed" data_type: TYPE_INT64',
                    'name: "steps" data_type: TYPE_INT32', 'name: "size" data_type: TYPE_INT32 dims: [ 2 ]',
                    'name: "image" data_type: TYPE_STRING'):
@@ -110,17 +138,18 @@ def test_two_users_load_infer_unload_reload_on_a_real_tritonserver(users, triton
     server_mod = load_script("triton_server")
     repository = tmp_path / "repository"
     repository.mkdir()
-    for name, (archive, _, _) in users.items():
-        unpack(archive, repository, name)  # what the endpoint does with each target model's tar.gz
+    for archive, _, _ in users.values():
+        unpack(archive, repository)  # as trained: no renaming, no edits; each is its own task's name
     with server_mod.TritonServer(repository, env=triton_env, log_path=tmp_path / "triton.log") as server:
-        assert server.index() == [{"name": "user-a"}, {"name": "user-b"}]  # nothing loaded yet
+        assert server.index() == [{"name": "user-a"}, {"name": "user-b"}, {"name": "user-c"}]  # nothing loaded yet
         load_seconds = {name: server.load(name) for name in users}
         images = {name: png_pixels(server.infer(name, PROMPT, **CALL)) for name in users}
         for name, (_, _, reference) in users.items():
             assert np.array_equal(images[name], reference), f"{name}: differs from the in-process image"
         assert np.abs(images["user-a"] - images["user-b"]).mean() > 1  # two users, two models
         memory = {name: server_mod.memory_of(pid) for name, pid in server.model_processes().items()}
-        assert set(memory) == {"user-a", "user-b"}  # one process per loaded user model
+        assert set(memory) == {"user-a", "user-b", "user-c"}  # one process per loaded user model
+        server.unload("user-c")
         print(f"\nload seconds {load_seconds}; per-model memory {memory}")
 
         server.unload("user-a")
@@ -132,6 +161,9 @@ def test_two_users_load_infer_unload_reload_on_a_real_tritonserver(users, triton
 
         server.load("user-a")
         assert np.array_equal(png_pixels(server.infer("user-a", PROMPT, **CALL)), images["user-a"])
-        with pytest.raises(server_mod.TritonError, match="steps=0"):  # a bad request gets a clear error
+        # a bad request is the caller's error: INVALID_ARG, HTTP 400, naming the field
+        with pytest.raises(server_mod.TritonError, match="HTTP 400: .*steps=0"):
             server.infer("user-b", PROMPT, seed=0, steps=0, size=(64, 64))
+        with pytest.raises(server_mod.TritonError, match="HTTP 400: .*size=60x64"):
+            server.infer("user-b", PROMPT, seed=0, steps=1, size=(60, 64))
         assert server.ready("user-b")

@@ -12,6 +12,9 @@ from .errors import ExportConfigError
 from .formats import FORMATS, GPU_FORMATS, MERGED_FORMATS  # noqa: E402,F401
 MME_SOURCES: tuple[str, ...] = ("lora",) + MERGED_FORMATS
 SAVE_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+# Where the Triton archive's config.pbtxt expects the serving env unless told otherwise: a
+# conventional path the serving image provides (docs/exports.md), so an archive loads as trained.
+TRITON_ENV_DEFAULT = "/opt/tritonserver/envs/lora-fanout"
 
 
 def _help(text: str) -> dict:
@@ -34,9 +37,10 @@ class ExportConfig:
         f"what the `triton` archive packs: {' | '.join(MME_SOURCES)} (a merged source is exported too)"))
     triton_name: str = field(default="model", metadata=_help(
         "Triton model folder name inside triton/<name>.tar.gz (an endpoint may unpack it under another)"))
-    triton_env: str = field(default="", metadata=_help(
-        "EXECUTION_ENV_PATH for the Triton Python backend (a packed or unpacked env with torch+diffusers); "
-        "empty: the serving image's own Python"))
+    triton_env: str = field(default=TRITON_ENV_DEFAULT, metadata=_help(
+        "EXECUTION_ENV_PATH of the Triton Python backend: the serving env (torch, diffusers, peft, numpy<2; "
+        "docs/exports.md says how to build it) as a folder or a conda-pack .tar.gz, on the Triton host; "
+        "'none': the serving image's own Python"))
     triton_footprint: bool = field(default=True, metadata=_help(
         "load the triton archive once in a fresh process and record its memory per loaded user model"))
     drift_check: bool = field(default=True, metadata=_help(

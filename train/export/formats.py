@@ -47,7 +47,8 @@ TABLE: tuple[Format, ...] = (
     Format("merged-bnb8", "_write_merged_bnb8", "_load_merged", True, ALL, MERGED_HINT,
            "merged, denoiser bitsandbytes LLM.int8 (GPU)"),
     Format("onnx", "_write_onnx", None, False, ("sd",),
-           "onnxruntime.InferenceSession('{rel}/unet.onnx') (also text_encoder.onnx, vae_decoder.onnx)",
+           "optimum.onnxruntime.ORTStableDiffusionPipeline.from_pretrained({rel!r}), or "
+           "onnxruntime.InferenceSession('{rel}/unet/model.onnx') (also text_encoder/, vae_decoder/)",
            "LoRA fused into UNet (and text encoder), with the VAE decoder, as ONNX (torch.onnx dynamo)",
            check="_check_onnx"),
     # The archives' handlers serve StableDiffusionPipeline only (mme_handler.py, triton_model.py).

@@ -1,13 +1,18 @@
 """The `onnx` export: the LoRA fused into the UNet (and the text encoder when it was trained),
 exported with `torch.onnx.export(dynamo=True)` together with the VAE decoder, then checked with
-onnxruntime on the CPU.
+onnxruntime on the CPU. The folder is in the layout Hugging Face Optimum's ONNX Runtime
+pipelines load (`ORTStableDiffusionPipeline.from_pretrained("onnx")`): one folder per part,
+`model.onnx` and the part's `config.json` in it.
 
-    onnx/text_encoder.onnx   input_ids [batch, 77] int64        -> last_hidden_state, pooler_output
-    onnx/unet.onnx           sample [batch, 4, h, w], timestep [] (float32), encoder_hidden_states
-                             [batch, 77, dim]                    -> out_sample
-    onnx/vae_decoder.onnx    latent_sample [batch, 4, h, w]     -> sample (RGB in [-1, 1])
-    onnx/tokenizer/, onnx/scheduler/, onnx/model_index.json     copied from the base
-    onnx/<name>.onnx.data    the weights, only where one graph would pass protobuf's 2 GB limit
+    onnx/text_encoder/model.onnx  input_ids [batch, 77] int64   -> last_hidden_state, pooler_output
+    onnx/unet/model.onnx          sample [batch, 4, h, w], timestep [] (float32), encoder_hidden_states
+                                  [batch, 77, dim]               -> out_sample
+    onnx/vae_decoder/model.onnx   latent_sample [batch, 4, h, w] -> sample (RGB in [-1, 1])
+    onnx/<part>/config.json       the base's config of that part (vae_decoder: the VAE's)
+    onnx/<part>/model.onnx.data   the weights, beside their graph, only where one graph would pass
+                                  protobuf's 2 GB limit
+    onnx/tokenizer/, onnx/scheduler/, onnx/model_index.json, and onnx/feature_extractor/ when the
+    base's model_index.json lists one: copied from the base
 
 Batch and latent height/width are dynamic. The check runs every graph with onnxruntime at two
 latent shapes and compares with the fused torch module (max abs diff must stay within
@@ -29,10 +34,14 @@ from .errors import ExportError
 from .merged import fused_state_dict, module_from_state_dict
 
 ONNX_DIR = "onnx"
+GRAPH = "model.onnx"
+# part folder -> the base's component whose config.json goes beside the graph
+PARTS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
 ONNX_TOLERANCE = 1e-3
 PROTOBUF_LIMIT = 2 * 1024**3  # one ModelProto cannot exceed 2 GB
 OPSET = 18
 COPIED = ("tokenizer", "scheduler", "model_index.json")
+OPTIONAL_COPIED = ("feature_extractor",)  # copied when the base's model_index.json lists it
 CHECK_SHAPES_LATENT = ((1, 1), (1, 2))  # multiples of the UNet's downsampling factor: (h, w) x factor
 
 
@@ -76,27 +85,46 @@ def write_onnx(pipe, base_model_dir: Path, out_dir: Path) -> Path:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    for name in COPIED:
+    _copy_from_base(base_model_dir, out_dir)
+    unet, text_encoder, vae = (plain_module(getattr(pipe, n)) for n in ("unet", "text_encoder", "vae"))
+    dims = _example_dims(unet, text_encoder)
+    batch, h, w = torch.export.Dim("batch", min=1, max=32), torch.export.Dim.AUTO, torch.export.Dim.AUTO
+    ids = torch.zeros(2, dims["tokens"], dtype=torch.int64)
+    _export(_TextEncoder(text_encoder), (ids,), graph_path(out_dir, "text_encoder"),
+            {"input_ids": {0: batch}}, ["input_ids"], ["last_hidden_state", "pooler_output"])
+    latents = torch.zeros(2, dims["channels"], dims["h"], dims["w"])
+    hidden = torch.zeros(2, dims["tokens"], dims["hidden"])
+    _export(_UNet(unet), (latents, torch.tensor(1.0), hidden), graph_path(out_dir, "unet"),
+            {"sample": {0: batch, 2: h, 3: w}, "timestep": None, "encoder_hidden_states": {0: batch}},
+            ["sample", "timestep", "encoder_hidden_states"], ["out_sample"])
+    _export(_VaeDecoder(vae), (torch.zeros(2, vae.config.latent_channels, dims["h"], dims["w"]),),
+            graph_path(out_dir, "vae_decoder"), {"latent_sample": {0: batch, 2: h, 3: w}},
+            ["latent_sample"], ["sample"], nbytes=_bytes(vae.decoder) + _bytes(vae.post_quant_conv))
+    return out_dir
+
+
+def graph_path(out_dir: Path, part: str) -> Path:
+    return Path(out_dir) / part / GRAPH
+
+
+def _copy_from_base(base_model_dir: Path, out_dir: Path) -> None:
+    """Tokenizer, scheduler, model_index.json (and feature_extractor/ when listed), and each
+    part's config.json, so that Optimum's loader finds everything it reads beside the graphs."""
+    import json
+
+    listed = json.loads((base_model_dir / "model_index.json").read_text())
+    optional = tuple(n for n in OPTIONAL_COPIED if (listed.get(n) or [None])[0] is not None)
+    for name in COPIED + optional:
         src = base_model_dir / name
         if src.is_dir():
             shutil.copytree(src, out_dir / name)
         elif src.is_file():
             shutil.copyfile(src, out_dir / name)
-    unet, text_encoder, vae = (plain_module(getattr(pipe, n)) for n in ("unet", "text_encoder", "vae"))
-    dims = _example_dims(unet, text_encoder)
-    batch, h, w = torch.export.Dim("batch", min=1, max=32), torch.export.Dim.AUTO, torch.export.Dim.AUTO
-    ids = torch.zeros(2, dims["tokens"], dtype=torch.int64)
-    _export(_TextEncoder(text_encoder), (ids,), out_dir / "text_encoder.onnx",
-            {"input_ids": {0: batch}}, ["input_ids"], ["last_hidden_state", "pooler_output"])
-    latents = torch.zeros(2, dims["channels"], dims["h"], dims["w"])
-    hidden = torch.zeros(2, dims["tokens"], dims["hidden"])
-    _export(_UNet(unet), (latents, torch.tensor(1.0), hidden), out_dir / "unet.onnx",
-            {"sample": {0: batch, 2: h, 3: w}, "timestep": None, "encoder_hidden_states": {0: batch}},
-            ["sample", "timestep", "encoder_hidden_states"], ["out_sample"])
-    _export(_VaeDecoder(vae), (torch.zeros(2, vae.config.latent_channels, dims["h"], dims["w"]),),
-            out_dir / "vae_decoder.onnx", {"latent_sample": {0: batch, 2: h, 3: w}},
-            ["latent_sample"], ["sample"], nbytes=_bytes(vae.decoder) + _bytes(vae.post_quant_conv))
-    return out_dir
+        elif name in optional:
+            raise ExportError(f"{base_model_dir}/model_index.json lists {name} but the folder has no {name}/")
+    for part, component in PARTS.items():
+        (out_dir / part).mkdir()
+        shutil.copyfile(base_model_dir / component / "config.json", out_dir / part / "config.json")
 
 
 def plain_module(module):
@@ -139,8 +167,8 @@ def verify(pipe, base_pipe, out_dir: Path) -> dict:
     dims = _example_dims(unet, text_encoder)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    sessions = {n: ort.InferenceSession(str(Path(out_dir) / f"{n}.onnx"), opts, providers=["CPUExecutionProvider"])
-                for n in ("text_encoder", "unet", "vae_decoder")}
+    sessions = {n: ort.InferenceSession(str(graph_path(out_dir, n)), opts, providers=["CPUExecutionProvider"])
+                for n in PARTS}
     gen = torch.Generator("cpu").manual_seed(0)
     diffs = {n: 0.0 for n in sessions}
     vs_base = 0.0

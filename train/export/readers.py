@@ -67,7 +67,9 @@ SUITE: dict[str, dict[str, tuple[dict[str, str], ...]]] = {
                    for f in SD_LIKE},
     "merged-bnb8": {f: _rows((CURRENT + " + bitsandbytes 0.50, CUDA only", "scripts/gpu_check_exports.py"))
                     for f in SD_LIKE},
-    "onnx": {"sd": _rows(("onnxruntime 1.32.0 CPUExecutionProvider, opset 18", "tests/train/test_export_onnx.py"))},
+    "onnx": {"sd": _rows(("onnxruntime 1.32.0 CPUExecutionProvider, opset 18", "tests/train/test_export_onnx.py"),
+                         ("optimum-onnx 0.1.0 ORTStableDiffusionPipeline (optimum 2.1.0, transformers 4.57.6, "
+                          "diffusers 0.35.2, onnxruntime 1.32.0), in its own reader env", "tests/train/test_export_onnx.py"))},
     "mme": {"sd": _rows(("the packed format's readers, through code/inference.py (model_fn / predict_fn)",
                          "tests/train/test_export_formats.py"))},
     "triton": {"sd": _rows(("tritonserver 2.51 (nvidia-pytriton 0.7.0) Python backend, CPU, serving env " + CURRENT

@@ -54,7 +54,7 @@ parameters: {{ key: "artifact" value: {{ string_value: "{source}" }} }}
 
 def config_pbtxt(source: str, execution_env: str = "") -> str:
     env = ""
-    if execution_env:
+    if execution_env and execution_env != "none":
         if '"' in execution_env or "\n" in execution_env:
             raise ExportError(f"triton_env={execution_env!r}: a path without quotes or newlines is needed")
         env = f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{execution_env}" }} }}\n'

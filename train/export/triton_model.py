@@ -9,7 +9,8 @@ Inputs:  prompt TYPE_STRING [1]; optional seed TYPE_INT64 [1] (default 0), steps
          (default 25), size TYPE_INT32 [2] = height, width (default: the model's native size).
 Output:  image TYPE_STRING [1], the PNG bytes.
 The starting noise comes from a CPU generator seeded with `seed`: same seed, same image, on
-any device. A bad request gets an error response; the others in the batch still run.
+any device. A bad request gets an error response with Triton's INVALID_ARG code (HTTP 400:
+the caller's error, not the server's); the others in the batch still run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import triton_python_backend_utils as pb_utils
 DEFAULT_STEPS = 25
 MAX_STEPS = 200
 MAX_SIDE = 2048
+
+
+class BadRequest(ValueError):
+    """The caller sent something invalid: answered with INVALID_ARG (HTTP 400), not INTERNAL."""
 
 
 class TritonPythonModel:
@@ -42,7 +47,10 @@ class TritonPythonModel:
                 png = self._generate(request)
                 out = pb_utils.Tensor("image", np.array([png], dtype=np.object_))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            except Exception as e:  # one bad request must not fail the others in the batch
+            except BadRequest as e:
+                error = pb_utils.TritonError(f"BadRequest: {e}", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            except Exception as e:  # one failed request must not fail the others in the batch
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}")))
         return responses
 
@@ -54,18 +62,18 @@ class TritonPythonModel:
 
         prompt = _scalar(request, "prompt", None)
         if prompt is None:
-            raise ValueError("input 'prompt' is required")
+            raise BadRequest("input 'prompt' is required")
         prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
         seed = int(_scalar(request, "seed", 0))
         steps = int(_scalar(request, "steps", DEFAULT_STEPS))
         if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps={steps}: must be 1..{MAX_STEPS}")
+            raise BadRequest(f"steps={steps}: must be 1..{MAX_STEPS}")
         size = pb_utils.get_input_tensor_by_name(request, "size")
         kwargs = {}
         if size is not None:
             height, width = (int(v) for v in size.as_numpy().reshape(-1)[:2])
             if not (8 <= height <= MAX_SIDE and 8 <= width <= MAX_SIDE and height % 8 == 0 and width % 8 == 0):
-                raise ValueError(f"size={height}x{width}: each side must be a multiple of 8 in 8..{MAX_SIDE}")
+                raise BadRequest(f"size={height}x{width}: each side must be a multiple of 8 in 8..{MAX_SIDE}")
             kwargs = {"height": height, "width": width}
         generator = torch.Generator("cpu").manual_seed(seed)
         image = self.pipe(prompt, num_inference_steps=steps, generator=generator, **kwargs).images[0]

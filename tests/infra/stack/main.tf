@@ -36,6 +36,12 @@ variable "monitoring" {
   default = true
 }
 
+variable "serve_async" {
+  description = "The endpoint's kind: the cycle applies the asynchronous one and plans the real-time one."
+  type        = bool
+  default     = true
+}
+
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "testing"
@@ -47,20 +53,22 @@ provider "aws" {
   skip_get_ec2_platforms      = true
   s3_force_path_style         = true
   endpoints {
-    cloudwatch       = var.endpoint
-    cloudwatchevents = var.endpoint
-    cloudwatchlogs   = var.endpoint
-    dynamodb         = var.endpoint
-    ec2              = var.endpoint
-    ecr              = var.endpoint
-    iam              = var.endpoint
-    kms              = var.endpoint
-    lambda           = var.endpoint
-    s3               = var.endpoint
-    sagemaker        = var.endpoint
-    sns              = var.endpoint
-    sqs              = var.endpoint
-    sts              = var.endpoint
+    applicationautoscaling = var.endpoint
+    cloudformation         = var.endpoint
+    cloudwatch             = var.endpoint
+    cloudwatchevents       = var.endpoint
+    cloudwatchlogs         = var.endpoint
+    dynamodb               = var.endpoint
+    ec2                    = var.endpoint
+    ecr                    = var.endpoint
+    iam                    = var.endpoint
+    kms                    = var.endpoint
+    lambda                 = var.endpoint
+    s3                     = var.endpoint
+    sagemaker              = var.endpoint
+    sns                    = var.endpoint
+    sqs                    = var.endpoint
+    sts                    = var.endpoint
   }
 }
 
@@ -97,6 +105,12 @@ module "fanout" {
   lifecycle_events     = var.lifecycle_events
   alarms               = var.monitoring
   dashboard            = var.monitoring
+  # the optional inference endpoint, asynchronous (the CloudFormation endpoint configuration)
+  serve_endpoint      = true
+  serve_async         = var.serve_async
+  serve_max_instances = 3
+  serve_instance_type = "ml.g4dn.xlarge" # moto's list of endpoint instance types has no g5
+  serve_settings      = { SERVE_MAX_RANK = "32" }
 }
 
 # The app's side of the lifecycle events (docs/fanout.md#lifecycle-events): a rule on the
@@ -161,6 +175,8 @@ output "stack" {
     alarm_topic    = module.fanout.alarm_topic_arn
     dashboard      = module.fanout.dashboard_name
     app_queue      = join("", aws_sqs_queue.app[*].id)
+    serve_endpoint = module.fanout.serve_endpoint_name
+    serve_role     = module.fanout.serve_role_arn
   }
 }
 
