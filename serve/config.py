@@ -122,9 +122,10 @@ class ServeConfig:
         return cls.from_values(values, source="environment / command line")
 
 
-# What a request gets when it sets nothing, per family (the recipe mechanism of the trainer
-# lands elsewhere; these are the diffusers pipelines' documented defaults for each model).
-# Height and width default to the base's own native size, read from the loaded pipeline.
+# What a request gets when it sets nothing: the family's recipe (train/recipes.py, the same
+# numbers its previews use, per variant: klein Base 50 steps with CFG 4, the distilled klein 4
+# steps without). Height and width default to the base's own native size, read from the loaded
+# pipeline.
 @dataclass(frozen=True)
 class FamilyDefaults:
     steps: int
@@ -133,14 +134,18 @@ class FamilyDefaults:
     negative_prompt: bool          # the pipeline takes a negative prompt
 
 
-FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "sd": FamilyDefaults(steps=25, guidance=7.5, dtype_cuda="fp16", negative_prompt=True),
-    "sdxl": FamilyDefaults(steps=30, guidance=5.0, dtype_cuda="fp16", negative_prompt=True),
-    "flux": FamilyDefaults(steps=28, guidance=3.5, dtype_cuda="bf16", negative_prompt=False),
-    "flux2-klein": FamilyDefaults(steps=4, guidance=1.0, dtype_cuda="bf16", negative_prompt=False),
-}
-DEFAULT_FAMILY = FamilyDefaults(steps=28, guidance=4.0, dtype_cuda="bf16", negative_prompt=False)
+def family_defaults(family, variant: str, pipeline_class) -> FamilyDefaults:
+    """The request defaults of ``family`` (a train.families.Family) and ``variant`` from its
+    recipe; whether ``pipeline_class`` takes a negative prompt, from its own signature."""
+    import inspect
 
+    from train.config import TrainConfig
+    from train.recipes import recipe_for
 
-def family_defaults(family: str) -> FamilyDefaults:
-    return FAMILY_DEFAULTS.get(family, DEFAULT_FAMILY)
+    recipe = {**{n: getattr(TrainConfig, n) for n in ("preview_inference_steps", "preview_guidance_scale")},
+              **recipe_for(family, variant)}
+    precision = recipe.get("mixed_precision", "bf16")
+    return FamilyDefaults(steps=int(recipe["preview_inference_steps"]),
+                          guidance=float(recipe["preview_guidance_scale"]),
+                          dtype_cuda=precision if precision in ("fp16", "bf16") else "bf16",
+                          negative_prompt="negative_prompt" in inspect.signature(pipeline_class.__call__).parameters)

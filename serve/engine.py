@@ -34,11 +34,12 @@ class Engine:
     def __init__(self, cfg: ServeConfig, base_dir: Path, device: str, weights_sha256: str | None):
         import torch
 
-        from train.families import family_of
+        from train.families import family_of, read_model_index
 
         self.cfg, self.base_dir, self.device = cfg, Path(base_dir), torch.device(device)
         self.family = family_of(base_dir)
-        self.defaults = family_defaults(self.family.name)
+        self.variant = self.family.detect_variant(self.base_dir, read_model_index(self.base_dir))
+        self.defaults = family_defaults(self.family, self.variant, self.family.pipeline_type())
         self.dtype = self._dtype()
         self.pipe = self._load()
         if self.device.type == "cpu":
@@ -55,6 +56,8 @@ class Engine:
         self.current: str | None = None       # key of the adapter in the pipeline now
         self.swaps = 0
         self.limits = self._limits()
+        # What Family.sampling_kwargs reads of a loaded base (its variant), for this pipeline.
+        self._sampling_view = types.SimpleNamespace(modules={"variant": self.variant})
 
     # --- start ------------------------------------------------------------------------------
 
@@ -132,9 +135,10 @@ class Engine:
             hot = self.current == adapter.key
             if not hot:
                 self._swap(adapter)
-            kwargs = dict(prompt=gen.prompt, num_inference_steps=gen.steps, guidance_scale=gen.guidance,
-                          height=gen.height, width=gen.width, num_images_per_prompt=gen.count,
-                          generator=torch.Generator("cpu").manual_seed(gen.seed))
+            kwargs = dict(prompt=gen.prompt, num_inference_steps=gen.steps, height=gen.height, width=gen.width,
+                          num_images_per_prompt=gen.count, generator=torch.Generator("cpu").manual_seed(gen.seed),
+                          # the family's guidance keywords (Qwen-Image: true_cfg_scale; Z-Image Turbo: none)
+                          **self.family.sampling_kwargs(self._sampling_view, gen.guidance))
             if gen.negative_prompt is not None:
                 kwargs["negative_prompt"] = gen.negative_prompt
             with torch.inference_mode():

@@ -6,13 +6,24 @@ from __future__ import annotations
 import pytest
 
 from serve.cache import DiskCache, MemoryCache
-from serve.config import FAMILY_DEFAULTS, ServeConfig
+from serve.config import ServeConfig, family_defaults
 from serve.errors import ConfigError, Unprocessable, UnknownModel
 from serve.request import Limits, parse_request
 from serve.sources import Resolver
 
+
+
+def defaults_of(family: str, variant: str = ""):
+    import diffusers
+
+    from train.families import family_named
+
+    fam = family_named(family)
+    return family_defaults(fam, variant, getattr(diffusers, fam.pipeline_class))
+
+
 LIMITS = Limits(max_images=4, max_steps=50, max_side=1024, size_multiple=8, default_height=512, default_width=512,
-                defaults=FAMILY_DEFAULTS["sd"])
+                defaults=defaults_of("sd"))
 
 
 def test_settings_come_from_serve_variables_and_flags_win():
@@ -27,9 +38,22 @@ def test_settings_come_from_serve_variables_and_flags_win():
         ServeConfig(models_uri="s3://bucket")
 
 
+def test_request_defaults_are_the_familys_recipe_for_its_variant():
+    from train.families import family_named
+    from train.recipes import recipe_for
+
+    for family, variant in (("sd", ""), ("flux2-klein", "base"), ("flux2-klein", "distilled"), ("z-image", "turbo")):
+        recipe, got = recipe_for(family_named(family), variant), defaults_of(family, variant)
+        assert (got.steps, got.guidance) == (recipe["preview_inference_steps"], recipe["preview_guidance_scale"])
+    base, distilled = defaults_of("flux2-klein", "base"), defaults_of("flux2-klein", "distilled")
+    assert base.steps > distilled.steps and base.guidance > 1 >= distilled.guidance   # Base: CFG; distilled: none
+    assert defaults_of("sd").negative_prompt and not defaults_of("flux2-klein", "base").negative_prompt
+
+
 def test_a_request_gets_the_familys_defaults_and_every_problem_at_once():
     gen = parse_request({"model": "u/r", "prompt": "a dog", "seed": 3}, LIMITS)
-    assert (gen.steps, gen.guidance, gen.height, gen.width, gen.count, gen.seed) == (25, 7.5, 512, 512, 1, 3)
+    sd = defaults_of("sd")
+    assert (gen.steps, gen.guidance, gen.height, gen.width, gen.count, gen.seed) == (sd.steps, sd.guidance, 512, 512, 1, 3)
     assert parse_request({"model": "u/r", "prompt": "p"}, LIMITS).seed >= 0       # a seed is drawn and echoed
     with pytest.raises(Unprocessable) as err:
         parse_request({"model": "", "prompt": 7, "num_images": 5, "width": 500, "steps": 3, "seed": True}, LIMITS)
