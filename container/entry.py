@@ -2,10 +2,11 @@
 
 Reads the /opt/ml contract, validates everything that can be validated before a model loads
 (job hyperparameters, the task list, the channels), picks this host's share of the task list,
-and runs it on a warm worker. Exit codes:
+and runs it on the host's slots: one warm worker process per GPU (``container.host``). Exit
+codes:
 
     0    every task of this host's share ended completed, or failed with a recorded reason
-         (on_task_failure=continue)
+         (on_task_failure=continue), a slot process that died under its task included
     1    a job-level error, or a task failed with on_task_failure=fail: /opt/ml/output/failure
          says why (at most 1024 characters)
     143  stopped by SIGTERM/SIGINT after saving state (a restarted job resumes)
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
     from container.env import BASE_DIR_ENV, base_dir_from_environ
     from container.signals import StopFlag
 
@@ -105,10 +106,10 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
     by_id = {t.task_id: t for t in tasks}
     share = [by_id[tid] for tid in plan.share(env.host_index)]
     _log_share(env, plan, share, len(tasks))
-    # 3. The warm worker; the job's settings checked against the base's family before any load.
-    worker = _make_worker(env, settings, training_hp, job_cfg, stop)
-    _check_family(worker, job_cfg, env.channel("model"))
-    summary = worker.run(share, rejected=_task_reasons(rejected))
+    # 3. The slots; the job's settings checked against the base's family before any load.
+    host, trainer = _make_host(env, settings, training_hp, job_cfg, stop, _task_reasons(rejected))
+    _check_family(trainer, job_cfg, env.channel("model"))
+    summary = host.run(share)
     log.info("summary (%s):\n%s", env.output_data_dir / "summary.json", _table(summary.tasks))
     if summary.state == "interrupted":
         done = sum(t.outcome in ("completed", "restored") for t in summary.tasks)
@@ -145,22 +146,33 @@ def _job_config(training_hp):
         raise JobConfigError(str(exc)) from exc
 
 
-def _make_worker(env, settings, training_hp, job_cfg, stop):
-    from container.worker import Worker
+def _make_host(env, settings, training_hp, job_cfg, stop, rejected):
+    """The host and its slots: one process per GPU (or gpus_per_host CPU slots), pinned there."""
+    from functools import partial
+
+    from container.devices import host_threads, slot_devices, visible_gpus
+    from container.host import Host
+    from container.slots import ProcessSlot, SlotSpec
     from train.api import LocalTrainer
 
+    gpus = visible_gpus()
+    devices = slot_devices(settings.gpus_per_host, gpus, host_threads())
+    log.info("%d slot(s): %s, %d CPU thread(s) each (%d GPU(s) visible)", len(devices),
+             ", ".join(d.label for d in devices), devices[0].threads, len(gpus))
     trainer = LocalTrainer(job_cfg.mixed_precision, base_quantization=job_cfg.base_quantization)
-    return Worker(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
-                  stop_requested=stop, mixed_precision=job_cfg.mixed_precision)
+    spec = SlotSpec(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
+                    mixed_precision=job_cfg.mixed_precision, rejected=rejected,
+                    log_level=logging.getLevelName(logging.getLogger().level))
+    return Host(env, settings, devices, partial(ProcessSlot, spec=spec), stop), trainer
 
 
-def _check_family(worker, job_cfg, model_dir) -> None:
+def _check_family(trainer, job_cfg, model_dir) -> None:
     """A job setting the base model's family cannot use fails the job, before any model loads."""
     from container.errors import JobConfigError
     from train.errors import ConfigError
 
     try:
-        worker.trainer.check_config(job_cfg, model_dir, source="hyperparameters.json")
+        trainer.check_config(job_cfg, model_dir, source="hyperparameters.json")
     except ConfigError as exc:
         raise JobConfigError(str(exc)) from exc
 
@@ -199,13 +211,15 @@ def _expected(exc: Exception) -> bool:
     return isinstance(exc, (ContainerError, FanoutError, TrainError))
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str, tag: str = "") -> None:
+    """Container log lines: ``time LEVEL logger: message``; a slot process tags its own (``[slot 1]``)."""
     # Line-buffered so CloudWatch (and `fanout local`) see each line as it is written.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    where = f" [{tag}]" if tag else ""
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.INFO), stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
     )
 
 

@@ -25,7 +25,7 @@ TRAINING_NAMES = frozenset({
     "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance_scale", "base_quantization",
 })
 # How the job runs (container.settings.ContainerConfig): job-wide only.
-CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation"})
+CONTAINER_NAMES = frozenset({"on_task_failure", "network_isolation", "gpus_per_host"})
 # Names the SageMaker SDK adds on its own (sagemaker_program, sagemaker_region, ...).
 SDK_PREFIX = "sagemaker_"
 
