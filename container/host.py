@@ -232,6 +232,7 @@ class Host:
             status = write_abandoned_status(checkpoint_dir, error, extra=extra)
             outcome = TaskOutcome(task_id=task.task_id, outcome="failed", step=int(status.get("step", 0) or 0),
                                   error=error, slot=slot.device.index, user_id=task.user_id, finished_at=now_iso())
+        outcome.error = error  # a CUDA fault's outcome came from the slot: say it was the second time
         self._record(slot, outcome)
 
     def _record(self, slot: Slot, outcome: TaskOutcome) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from scripts_loader import load_script  # noqa: F401 (re-exported for the tests here)
@@ -113,3 +114,17 @@ def container_env(base: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    """Poll ``predicate`` until it returns something true (returned); fail after ``timeout`` s,
+    or as soon as ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -18,20 +18,9 @@ from pathlib import Path
 import pytest
 
 from opt_ml import ROOT, TINY_HP, container_env, make_tree, sdk_encode
+from opt_ml import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(predicate, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigterm_saves_state_marks_the_task_and_exits_promptly(tmp_path, tiny_model, image_root):
