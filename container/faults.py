@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import signal
 
-RETRIES_PER_TASK = 1
-MAX_SLOT_FAULTS = 3
+MAX_SLOT_FAULTS = 3  # a slot whose process faults this many times is retired
 
 # What CUDA's sticky errors say. After one, the process's CUDA context is unusable: only a new
 # process recovers (torch >= 2.8 raises torch.AcceleratorError; older torch a RuntimeError).

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from container.devices import SlotDevice
 from container.env import SageMakerEnv
-from container.faults import MAX_SLOT_FAULTS, RETRIES_PER_TASK, death_reason
+from container.faults import MAX_SLOT_FAULTS, death_reason
 from container.records import HostSummary, TaskOutcome, now_iso, write_abandoned_status, write_failed_status
 from container.settings import ContainerConfig
 from container.slots import SharedStop
@@ -213,7 +213,7 @@ class Host:
             self._record(slot, TaskOutcome(task_id=task.task_id, outcome="interrupted", error=reason,
                                            slot=slot.device.index, user_id=task.user_id, finished_at=now_iso()))
             return
-        if self.stopping_since is None and task.task_id not in self.retried and RETRIES_PER_TASK > 0:
+        if self.stopping_since is None and task.task_id not in self.retried:  # once
             self.retried[task.task_id] = reason
             log.warning("task %s: %s; running it again on a fresh slot process (from its last saved state)",
                         task.task_id, reason)
