@@ -203,7 +203,14 @@ def serve(conn, worker: "Worker") -> None:
     """Run each task the host sends and answer with its outcome, until None or the host is gone."""
     from container.worker import BaseModelError
 
-    worker.on_base_loaded = lambda: conn.send(("loaded", worker.base_model_loads, worker.base_model_seconds))
+    def tell(*message) -> bool:
+        try:
+            conn.send(message)
+            return True
+        except OSError:  # the host is gone (killed outright): nobody left to tell
+            return False
+
+    worker.on_base_loaded = lambda: tell("loaded", worker.base_model_loads, worker.base_model_seconds)
     try:
         while True:
             try:
@@ -216,13 +223,12 @@ def serve(conn, worker: "Worker") -> None:
             try:
                 outcome = worker.run_one(task)
             except BaseModelError as exc:
-                conn.send(("fatal", str(exc)))
+                tell("fatal", str(exc))
                 return
             ended = time.time()
             started = min(ended, began + worker.base_model_seconds - loaded_before)
-            conn.send(("done", outcome, SlotReport(worker.base_model_loads, worker.base_model_seconds,
-                                                   started, ended, worker.device_fault)))
-            if worker.device_fault:
-                return  # every further CUDA call of this process would fail: let the host start a new one
+            report = SlotReport(worker.base_model_loads, worker.base_model_seconds, started, ended, worker.device_fault)
+            if not tell("done", outcome, report) or worker.device_fault:
+                return  # after a CUDA fault every further CUDA call here would fail: the host starts a new process
     finally:
         conn.close()
