@@ -295,4 +295,7 @@ def _free_memory() -> None:
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # after a CUDA fault this fails too; the host replaces the process anyway
+            pass
