@@ -93,7 +93,7 @@ def _tasks(steps: dict) -> list[dict]:
 
 
 def test_a_slow_task_on_one_slot_holds_no_task_behind_it(tmp_path, image_root, monkeypatch):
-    base = _job(tmp_path, image_root, _tasks({"s1": 2, "s2": 2, "long": 100, "s3": 2, "s4": 2}))
+    base = _job(tmp_path, image_root, _tasks({"s1": 2, "s2": 2, "long": 150, "s3": 2, "s4": 2}))
     fake = TimedTrain()
     assert _run(monkeypatch, base, fake, slots=2) == 0
     summary = _summary(base)
