@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Slots: throughput of one host with 1 slot against the same host with G slots.
 
-    python scripts/bench_slots.py [--tasks 8] [--steps 30] [--threads 2] [--json OUT]      # CPU (this machine)
+    python scripts/bench_slots.py [--tasks 12] [--steps 30] [--threads 2] [--repeat 3] [--json OUT]   # CPU
     python scripts/bench_slots.py --gpu [--model DIR] [--tasks 16] [--steps 200] \\
         [--resolution 512] [--mixed-precision bf16] [--json OUT]                          # a multi-GPU host
 
@@ -16,13 +16,16 @@ saying so when no GPU is visible; with one GPU it runs the 1-slot figure only.
 
 Figures per run: wall time of the whole `train` process, tasks per minute on that wall time,
 and the tasks' makespan (first task start after its base load to the last task end, from
-summary.json), so slot start-up (one base load per slot, in parallel) is visible apart.
+summary.json), so slot start-up (one base load per slot, in parallel) is visible apart. With
+--repeat N the two configurations alternate N times and the medians are printed (a shared
+machine's load moves figures by more than the difference being measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -52,6 +55,15 @@ def run_host(work: Path, name: str, model: Path, images: Path, n: int, hp: dict,
             "by_slot": [p["tasks"] for p in summary["slot_processes"]]}
 
 
+def median(runs: list[dict]) -> dict:
+    """Per-figure medians of several runs of one configuration."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            out[key] = round(statistics.median(r[key] for r in runs), 2)
+    return out
+
+
 def show(label: str, r: dict) -> None:
     print(f"{label:22} wall {r['wall_s']:7.1f} s  {r['tasks_per_min']:6.2f} tasks/min  "
           f"makespan {r['makespan_s']:6.1f} s ({r['tasks_per_min_makespan']:.2f} tasks/min, {r['steps_per_s']:.1f} steps/s)  "
@@ -60,7 +72,8 @@ def show(label: str, r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", type=int, default=8, help="tasks per run (default: 8)")
+    p.add_argument("--tasks", type=int, default=12, help="tasks per run (default: 12)")
+    p.add_argument("--repeat", type=int, default=1, help="alternate the runs N times, print medians (default: 1)")
     p.add_argument("--steps", type=int, default=30, help="training steps per task (default: 30)")
     p.add_argument("--threads", type=int, default=2, help="CPU: the host's threads T (default: 2)")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: 32 on CPU, 512 on GPU)")
@@ -90,13 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     many = len(gpus) if a.gpu else a.threads
     where = f"{len(gpus)} GPU(s)" if a.gpu else f"{a.threads} CPU thread(s)"
     print(f"{a.tasks} tasks x {a.steps} steps at {hp['resolution']} px on {where}", flush=True)
-    one = run_host(work, "one-slot", model, images, a.tasks, {**hp, "gpus_per_host": 1}, a.threads)
-    show(f"1 slot x {one['threads_per_slot']} thread(s)", one)
-    results = {"tasks": a.tasks, "steps": a.steps, "hyperparameters": hp, "one_slot": one}
+    runs: dict[str, list[dict]] = {"one_slot": [], "slots": []}
+    for _ in range(a.repeat):  # alternating, so a change in the machine's load hits both alike
+        runs["one_slot"].append(run_host(work, "one-slot", model, images, a.tasks, {**hp, "gpus_per_host": 1}, a.threads))
+        show(f"1 slot x {runs['one_slot'][-1]['threads_per_slot']} thread(s)", runs["one_slot"][-1])
+        if many > 1:
+            runs["slots"].append(run_host(work, "slots", model, images, a.tasks, {**hp, "gpus_per_host": many}, a.threads))
+            show(f"{many} slots x {runs['slots'][-1]['threads_per_slot']} thread(s)", runs["slots"][-1])
+    one = median(runs["one_slot"])
+    results = {"tasks": a.tasks, "steps": a.steps, "repeat": a.repeat, "hyperparameters": hp, "one_slot": one, "runs": runs}
     if many > 1:
-        multi = run_host(work, "slots", model, images, a.tasks, {**hp, "gpus_per_host": many}, a.threads)
-        show(f"{many} slots x {multi['threads_per_slot']} thread(s)", multi)
-        results["slots"] = multi
+        multi = results["slots"] = median(runs["slots"])
+        if a.repeat > 1:
+            show("median, 1 slot", one)
+            show(f"median, {many} slots", multi)
         print(f"throughput {many} slots / 1 slot: {multi['tasks_per_min'] / one['tasks_per_min']:.2f}x on wall time, "
               f"{multi['tasks_per_min_makespan'] / one['tasks_per_min_makespan']:.2f}x on the tasks' makespan")
     else:
