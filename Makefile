@@ -67,6 +67,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_train.py --arch tiny --resolution 64 --steps 30 --threads 1
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_worker.py --tasks 8 --steps 10
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_quality.py --tasks 2
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_slots.py --tasks 12 --steps 30 --repeat 3
 	$(BIN)/python scripts/bench_plan.py
 	$(BIN)/python scripts/bench_launch.py
 	$(BIN)/python -m fanout simulate --plots build/simulate

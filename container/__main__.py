@@ -4,4 +4,6 @@ import sys
 
 from container.entry import main
 
-sys.exit(main())
+# Guarded: slot processes are started with multiprocessing's spawn, which imports the main module.
+if __name__ == "__main__":
+    sys.exit(main())

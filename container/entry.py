@@ -2,10 +2,11 @@
 
 Reads the /opt/ml contract, validates everything that can be validated before a model loads
 (job hyperparameters, the task list, the channels), picks this host's share of the task list,
-and runs it on a warm worker. Exit codes:
+and runs it on the host's slots: one warm worker process per GPU (``container.host``). Exit
+codes:
 
     0    every task of this host's share ended completed, or failed with a recorded reason
-         (on_task_failure=continue)
+         (on_task_failure=continue), a slot process that died under its task included
     1    a job-level error, or a task failed with on_task_failure=fail: /opt/ml/output/failure
          says why (at most 1024 characters)
     143  stopped by SIGTERM/SIGINT after saving state (a restarted job resumes)
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
     from container.env import BASE_DIR_ENV, base_dir_from_environ
     from container.signals import StopFlag
 
@@ -101,16 +102,18 @@ def _run(base_dir: Path, stop) -> tuple[int, str, list[str]]:
         raise ContractError(f"channel(s) {bad_modes} use Pipe mode; this container reads folders: use File or FastFile")
     # A problem of one task's own fields fails that task alone (its status.json says why).
     tasks, rejected = load_job_tasks(find_tasks_file(env.channel("tasks")))
-    # 2. This host's share: every host computes the same plan from the same inputs.
-    plan = plan_tasks(tasks, len(env.hosts), training_hp)
+    # 2. This host's share: every host computes the same plan from the same inputs, as fanout
+    #    plans it (K hosts x G slots, tasks costed by the base's family; pinned hosts kept).
+    devices = _slot_devices(settings)
+    plan = plan_tasks(tasks, len(env.hosts), training_hp, slots_per_host=len(devices), **_family(env))
     by_id = {t.task_id: t for t in tasks}
     share = [by_id[tid] for tid in plan.share(env.host_index)]
     _log_share(env, plan, share, len(tasks))
-    # 3. The warm worker; the job's settings checked against the base's family before any load.
-    worker = _make_worker(env, settings, training_hp, job_cfg, stop)
-    _check_family(worker, job_cfg, env.channel("model"))
-    check_eval_channel(worker.trainer, env.channel("eval"))  # optional scorer models: docs/quality.md
-    summary = worker.run(share, rejected=_task_reasons(rejected))
+    # 3. The slots; the job's settings checked against the base's family before any load.
+    host, trainer = _make_host(env, settings, training_hp, job_cfg, stop, _task_reasons(rejected), devices)
+    _check_family(trainer, job_cfg, env.channel("model"))
+    check_eval_channel(trainer, env.channel("eval"))  # optional scorer models: docs/quality.md
+    summary = host.run(share)
     log.info("summary (%s):\n%s", env.output_data_dir / "summary.json", _table(summary.tasks))
     if summary.state == "interrupted":
         done = sum(t.outcome in ("completed", "restored") for t in summary.tasks)
@@ -147,16 +150,46 @@ def _job_config(training_hp):
         raise JobConfigError(str(exc)) from exc
 
 
-def _make_worker(env, settings, training_hp, job_cfg, stop):
-    from container.worker import Worker
+def _slot_devices(settings):
+    """One device per slot: every visible GPU (or gpus_per_host of them; CPU slots without one)."""
+    from container.devices import host_threads, slot_devices, visible_gpus
+
+    gpus = visible_gpus()
+    devices = slot_devices(settings.gpus_per_host, gpus, host_threads())
+    log.info("%d slot(s): %s, %d CPU thread(s) each (%d GPU(s) visible)", len(devices),
+             ", ".join(d.label for d in devices), devices[0].threads, len(gpus))
+    return devices
+
+
+def _family(env) -> dict:
+    """The base's family for the plan's task costs (fanout.families, from model_index.json);
+    none when it cannot be read: the family layer then says why, before any model loads."""
+    from fanout.errors import FanoutError
+    from fanout.families import resolve_family
+
+    try:
+        found = resolve_family(folder=env.channel("model"))
+    except FanoutError:
+        return {}
+    return {"family": found[0], "variant": found[1]} if found else {}
+
+
+def _make_host(env, settings, training_hp, job_cfg, stop, rejected, devices):
+    """The host and its slots: one process per GPU (or gpus_per_host CPU slots), pinned there."""
+    from functools import partial
+
+    from container.host import Host
+    from container.slots import ProcessSlot, SlotSpec
     from train.api import LocalTrainer
 
-    # The base loads once per host in the job's precision (and quantization): what the job leaves
+    # The base loads once per slot in the job's precision (and quantization): what the job leaves
     # unset is the base family's recipe on this machine, as each task's config resolves it.
     job_cfg = _job_recipe(job_cfg, env.channel("model"))
     trainer = LocalTrainer(job_cfg.mixed_precision, base_quantization=job_cfg.base_quantization)
-    return Worker(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
-                  stop_requested=stop, mixed_precision=job_cfg.mixed_precision)
+    spec = SlotSpec(env=env, settings=settings, job_hp=training_hp, trainer=trainer,
+                    mixed_precision=job_cfg.mixed_precision, rejected=rejected,
+                    log_level=logging.getLevelName(logging.getLogger().level))
+    return Host(env, settings, devices, partial(ProcessSlot, spec=spec), stop), trainer
 
 
 def _job_recipe(job_cfg, model_dir):
@@ -170,13 +203,13 @@ def _job_recipe(job_cfg, model_dir):
         raise JobConfigError(str(exc)) from exc
 
 
-def _check_family(worker, job_cfg, model_dir) -> None:
+def _check_family(trainer, job_cfg, model_dir) -> None:
     """A job setting the base model's family cannot use fails the job, before any model loads."""
     from container.errors import JobConfigError
     from train.errors import ConfigError
 
     try:
-        worker.trainer.check_config(job_cfg, model_dir, source="hyperparameters.json")
+        trainer.check_config(job_cfg, model_dir, source="hyperparameters.json")
     except ConfigError as exc:
         raise JobConfigError(str(exc)) from exc
 
@@ -215,13 +248,15 @@ def _expected(exc: Exception) -> bool:
     return isinstance(exc, (ContainerError, FanoutError, TrainError))
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str, tag: str = "") -> None:
+    """Container log lines: ``time LEVEL logger: message``; a slot process tags its own (``[slot 1]``)."""
     # Line-buffered so CloudWatch (and `fanout local`) see each line as it is written.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    where = f" [{tag}]" if tag else ""
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.INFO), stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
     )
 
 

@@ -83,6 +83,27 @@ def write_failed_status(checkpoint_dir: Path, error: str, *, extra: Mapping[str,
     return dict(status.data)
 
 
+def write_abandoned_status(checkpoint_dir: Path, error: str, *, extra: Mapping[str, Any],
+                           state: str = "failed") -> dict:
+    """Status of a task whose slot process died under it (SIGKILL, a segfault, a CUDA fault).
+
+    The dead attempt wrote "running" and counted itself; it ends failed here, written by the
+    host that saw it die. A process that died before train started the attempt leaves no
+    running status: that attempt is counted now, like any task that failed before training.
+    """
+    from train.state import StatusFile
+
+    previous = read_status(checkpoint_dir) or {}
+    status = StatusFile(checkpoint_dir / STATUS_FILE, extra=extra)
+    if previous.get("state") == "running":
+        status.abandon(error, state=state)
+    elif state == "interrupted":
+        return previous  # nothing ran yet, or its own process already said how it ended
+    else:
+        status.fail_unstarted(error)
+    return dict(status.data)
+
+
 # -- summary.json (output/data/<host>/summary.json) -------------------------------------------
 
 @dataclass
@@ -101,6 +122,8 @@ class TaskOutcome:
     uploaded_to: str | None = None
     user_id: str | None = None
     verdict: str = "not_evaluated"  # passed | needs_review | failed_quality | not_evaluated (docs/quality.md)
+    slot: int | None = None  # the slot (0..slots-1) that ran it; None when no slot took it
+    retried_after: str | None = None  # why its first slot process died, when it was run again
 
 
 @dataclass
@@ -109,13 +132,16 @@ class HostSummary:
     host_index: int
     hosts: list[str]
     share: list[str]
-    base_model_loads: int = 0
-    base_model_seconds: float = 0.0
+    slots: int = 1  # worker processes of this host, one per GPU (gpus_per_host)
+    base_model_loads: int = 0  # once per slot process that trained (a restarted slot loads again)
+    base_model_seconds: float = 0.0  # every load together
+    makespan_seconds: float = 0.0  # first task start (after its base load) to last task end
     started_at: str = field(default_factory=now_iso)
     finished_at: str | None = None
     seconds: float = 0.0
     state: str = "running"  # running | completed | failed | interrupted
     tasks: list[TaskOutcome] = field(default_factory=list)
+    slot_processes: list[dict] = field(default_factory=list)  # per slot: device, pid, starts, faults, ...
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -134,8 +160,9 @@ class HostSummary:
 
 def outcome_table(outcomes: Iterable[TaskOutcome]) -> str:
     """A few plain log lines, one per task, for the end of the host's log."""
-    rows = [f"{'task':24} {'outcome':11} {'step':>6} {'seconds':>8} {'verdict':14}  error"]
+    rows = [f"{'task':24} {'outcome':11} {'slot':>4} {'step':>6} {'seconds':>8} {'verdict':14}  error"]
     for t in outcomes:
-        rows.append(f"{t.task_id:24} {t.outcome:11} {t.step:>6} {t.seconds:>8.1f} {t.verdict:14}  "
+        slot = "-" if t.slot is None else str(t.slot)
+        rows.append(f"{t.task_id:24} {t.outcome:11} {slot:>4} {t.step:>6} {t.seconds:>8.1f} {t.verdict:14}  "
                     f"{(t.error or '')[:80]}")
     return "\n".join(rows)

@@ -32,6 +32,14 @@ class ContainerConfig:
             "instance_data (the launcher sets it to match the job request)"
         },
     )
+    gpus_per_host: int | None = field(
+        default=None,
+        metadata={
+            "help": "slots per host: one warm worker process per GPU, each pinned to its own GPU. Default: "
+            "every GPU the host sees (1 without a GPU); lower uses fewer GPUs; on a host without a GPU "
+            "a number above 1 runs that many CPU slots (how the tests and the demo exercise it)"
+        },
+    )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "hyperparameters.json") -> "ContainerConfig":
@@ -45,10 +53,21 @@ class ContainerConfig:
                 f"{source}: on_task_failure={shown(on_failure)} is not one of {list(ON_TASK_FAILURE)}"
             )
         isolation = _decode(values.get("network_isolation", cls.network_isolation), bool, "network_isolation", source)
-        return cls(on_task_failure=on_failure, network_isolation=isolation)
+        return cls(on_task_failure=on_failure, network_isolation=isolation,
+                   gpus_per_host=_slots(values.get("gpus_per_host"), source))
 
 
 CONTAINER_HYPERPARAMETER_NAMES = frozenset(f.name for f in fields(ContainerConfig))
+
+
+def _slots(value: Any, source: str) -> int | None:
+    """gpus_per_host: unset (absent, null, "", "none", "auto") means every visible GPU."""
+    if value is None or (isinstance(value, str) and value.strip().strip('"').lower() in ("", "none", "null", "auto")):
+        return None
+    count = _decode(value, int, "gpus_per_host", source)
+    if count < 1:
+        raise JobConfigError(f"{source}: gpus_per_host={value!r} must be at least 1 (or unset: every GPU the host sees)")
+    return count
 
 
 def _decode(value: Any, tp: type, name: str, source: str) -> Any:

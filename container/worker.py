@@ -1,18 +1,22 @@
-"""The warm worker: one base pipeline per host, this host's tasks one after another.
+"""The warm worker of one slot: one base pipeline per slot process, one task at a time.
 
-For each task of the share, in plan order:
+A host runs one worker per slot (one per GPU, ``container.host``); each lives in its own
+process (``container.slots``) and keeps its own base model loaded. For each task the host
+hands it:
 
     delivered before (restart)?  -> put its final artifacts back, no training
     build its TrainConfig        -> a bad field, path or hyperparameter fails only this task
     screen its photos            -> a task screening refuses fails alone, before the base loads
-    load the base (first time)   -> once per host, reused by every task (the scorer models of
-                                    channel 'eval' too, when the job has it)
+    load the base (first time)   -> once per slot process, reused by every task it runs (the
+                                    scorer models of channel 'eval' too, when the job has it)
     run_task                     -> fresh LoRA, train, previews, evaluation, export, status.json, detach
     completed                    -> keep a copy in the checkpoint folder, upload to output_uri
 
-A task failure is recorded (status.json, summary) and the next task runs, unless
-``on_task_failure=fail``. A stop request (SIGTERM) ends the loop after run_task has saved
-state. The summary is rewritten after every task, so even a killed host leaves one.
+A task failure is recorded (status.json, the outcome the host puts in summary.json) and the
+slot takes the next task. A stop request (SIGTERM) makes run_task save state and return.
+Per-process state lives on the Worker: the base model (``_base``), the S3 client
+(``transfer``), the load counters and ``device_fault`` (set after a CUDA fault: this process
+must not run another task). Per-task hooks belong in ``_run_one`` / ``_train``.
 
 Training is reached through one typed interface, ``train.api.Trainer`` (check a task's
 config against the base's family, load the base, run a task): the entry point passes train's
@@ -28,14 +32,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from container.env import SageMakerEnv
 from container.errors import ContainerError, TaskPathError, TaskSpecError
+from container.faults import is_device_fault
 from container.final import final_is_complete, keep_final, restore_final
 from container.pages import task_log, write_task_page
 from container.quality import ScorerModelsLoadError, load_scorer_models, task_verdict
-from container.records import STATUS_FILE, HostSummary, TaskOutcome, now_iso, read_status, write_failed_status
+from container.records import STATUS_FILE, TaskOutcome, now_iso, read_status, write_failed_status
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
@@ -67,55 +72,28 @@ class Worker:
     stop_requested: Callable[[], bool] = lambda: False
     mixed_precision: str = "no"  # the job's (recipe resolved): the base model is loaded once, in this precision
     transfer: Any = None  # container.s3.TaskTransfer, made on first use
-    summary: HostSummary | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)  # task_id -> why its own fields are bad
+    slot: int = 0  # which slot of the host this worker is (recorded per task)
+    base_model_loads: int = 0
+    base_model_seconds: float = 0.0
+    device_fault: str | None = None  # a CUDA fault broke this process: the host must start a new one
+    on_base_loaded: Callable[[], None] | None = None  # tells the host at once (a slot may die mid-task)
     _base: Any = field(default=None, repr=False)
     _scorers: Any = field(default=None, repr=False)
 
-    # -- the loop -------------------------------------------------------------------------
+    # -- one task -------------------------------------------------------------------------
 
-    def run(self, share: Sequence["TaskSpec"], rejected: Mapping[str, str] | None = None) -> HostSummary:
-        env = self.env
-        self.rejected = dict(rejected or {})
-        self.summary = HostSummary(
-            host=env.current_host, host_index=env.host_index, hosts=list(env.hosts),
-            share=[t.task_id for t in share],
-        )
-        start = time.monotonic()
-        self._write_summary()
-        for n, task in enumerate(share, 1):
-            if self.stop_requested():
-                self._stop_before(share[n - 1:])
-                break
-            log.info("task %d/%d: %s", n, len(share), task.task_id)
-            try:
-                outcome = self._run_one(task)
-            except BaseModelError:
-                self.summary.state = "failed"  # no task on this host can run: a job-level error
-                self._write_summary()
-                raise
-            self.summary.tasks.append(outcome)
-            self._write_summary()
-            log.info("task %s: %s%s", task.task_id, outcome.outcome, f" ({outcome.error})" if outcome.error else "")
-            if outcome.outcome == "interrupted":
-                self._stop_before(share[n:])
-                break
-            if outcome.outcome == "failed" and self.settings.on_task_failure == "fail":
-                self.summary.state = "failed"
-                break
-        if self.summary.state == "running":
-            self.summary.state = "completed"
-        self.summary.finished_at = now_iso()
-        self.summary.seconds = round(time.monotonic() - start, 3)
-        self._write_summary()
-        return self.summary
+    def run_one(self, task: "TaskSpec") -> TaskOutcome:
+        """One task from the host's queue (the slot's loop calls this; BaseModelError escapes)."""
+        return self._run_one(task)
 
     def _run_one(self, task: "TaskSpec") -> TaskOutcome:
         model_dir = self.env.model_dir / task.task_id
         checkpoint_dir = self.env.checkpoint_dir / task.task_id
-        outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id)
+        outcome = TaskOutcome(task_id=task.task_id, outcome="failed", started_at=now_iso(), user_id=task.user_id,
+                              slot=self.slot)
         t0 = time.monotonic()
-        loads_before = self.summary.base_model_seconds if self.summary else 0.0
+        loads_before = self.base_model_seconds
         with task_log() as tail:  # the page of a failed task shows the lines before its error
             try:
                 if final_is_complete(checkpoint_dir) and _status_state(checkpoint_dir) == "completed":
@@ -123,14 +101,12 @@ class Worker:
                 else:
                     self._train(task, model_dir, checkpoint_dir, outcome)
             finally:
-                # The one-time base model load is the host's cost, not this task's (summary has it).
-                loaded = (self.summary.base_model_seconds - loads_before) if self.summary else 0.0
+                # The one-time base model load is the slot's cost, not this task's (summary has it).
+                loaded = self.base_model_seconds - loads_before
                 outcome.seconds = round(time.monotonic() - t0 - loaded, 3)
                 outcome.finished_at = now_iso()
         write_task_page(checkpoint_dir, tail, outcome)  # checkpoints/<task>/report.html, whatever the state
         return outcome
-
-    # -- one task ---------------------------------------------------------------------------
 
     def _restore(self, task: "TaskSpec", model_dir: Path, checkpoint_dir: Path, outcome: TaskOutcome) -> None:
         """A task an earlier run of this job already delivered: no retraining."""
@@ -187,6 +163,8 @@ class Worker:
         except Exception as exc:  # one task's crash must not take the other users' LoRAs down
             log.error("task %s crashed:\n%s", task.task_id, traceback.format_exc())
             self._fail(outcome, checkpoint_dir, f"unexpected {type(exc).__name__}: {exc}", extra, status_written=True)
+            if is_device_fault(exc):  # this process's CUDA context is gone: no further task here
+                self.device_fault = outcome.error
             return
         finally:
             _free_memory()
@@ -198,7 +176,8 @@ class Worker:
         outcome.outcome = "completed"
         outcome.verdict = task_verdict(read_status(checkpoint_dir))
         outcome.model_dir = str(model_dir)
-        _carry_into_manifest(model_dir / "manifest.json", extra)
+        # Which slot ran it is the host's business (summary, status): the deliverable is the same.
+        _carry_into_manifest(model_dir / "manifest.json", {k: v for k, v in extra.items() if k != "slot"})
         keep_final(model_dir, checkpoint_dir)
         if task.output_uri:
             self._upload(task, model_dir, checkpoint_dir, outcome)
@@ -287,9 +266,12 @@ class Worker:
             t0 = time.monotonic()
             self._base = self.trainer.load_base(self.env.channel("model"))
             self._scorers = load_scorer_models(self.trainer, self.env.channel("eval"))  # None without 'eval'
-            self.summary.base_model_loads += 1
-            self.summary.base_model_seconds = round(time.monotonic() - t0, 3)
-            log.info("base model loaded in %.1f s (once for this host)", self.summary.base_model_seconds)
+            seconds = time.monotonic() - t0
+            self.base_model_loads += 1
+            self.base_model_seconds = round(self.base_model_seconds + seconds, 3)
+            log.info("base model loaded in %.1f s (once for slot %d)", seconds, self.slot)
+            if self.on_base_loaded is not None:
+                self.on_base_loaded()
         return self._base
 
     def _transfer(self):
@@ -300,20 +282,12 @@ class Worker:
         return self.transfer
 
     def _status_extra(self, task: "TaskSpec") -> dict:
-        extra = {"task_id": task.task_id, "host": self.env.current_host}
+        extra = {"task_id": task.task_id, "host": self.env.current_host, "slot": self.slot}
         if task.user_id is not None:
             extra["user_id"] = task.user_id
         if task.metadata:
             extra["metadata"] = dict(task.metadata)
         return extra
-
-    def _stop_before(self, remaining: Sequence["TaskSpec"]) -> None:
-        self.summary.state = "interrupted"
-        for task in remaining:
-            self.summary.tasks.append(TaskOutcome(task_id=task.task_id, outcome="not_started", user_id=task.user_id))
-
-    def _write_summary(self) -> None:
-        self.summary.write(self.env.output_data_dir)
 
 
 UPLOADED = "uploaded.txt"
@@ -343,4 +317,7 @@ def _free_memory() -> None:
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # after a CUDA fault this fails too; the host replaces the process anyway
+            pass

@@ -1,11 +1,12 @@
 """`fanout local`: a K-instance SageMaker training job on this machine, no Docker, no AWS.
 
     python -m fanout local --tasks tasks.jsonl --model MODEL --images IMAGES \\
-        [--class-images DIR] [--eval-models DIR] --instances 2 --workdir W \\
+        [--class-images DIR] [--eval-models DIR] --instances 2 [--gpus-per-host 2] --workdir W \\
         [--hyperparameters '{"max_train_steps": 50}']
 
 Each host is a `train` process (the container entry point) with its own /opt/ml tree at
-``W/<host>/``, config files written as SageMaker writes them. What S3 would hold is emulated
+``W/<host>/``, config files written as SageMaker writes them; ``--gpus-per-host N`` gives each
+host N slots (CPU slots here, without a GPU). What S3 would hold is emulated
 under ``W/s3/``:
 
     W/s3/checkpoints/<task_id>/...   the shared checkpoint prefix, synced while hosts run
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="scorer models: clip/, dino/, optional face/ (channel 'eval'; optional: without it "
                              "tasks are not evaluated; docs/quality.md)")
     parser.add_argument("--instances", type=int, default=2, help="number of hosts (default: 2)")
+    parser.add_argument("--gpus-per-host", type=int, default=None,
+                        help="slots per host: sets the job hyperparameter gpus_per_host (default: every GPU a "
+                             "host sees, 1 without a GPU; here, without a GPU, N runs N CPU slots per host)")
     parser.add_argument("--workdir", type=Path, required=True,
                         help="job folder: W/<host>/ trees, W/s3/ results, W/logs/; reuse it to restart a killed job")
     parser.add_argument("--hyperparameters", default="{}",
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=args.tasks, model=args.model, images=args.images, class_images=args.class_images,
             eval_models=args.eval_models,
             instances=args.instances, workdir=args.workdir,
-            hyperparameters=_read_hyperparameters(args.hyperparameters),
+            hyperparameters=_with_slots(_read_hyperparameters(args.hyperparameters), args.gpus_per_host),
             encoding=args.hyperparameter_encoding, sync_interval=args.sync_interval, echo=not args.quiet,
         )
         job.prepare()
@@ -288,7 +292,7 @@ def resource_config(host: str, hosts: list[str], instance_type: str = "local") -
 # -- the report -----------------------------------------------------------------------------
 
 def report(workdir: Path) -> str:
-    """One row per task: host, state, steps, seconds, artifact path; then where previews are."""
+    """One row per task: host, slot, state, steps, seconds, artifact path; then where previews are."""
     workdir = Path(workdir)
     s3 = workdir / "s3"
     rows = []
@@ -298,19 +302,23 @@ def report(workdir: Path) -> str:
             status = _read_json(s3 / "checkpoints" / t["task_id"] / "status.json") or {}
             model = s3 / "model" / t["task_id"]
             artifact = model / "pytorch_lora_weights.safetensors"
-            rows.append((t["task_id"], summary["host"], t["outcome"], str(status.get("step", t.get("step", 0))),
+            slot = "-" if t.get("slot") is None else str(t["slot"])
+            rows.append((t["task_id"], summary["host"], slot, t["outcome"], str(status.get("step", t.get("step", 0))),
                          f"{t.get('seconds', 0):.1f}",
                          _rel(artifact) if artifact.exists() else (t.get("error") or "-")[:70]))
     if not rows:
         return "no host wrote a summary (see W/logs/<host>.log)"
-    head = ("task", "host", "state", "steps", "seconds", "artifact / error")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head[:5], widths)) + "  " + head[5]]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    head = ("task", "host", "slot", "state", "steps", "seconds", "artifact / error")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(6)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head[:6], widths)) + "  " + head[6]]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
     loads = []
     for summary_file in sorted((s3 / "output").glob("*/summary.json")):
         s = json.loads(summary_file.read_text())
-        loads.append(f"{s['host']}: {s.get('base_model_loads', 0)} base model load(s), {s.get('seconds', 0):.1f} s")
+        faults = sum(p.get("faults", 0) for p in s.get("slot_processes", []))
+        loads.append(f"{s['host']}: {s.get('slots', 1)} slot(s), {s.get('base_model_loads', 0)} base model load(s), "
+                     f"tasks' makespan {s.get('makespan_seconds', 0):.1f} s, host {s.get('seconds', 0):.1f} s"
+                     + (f", {faults} slot process fault(s)" if faults else ""))
     lines.append("")
     lines.extend(loads)
     lines.append(f"previews: {_rel(s3 / 'checkpoints')}/<task_id>/previews/step-*/  "
@@ -353,6 +361,18 @@ def _files(root: Path):
             except FileNotFoundError:
                 continue
             yield path.relative_to(root).as_posix(), (st.st_size, st.st_mtime_ns)
+
+
+def _with_slots(hyperparameters: dict, gpus_per_host: int | None) -> dict:
+    """--gpus-per-host N is the job hyperparameter gpus_per_host, as SageMaker would pass it."""
+    if gpus_per_host is None:
+        return hyperparameters
+    if gpus_per_host < 1:
+        raise FanoutError(f"--gpus-per-host must be at least 1, got {gpus_per_host}")
+    given = hyperparameters.get("gpus_per_host")
+    if given is not None and str(given) != str(gpus_per_host):
+        raise FanoutError(f"--gpus-per-host {gpus_per_host} and --hyperparameters gpus_per_host={given!r} differ; give one")
+    return {**hyperparameters, "gpus_per_host": gpus_per_host}
 
 
 def _read_hyperparameters(text: str) -> dict:

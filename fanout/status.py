@@ -1,8 +1,8 @@
 """Reading a job's per-task status.json files from its checkpoint prefix (`fanout status`).
 
 Layout written by the container: `<checkpoint_s3_uri>/<task_id>/status.json` with state, step,
-loss, started_at, finished_at, attempts, host, error, and `quality` (issue 17) once a task
-was evaluated. Hosts sync checkpoints continuously, so this is live while the job runs.
+loss, started_at, finished_at, attempts, host, slot, error, and `quality` (issue 17) once a
+task was evaluated. Hosts sync checkpoints continuously, so this is live while the job runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from fanout.launcher import S3Objects, split_s3
 from fanout.tasks import parse_tasks
 
-STATUS_FIELDS = ("state", "step", "loss", "host", "attempts", "started_at", "finished_at", "error")
+STATUS_FIELDS = ("state", "step", "loss", "host", "slot", "attempts", "started_at", "finished_at", "error")
 
 
 def read_statuses(objects: S3Objects, checkpoint_uri: str) -> dict[str, dict[str, Any]]:

@@ -73,14 +73,13 @@ def _step_seconds(manifest: Path, steps: int) -> float:
     return steps / rate
 
 
-def run_warm(work: Path, model: Path, images: Path, n: int, steps: int, threads: int) -> dict:
-    base = work / "warm"
+def write_job(base: Path, model: Path, images: Path, n: int, hyperparameters: dict) -> Path:
+    """A one-host SageMaker tree at ``base``: N tasks t<i> on the images u<i>, SDK-encoded hyperparameters."""
     shutil.rmtree(base, ignore_errors=True)
     config, data = base / "input/config", base / "input/data"
     config.mkdir(parents=True)
     (data / "tasks").mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in
-                                                             {**SETTINGS, "max_train_steps": steps}.items()}))
+    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
     (config / "inputdataconfig.json").write_text(json.dumps({c: {"TrainingInputMode": "File"} for c in ("tasks", "model", "images")}))
     (data / "tasks/tasks.jsonl").write_text("".join(
@@ -88,6 +87,11 @@ def run_warm(work: Path, model: Path, images: Path, n: int, steps: int, threads:
         for i in range(n)))
     (data / "model").symlink_to(model.resolve())
     (data / "images").symlink_to(images.resolve())
+    return base
+
+
+def run_warm(work: Path, model: Path, images: Path, n: int, steps: int, threads: int) -> dict:
+    base = write_job(work / "warm", model, images, n, {**SETTINGS, "max_train_steps": steps})
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "container"], env=_env(threads, SAGEMAKER_BASE_DIR=str(base)),
                           cwd=ROOT, capture_output=True, text=True)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """`make demo`: the main job, emulated: six users' LoRAs trained by one 2-instance job, on CPU.
 
-    python scripts/demo.py [--workdir build/demo] [--instances 2] [--steps 10] [--resume]
-                           [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
+    python scripts/demo.py [--workdir build/demo] [--instances 2] [--gpus-per-host 2] [--steps 10]
+                           [--resume] [--family sd|sdxl|flux|flux2-klein|z-image|qwen-image]
 
 Builds the tiny random-weight pipeline, tiny scorer models (the `eval` channel) and synthetic
 subject images for six users under WORKDIR/inputs (once), writes a six-task task list, and
-runs `python -m fanout local` on it: two `train` processes, each with its own /opt/ml tree, one
-base-model load per host, the tasks split by the planner. Then prints one row per task (host,
+runs `python -m fanout local` on it: two `train` processes, each with its own /opt/ml tree and
+two slots (CPU slots here: one worker process and one base-model load each, as one per GPU on a
+multi-GPU instance), the tasks split by the planner. Then prints one row per task (host, slot,
 state, steps, seconds, LoRA), each task's quality scores and verdict (one task has a quality
 gate it cannot pass), and where the previews are. One task points at a folder that does not exist, to show that a
 bad task fails alone with its reason while the others train.
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo", help="where everything goes")
     p.add_argument("--instances", type=int, default=2, help="emulated instances (default: 2)")
+    p.add_argument("--gpus-per-host", type=int, default=2, help="slots per instance (default: 2)")
     p.add_argument("--steps", type=int, default=10, help="training steps per task (default: 10)")
     p.add_argument("--resume", action="store_true", help="continue the job in WORKDIR/job instead of a fresh one")
     p.add_argument("--family", choices=FAMILIES, default="sd",
@@ -110,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(job)
     hp = {**HYPERPARAMETERS, "max_train_steps": a.steps}
     cmd = [sys.executable, "-m", "fanout", "local", "--tasks", str(tasks_file), "--model", str(model),
-           "--images", str(images), "--eval-models", str(scorers), "--instances", str(a.instances), "--workdir", str(job),
+           "--images", str(images), "--eval-models", str(scorers), "--instances", str(a.instances),
+           "--gpus-per-host", str(a.gpus_per_host), "--workdir", str(job),
            "--hyperparameters", json.dumps(hp), "--quiet"]
-    print(f"running a {a.instances}-instance job with {len(task_list(a.steps))} tasks "
+    print(f"running a {a.instances}-instance job ({a.gpus_per_host} slots each) with {len(task_list(a.steps))} tasks "
           f"(host logs: {job / 'logs'}) ...", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode

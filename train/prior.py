@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from train.config import TrainConfig
@@ -42,13 +43,33 @@ def class_examples(base: BaseModel, cfg: TrainConfig, cache_root: Path, log=prin
     if missing <= 0:
         return given
     cached = cache_root / cache_key(base, cfg, missing)
-    if (cached / "meta.json").is_file():
-        log(f"class images: reusing {missing} cached in {cached}")
-    else:
-        log(f"class images: generating {missing} for {cfg.class_prompt!r} into {cached}")
-        generate(base, cfg, cached, missing)
+    with _generating(cached):
+        if (cached / "meta.json").is_file():
+            log(f"class images: reusing {missing} cached in {cached}")
+        else:
+            log(f"class images: generating {missing} for {cfg.class_prompt!r} into {cached}")
+            generate(base, cfg, cached, missing)
     return given + load_images(cached, prompt=cfg.class_prompt, resolution=cfg.resolution,
                                max_pixels=cfg.max_image_pixels, what="class")
+
+
+@contextmanager
+def _generating(cached: Path):
+    """One process at a time per cache entry: the slots of a host share the cache, and a second
+    slot must reuse what the first generates rather than rename a folder away from under it.
+    An OS file lock, so a killed process releases it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per cache, as before
+        yield
+        return
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / f".{cached.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None:

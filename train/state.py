@@ -187,6 +187,13 @@ class StatusFile:
         self.data.update(attempts=self.data["attempts"] + 1, started_at=stamp)
         self.update(state="failed", error=error, finished_at=stamp)
 
+    def abandon(self, error: str, state: str = "failed") -> None:
+        """The running attempt's process died (the container's host saw it): that attempt, which
+        start() counted, ends now as ``state``; its started_at and total_steps are kept."""
+        previous = self._read()
+        self.data.update({k: previous[k] for k in ("started_at", "total_steps") if k in previous})
+        self.finish(state, error=error)
+
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data)

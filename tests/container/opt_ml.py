@@ -129,6 +129,8 @@ RESTART_STEPS = {"t1": 8, "t2": 30, "t3": 8, "t4": 8, "t5": 8}
 
 
 def wait_for(predicate, timeout: float, what: str, proc=None):
+    """Poll ``predicate`` until it returns something true (returned); fail after ``timeout`` s,
+    or as soon as ``proc`` ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -136,7 +138,7 @@ def wait_for(predicate, timeout: float, what: str, proc=None):
             return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
 

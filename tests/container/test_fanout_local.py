@@ -73,3 +73,20 @@ def test_the_emulator_never_imports_torch():
     code = "import sys, fanout.local; print(sorted(m for m in ('torch', 'diffusers', 'train', 'container') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_gpus_per_host_becomes_the_job_hyperparameter_of_every_host(tmp_path, capsys):
+    from fanout.local import _with_slots
+
+    job = _job(tmp_path, hyperparameters=_with_slots({"max_train_steps": 5}, 2))
+    job.prepare()
+    for host in ("algo-1", "algo-2"):
+        config = tmp_path / "W" / host / "input" / "config" / "hyperparameters.json"
+        assert json.loads(config.read_text())["gpus_per_host"] == "2"
+    (tmp_path / "model").mkdir(exist_ok=True)
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--tasks", str(tmp_path / "tasks.jsonl"), "--model", str(tmp_path / "model"), "--images",
+         str(tmp_path / "images"), "--workdir", str(tmp_path / "W2"), "--gpus-per-host", "2",
+         "--hyperparameters", '{"gpus_per_host": 4}'])
+    assert run(args) == 2
+    assert "--gpus-per-host 2" in capsys.readouterr().err and not (tmp_path / "W2").exists()

@@ -56,6 +56,17 @@ def _worker(tmp_path, image_root, tasks, s3, *, isolation=False):
     return worker, fake, client, base
 
 
+def _run(worker, tasks):
+    """The host's loop with this one worker as its only slot (a thread: the S3 client is ours)."""
+    from container.host import Host
+    from container.devices import slot_devices
+    from container.slots import ThreadSlot
+
+    host = Host(worker.env, worker.settings, slot_devices(1, [], 1), lambda device, stop: ThreadSlot(worker),
+                lambda: False)
+    return host.run(parse_tasks("\n".join(json.dumps(t) for t in tasks)))
+
+
 def test_each_task_is_delivered_before_the_next_one_starts_manifest_last(tmp_path, image_root, s3):
     tasks = [{"task_id": t, "instance_data": "alice", "instance_prompt": "p", "user_id": f"user-{t}",
               "output_uri": f"s3://deliveries/users/{t}/"} for t in ("a", "b")]
@@ -69,7 +80,7 @@ def test_each_task_is_delivered_before_the_next_one_starts_manifest_last(tmp_pat
         return run(*args, task_id=task_id, **kw)
 
     fake.run_task = run_and_look
-    summary = worker.run(parse_tasks("\n".join(json.dumps(t) for t in tasks)))
+    summary = _run(worker, tasks)
     assert seen_before_b["keys"] == ["users/a/manifest.json", "users/a/pytorch_lora_weights.safetensors"]
     assert client.keys == ["users/a/pytorch_lora_weights.safetensors", "users/a/manifest.json",
                            "users/b/pytorch_lora_weights.safetensors", "users/b/manifest.json"]
@@ -84,7 +95,7 @@ def test_each_task_is_delivered_before_the_next_one_starts_manifest_last(tmp_pat
 def test_a_failed_upload_is_reported_but_the_lora_still_ships_in_the_model_folder(tmp_path, image_root, s3):
     tasks = [{"task_id": "a", "instance_data": "alice", "instance_prompt": "p", "output_uri": "s3://no-such-bucket/a/"}]
     worker, fake, client, base = _worker(tmp_path, image_root, tasks, s3)
-    summary = worker.run(parse_tasks(json.dumps(tasks[0])))
+    summary = _run(worker, tasks)
     assert summary.tasks[0].outcome == "completed"
     assert "no-such-bucket" in summary.tasks[0].error
     assert (base / "model" / "a" / "pytorch_lora_weights.safetensors").exists()
@@ -93,7 +104,7 @@ def test_a_failed_upload_is_reported_but_the_lora_still_ships_in_the_model_folde
 def test_with_network_isolation_nothing_is_uploaded_and_the_summary_says_why(tmp_path, image_root, s3):
     tasks = [{"task_id": "a", "instance_data": "alice", "instance_prompt": "p", "output_uri": "s3://deliveries/a/"}]
     worker, fake, client, base = _worker(tmp_path, image_root, tasks, s3, isolation=True)
-    summary = worker.run(parse_tasks(json.dumps(tasks[0])))
+    summary = _run(worker, tasks)
     assert client.keys == [] and "network isolation" in summary.tasks[0].error
 
 
@@ -102,7 +113,7 @@ def test_s3_instance_data_is_downloaded_for_its_task(tmp_path, image_root, s3):
         s3.upload_file(str(f), "deliveries", f"uploads/bob/{f.name}")
     tasks = [{"task_id": "a", "instance_data": "s3://deliveries/uploads/bob", "instance_prompt": "p"}]
     worker, fake, client, base = _worker(tmp_path, image_root, tasks, s3)
-    summary = worker.run(parse_tasks(json.dumps(tasks[0])))
+    summary = _run(worker, tasks)
     assert summary.tasks[0].outcome == "completed"
     local = fake.configs["a"].instance_data
     assert sorted(p.name for p in __import__("pathlib").Path(local).iterdir()) == sorted(p.name for p in (image_root / "bob").iterdir())
