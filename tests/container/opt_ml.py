@@ -168,3 +168,19 @@ def s3_state(work: Path) -> tuple[set[str], set[str]]:
         elif list(folder.glob("state/step-*/meta.json")):
             started.add(folder.name)
     return done, started
+
+
+def thread_host(env, settings, trainer, stop, *, slots: int = 1, job_hp=None, mixed_precision="no", rejected=None):
+    """The host's real loop over slots that are threads around ``trainer`` (no processes):
+    what the host does around each task, without spawning interpreters."""
+    from container.devices import slot_devices
+    from container.host import Host
+    from container.slots import ThreadSlot
+    from container.worker import Worker
+
+    def launch(device, shared_stop):
+        return ThreadSlot(Worker(env=env, settings=settings, job_hp=job_hp or {}, trainer=trainer,
+                                 stop_requested=shared_stop, mixed_precision=mixed_precision,
+                                 rejected=dict(rejected or {}), slot=device.index))
+
+    return Host(env, settings, slot_devices(slots, [], slots), launch, stop)

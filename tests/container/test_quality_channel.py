@@ -15,8 +15,7 @@ import pytest
 from container import entry
 from container.records import read_json
 from container.signals import StopFlag
-from container.worker import Worker
-from opt_ml import make_tree, sdk_encode
+from opt_ml import make_tree, sdk_encode, thread_host
 
 
 def _tasks(*ids, **extra):
@@ -98,11 +97,11 @@ class ScoringTrain:
 def _run(monkeypatch, base, fake) -> int:
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
 
-    def make_worker(env, settings, training_hp, job_cfg, stop_flag):
-        return Worker(env=env, settings=settings, job_hp=training_hp, trainer=fake, stop_requested=stop_flag,
-                      mixed_precision=job_cfg.mixed_precision)
+    def make_host(env, settings, training_hp, job_cfg, stop_flag, rejected, devices):
+        return thread_host(env, settings, fake, stop_flag, job_hp=training_hp,
+                           mixed_precision=job_cfg.mixed_precision, rejected=rejected), fake
 
-    monkeypatch.setattr(entry, "_make_worker", make_worker)
+    monkeypatch.setattr(entry, "_make_host", make_host)
     return entry.run_job(base, StopFlag())
 
 

@@ -15,7 +15,7 @@ from container import entry
 from container.records import read_json
 from container.signals import StopFlag
 from container.worker import Worker
-from opt_ml import make_tree, sdk_encode
+from opt_ml import make_tree, sdk_encode, thread_host
 from train.errors import DataError, Interrupted
 
 
@@ -74,25 +74,10 @@ def _job(tmp_path, image_root, tasks, hp=None, **kw):
                      model=model, images=image_root, **kw)
 
 
-def thread_host(env, settings, trainer, stop, *, slots: int = 1, job_hp=None, mixed_precision="no", rejected=None):
-    """The host's real loop over slots that are threads around ``trainer`` (no processes):
-    what the host does around each task, without spawning interpreters."""
-    from container.devices import slot_devices
-    from container.host import Host
-    from container.slots import ThreadSlot
-
-    def launch(device, shared_stop):
-        return ThreadSlot(Worker(env=env, settings=settings, job_hp=job_hp or {}, trainer=trainer,
-                                 stop_requested=shared_stop, mixed_precision=mixed_precision,
-                                 rejected=dict(rejected or {}), slot=device.index))
-
-    return Host(env, settings, slot_devices(slots, [], slots), launch, stop)
-
-
 def _run(monkeypatch, base: Path, fake: FakeTrain, stop: StopFlag | None = None, slots: int = 1) -> int:
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
 
-    def make_host(env, settings, training_hp, job_cfg, stop_flag, rejected):
+    def make_host(env, settings, training_hp, job_cfg, stop_flag, rejected, devices):
         return thread_host(env, settings, fake, stop_flag, slots=slots, job_hp=training_hp,
                            mixed_precision=job_cfg.mixed_precision, rejected=rejected), fake
 
