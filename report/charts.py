@@ -72,15 +72,17 @@ def loss_chart(rows: Sequence[dict], salt: str = "loss") -> str | None:
 
 @dataclass
 class Lane:
-    """One host's row of the timeline: its tasks and the gaps where it was billed but idle."""
+    """One row of the timeline, a host or one slot of it (``host`` is the row's label): its
+    tasks and the gaps where it was billed but idle."""
 
     host: str
     tasks: list[tuple[float, float, str, str]] = field(default_factory=list)  # start, end, task id, outcome
     idle: list[tuple[float, float]] = field(default_factory=list)
+    group: str = ""  # the host a slot's row belongs to ("" : the row is the host)
 
 
 def timeline_chart(lanes: Sequence[Lane], salt: str = "timeline") -> str | None:
-    """Which task ran when on which host (seconds from the job's start), idle gaps hatched."""
+    """Which task ran when on which host or slot (seconds from the job's start), idle gaps hatched."""
     if not lanes:
         return None
     from matplotlib.figure import Figure
@@ -110,6 +112,7 @@ def timeline_chart(lanes: Sequence[Lane], salt: str = "timeline") -> str | None:
     seen = sorted({o for lane in lanes for *_, o in lane.tasks})
     handles = [Patch(facecolor=OUTCOME_COLOURS.get(o, "#546e7a"), label=o.replace("_", " ")) for o in seen]
     handles.append(Patch(facecolor=IDLE_COLOUR, edgecolor="#bdbdbd", hatch="///", label="idle (billed)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(lanes) < 4 else -0.08),
-              ncol=len(handles), fontsize=8, frameon=False)
+    # above the lanes: below them it would meet the axis label, however many lanes there are
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=8,
+              frameon=False)
     return _svg(fig, salt)

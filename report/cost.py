@@ -1,8 +1,8 @@
 """What a job cost: instances x billed seconds x the instance type's price per hour.
 
-Prices come from the table the simulator uses (``fanout.simulate.inputs.Aws``: ml.g5.xlarge
-on demand, us-east-1); a price the table does not hold is given with ``--price-per-hour``
-or the cost is left out, saying so. A job run by ``fanout local`` has no instance type: it is
+Prices come from the instance table the planner and the simulator use (``fanout.instances``:
+on demand, us-east-1, each with its source and date); a price the table does not hold is given
+with ``--price-per-hour`` or the cost is left out, saying so. A job run by ``fanout local`` has no instance type: it is
 priced as the instance type a submitted job gets by default, and the page says "as if".
 """
 
@@ -19,10 +19,10 @@ class Price:
 
 
 def price_table() -> dict[str, Price]:
-    from fanout.simulate.inputs import Aws
+    from fanout.instances import INSTANCE_TYPES
 
-    field = Aws.__dataclass_fields__["price_per_hour"]
-    return {"ml.g5.xlarge": Price("ml.g5.xlarge", Aws().price_per_hour, field.metadata["help"])}
+    return {name: Price(name, t.price_per_hour, t.price_source) for name, t in INSTANCE_TYPES.items()
+            if t.price_per_hour is not None}
 
 
 def default_instance_type() -> str:

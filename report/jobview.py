@@ -109,9 +109,7 @@ def read_job(inputs: JobInputs, price: Price | None, *, as_if: str = "") -> JobV
     with ThreadPoolExecutor(max_workers=8) as pool:  # S3 round trips dominate a large job
         rows = list(pool.map(lambda tid: _row(tid, outcomes.get(tid), inputs), ids))
     lanes, t0, end = timeline(inputs, rows, outcomes)
-    hosts = [HostRow(host=lane.host, tasks=sum(o != "base_model_load" for *_, o in lane.tasks),
-                     busy=sum(e - s for s, e, *_ in lane.tasks),
-                     idle=sum(e - s for s, e in lane.idle)) for lane in lanes]
+    hosts = host_rows(lanes)
     plan = plan_check(inputs, rows, hosts, (end - t0) if lanes else None)
     cost = _cost(inputs, price, rows, hosts, plan, as_if)
     if cost is not None:
@@ -200,12 +198,15 @@ def reason_key(error: str, task_id: str) -> str:
 
 
 def timeline(inputs: JobInputs, rows: Sequence[TaskRow], outcomes: Mapping[str, dict]) -> tuple[list[Lane], float, float]:
-    """Lanes in seconds from the first host's start; idle = billed host time with no task running."""
+    """Lanes in seconds from the first host's start, one per host, or one per slot of a host
+    whose tasks say which slot ran them; idle = billed time with nothing running on the lane."""
     starts = {s.get("host"): _time(s.get("started_at")) for s in inputs.summaries}
-    loads = {s.get("host"): _number(s.get("base_model_seconds")) or 0.0 for s in inputs.summaries}
+    loads = {(s.get("host"), None): _number(s.get("base_model_seconds")) or 0.0 for s in inputs.summaries}
+    loads.update({(s.get("host"), p.get("slot")): _number(p.get("base_model_seconds")) or 0.0
+                  for s in inputs.summaries for p in s.get("slot_processes") or [] if isinstance(p, dict)})
     seconds = {r.task_id: r.seconds or 0.0 for r in rows}
     ends = {s.get("host"): _time(s.get("finished_at")) for s in inputs.summaries}
-    spans: dict[str, list[tuple[float, float, str, str]]] = {}
+    spans: dict[tuple[str, Any], list[tuple[float, float, str, str]]] = {}
     for row in rows:
         entry = outcomes.get(row.task_id) or {}
         status = None if entry else read_json(inputs.checkpoints.sub(row.task_id), "status.json") or {}
@@ -215,26 +216,56 @@ def timeline(inputs: JobInputs, rows: Sequence[TaskRow], outcomes: Mapping[str, 
             continue
         end = _time(source.get("finished_at")) or start
         end = max(end, start + (row.seconds or 0.0))
-        spans.setdefault(row.host, []).append((start, end, row.task_id, row.state))
+        slot = row.slot if isinstance(row.slot, int) and not isinstance(row.slot, bool) else None
+        spans.setdefault((row.host, slot), []).append((start, end, row.task_id, row.state))
     known = [t for t in [*starts.values(), *(s for v in spans.values() for s, *_ in v)] if t is not None]
     if not known:
         return [], 0.0, 0.0
     t0 = min(known)
     job_end = max([t for t in ends.values() if t is not None] + [e for v in spans.values() for _, e, *_ in v])
-    order = list(dict.fromkeys([*inputs.hosts, *(s.get("host") for s in inputs.summaries), *sorted(spans)]))
+    order = list(dict.fromkeys([*inputs.hosts, *(s.get("host") for s in inputs.summaries), *sorted(h for h, _ in spans)]))
     lanes = []
     for host in [h for h in order if h]:
-        tasks = split_base_load(sorted(spans.get(host, [])), loads.get(host, 0.0), seconds)
-        lane = Lane(host=host, tasks=[(s - t0, e - t0, tid, state) for s, e, tid, state in tasks])
-        cursor = (starts.get(host) or (tasks[0][0] if tasks else t0)) - t0
-        for s, e, *_ in lane.tasks:
-            if s - cursor > 0.5:
-                lane.idle.append((cursor, s))
-            cursor = max(cursor, e)
-        if job_end - t0 - cursor > 0.5:
-            lane.idle.append((cursor, job_end - t0))
-        lanes.append(lane)
+        slots = sorted(slot for h, slot in spans if h == host and slot is not None)
+        keys = [(host, slot) for slot in slots] + ([(host, None)] if (host, None) in spans or not slots else [])
+        for key in keys:
+            load = loads.get(key, loads.get((host, None), 0.0) if key[1] is None else 0.0)
+            tasks = split_base_load(sorted(spans.get(key, [])), load, seconds)
+            label = host if key[1] is None else f"{host} slot {key[1]}"
+            lane = Lane(host=label, tasks=[(s - t0, e - t0, tid, state) for s, e, tid, state in tasks],
+                        group=host if key[1] is not None else "")
+            start = (starts.get(host) or (tasks[0][0] if tasks else t0)) - t0
+            lane.idle = gaps([(s, e) for s, e, *_ in lane.tasks], start, job_end - t0)
+            lanes.append(lane)
     return lanes, t0, job_end
+
+
+def gaps(busy: Sequence[tuple[float, float]], start: float, end: float, least: float = 0.5) -> list[tuple[float, float]]:
+    """The stretches of [start, end] longer than ``least`` seconds that no span of ``busy`` covers."""
+    out, cursor = [], start
+    for s, e in sorted(busy):
+        if s - cursor > least:
+            out.append((cursor, s))
+        cursor = max(cursor, e)
+    if end - cursor > least:
+        out.append((cursor, end))
+    return out
+
+
+def host_rows(lanes: Sequence[Lane]) -> list[HostRow]:
+    """One row per host: its tasks and busy time over all its slots, and the billed time in which
+    none of its slots ran anything (what an idle host costs)."""
+    hosts: dict[str, list[Lane]] = {}
+    for lane in lanes:
+        hosts.setdefault(lane.group or lane.host, []).append(lane)
+    rows = []
+    for host, own in hosts.items():
+        spans = [(s, e) for lane in own for s, e, *_ in lane.tasks]
+        edges = [t for lane in own for span in (*lane.idle, *[(s, e) for s, e, *_ in lane.tasks]) for t in span]
+        idle = gaps(spans, min(edges), max(edges)) if edges else []
+        rows.append(HostRow(host=host, tasks=sum(o != "base_model_load" for lane in own for *_, o in lane.tasks),
+                            busy=sum(e - s for s, e in spans), idle=sum(e - s for s, e in idle)))
+    return rows
 
 
 def split_base_load(spans: list, load: float, seconds: Mapping[str, float]) -> list:
@@ -259,8 +290,10 @@ def plan_check(inputs: JobInputs, rows: Sequence[TaskRow], hosts: list[HostRow],
     from fanout.errors import FanoutError
     from fanout.plan import plan_tasks
 
+    # The hosts' slots (one per GPU) as the job ran them: the plan spread each host's tasks over them.
+    slots = max([int(s.get("slots") or 1) for s in inputs.summaries if isinstance(s.get("slots"), int)] or [1])
     try:
-        plan = plan_tasks(inputs.tasks, len(inputs.hosts), dict(inputs.hyperparameters))
+        plan = plan_tasks(inputs.tasks, len(inputs.hosts), dict(inputs.hyperparameters), slots_per_host=slots)
     except FanoutError:
         return PlanCheck(makespan, None, None, None, None)
     trained = [r for r in rows if r.state == "completed" and r.seconds and r.task_id in plan.costs]
@@ -271,7 +304,8 @@ def plan_check(inputs: JobInputs, rows: Sequence[TaskRow], hosts: list[HostRow],
         if share.index < len(inputs.hosts) and inputs.hosts[share.index] in by_host:
             row = by_host[inputs.hosts[share.index]]
             row.planned_cost = share.cost
-            row.planned_seconds = share.cost * per_unit if per_unit else None
+            # when the host's busiest slot is done (its whole share with one slot)
+            row.planned_seconds = (share.makespan or share.cost) * per_unit if per_unit else None
     return PlanCheck(makespan=makespan, estimate=plan.makespan * per_unit if per_unit else None,
                      seconds_per_unit=per_unit, plan_units=plan.makespan, lower_bound=plan.lower_bound)
 

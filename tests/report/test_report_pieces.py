@@ -92,13 +92,38 @@ def test_failures_are_grouped_by_reason_whatever_the_task_path_or_number():
     assert groups[0].example == "instance data: /data/images/ana-photos is not a folder"
 
 
-def test_the_price_is_the_simulators_and_an_unknown_instance_type_has_none():
-    from fanout.simulate.inputs import Aws
+def test_a_host_with_slots_has_one_timeline_lane_per_slot_and_is_idle_only_when_every_slot_is(tmp_path):
+    """Two slots on one host: each slot's tasks on its own row (its base load first), the host's
+    busy time summed over slots, and billed idle time only where neither slot ran anything."""
+    from report.files import LocalFiles
+    from report.jobview import JobInputs, read_job
+
+    def at(seconds: float) -> str:
+        return f"2026-12-01T10:00:{seconds:02.0f}Z"
+
+    tasks = [("a", 0, 2, 12, 8), ("b", 1, 2, 6, 3), ("c", 1, 8, 10, 2)]   # id, slot, start, end, own seconds
+    summary = {"host": "algo-1", "slots": 2, "started_at": at(0), "finished_at": at(14), "base_model_seconds": 4.0,
+               "slot_processes": [{"slot": 0, "base_model_seconds": 2.0}, {"slot": 1, "base_model_seconds": 1.0}],
+               "tasks": [{"task_id": t, "slot": slot, "outcome": "completed", "started_at": at(s), "finished_at": at(e),
+                          "seconds": own} for t, slot, s, e, own in tasks]}
+    view = read_job(JobInputs(name="j", source="here", checkpoints=LocalFiles(tmp_path), summaries=[summary],
+                              task_ids=["a", "b", "c"], hosts=["algo-1"]), None)
+    assert view.has_slots and "algo-1 slot 0" in view.timeline and "algo-1 slot 1" in view.timeline
+    [host] = view.hosts
+    # slot 0 ran a for 10 s, slot 1 ran b and c for 4 + 2 s: 16 slot-seconds, 3 tasks; idle: 0-2 and 12-14
+    assert (host.host, host.tasks, round(host.busy, 3), round(host.idle, 3)) == ("algo-1", 3, 16.0, 4.0)
+
+
+def test_the_price_is_the_instance_tables_and_a_type_without_a_quote_has_none():
+    from fanout.instances import INSTANCE_TYPES
+    from fanout.simulate.inputs import Aws, Policy
     from report.cost import price_for
 
-    assert price_for("ml.g5.xlarge").per_hour == Aws().price_per_hour
-    assert price_for("ml.p5.48xlarge") is None
-    assert price_for("ml.p5.48xlarge", 98.32).per_hour == 98.32
+    g5 = price_for("ml.g5.xlarge")
+    assert g5.per_hour == INSTANCE_TYPES["ml.g5.xlarge"].price_per_hour > 0 and "2026" in g5.source
+    assert g5.per_hour == Policy("packing").price(Aws())          # what the simulator charges for it
+    assert price_for("ml.g5.2xlarge") is None and price_for("ml.g5.3xlarge") is None   # no quote / no such type
+    assert price_for("ml.g5.2xlarge", 1.52).per_hour == 1.52
 
 
 def test_fanout_report_without_the_report_extra_says_what_to_install():
