@@ -90,10 +90,11 @@ _NAMES = {"steps": ("max_train_steps", int), "resolution": ("resolution", int), 
 _FLOORS = {"steps": 0, "resolution": 8, "batch": 1, "accumulation": 1, "preview_images": 0, "preview_steps": 1, "rank": 1}
 
 
-def task_settings(task, job_hyperparameters: Mapping[str, Any] | None, family: FamilySpec, config) -> TaskSettings:
+def task_settings(task, job_hyperparameters: Mapping[str, Any] | None, family: FamilySpec, config,
+                  variant: str = "") -> TaskSettings:
     """``task``'s settings: ``config``'s defaults (TrainConfig's, via PlanConfig), then the
-    family's, then the job's, then the task's own hyperparameters."""
-    merged = {**dict(family.defaults), **(job_hyperparameters or {}), **task.hyperparameters}
+    family's recipe (of ``variant``), then the job's, then the task's own hyperparameters."""
+    merged = {**family.defaults_for(variant), **(job_hyperparameters or {}), **task.hyperparameters}
     values: dict[str, Any] = {}
     for field_name, (name, kind) in _NAMES.items():
         default = getattr(config, name)

@@ -16,7 +16,7 @@ training micro-step (batch 1, bf16, LoRA, the family's gradient checkpointing) o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
@@ -62,7 +62,8 @@ class FamilySpec:
     quantizable: bool = False                       # base_quantization is a setting of this family
     trains_text_encoder: bool = True                # train_text_encoder is a setting of this family
     defaults: Mapping[str, Any] = field(default_factory=dict)   # settings a task gets when it sets nothing,
-                                                                 # beyond TrainConfig's (the recipe hook)
+                                                                 # beyond TrainConfig's: the family's recipe
+    variant_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # a variant's recipe overrides
 
     @property
     def denoiser(self) -> Component:
@@ -73,6 +74,10 @@ class FamilySpec:
         rows = {int(k): float(v) for k, v in (table or self.step_s).items()}
         nearest = min(rows, key=lambda r: (abs(r - resolution), r))
         return rows[nearest] * (resolution / nearest) ** 2
+
+    def defaults_for(self, variant: str = "") -> dict[str, Any]:
+        """The recipe of ``variant`` (the default variant's when none is given)."""
+        return {**self.defaults, **self.variant_defaults.get(variant or self.variants[0], {})}
 
     def uses_cfg(self, variant: str, guidance_scale: float) -> bool:
         return self.cfg and variant not in self.uncfg_variants and guidance_scale > 1.0
@@ -157,6 +162,37 @@ FAMILIES: dict[str, FamilySpec] = {f.name: f for f in (
                        "the minimum, with nf4; ai-toolkit train_lora_qwen_image_24gb.yaml: 3-bit + cached text "
                        "embeddings for 24 GB; activations: assumption")),
 )}
+
+# The families' recipes (train/families/*.py: the defaults a task gets when it sets nothing, each
+# value sourced in docs/families.md) as far as a task's time and GPU memory depend on them. fanout
+# cannot import train, so this is a copy: tests/container/test_recipe_copy.py keeps it equal to
+# train's and checks that each recipe fits the instance type the project targets. FLUX.1 is
+# costed as -dev (-schnell previews in 4 steps; fanout cannot tell them apart from model_index.json).
+RECIPES: dict[str, dict[str, Any]] = {
+    "sd": {"max_train_steps": 500, "resolution": 512, "preview_inference_steps": 25, "preview_guidance_scale": 7.5,
+           "train_text_encoder": False, "gradient_checkpointing": False, "mixed_precision": "bf16", "rank": 16},
+    "sdxl": {"max_train_steps": 1000, "resolution": 1024, "preview_every": 250, "preview_inference_steps": 25,
+             "preview_guidance_scale": 5.0, "train_text_encoder": False, "gradient_checkpointing": True,
+             "mixed_precision": "bf16", "rank": 16},
+    "flux": {"max_train_steps": 1000, "resolution": 1024, "preview_every": 250, "preview_inference_steps": 28,
+             "preview_guidance_scale": 3.5, "train_text_encoder": False, "gradient_checkpointing": True,
+             "mixed_precision": "bf16", "base_quantization": "nf4", "rank": 16},
+    "flux2-klein": {"max_train_steps": 1000, "resolution": 1024, "preview_every": 250, "gradient_checkpointing": True,
+                    "mixed_precision": "bf16", "base_quantization": "none", "rank": 32},
+    "z-image": {"max_train_steps": 500, "resolution": 1024, "gradient_accumulation_steps": 4,
+                "preview_inference_steps": 30, "preview_guidance_scale": 4.0, "gradient_checkpointing": True,
+                "mixed_precision": "bf16", "base_quantization": "none", "rank": 16},
+    "qwen-image": {"max_train_steps": 500, "resolution": 1024, "gradient_accumulation_steps": 4,
+                   "preview_inference_steps": 25, "preview_guidance_scale": 4.0, "gradient_checkpointing": True,
+                   "mixed_precision": "bf16", "base_quantization": "nf4", "rank": 16},
+}
+VARIANT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "flux2-klein": {"base": {"preview_inference_steps": 50, "preview_guidance_scale": 4.0},
+                    "distilled": {"preview_inference_steps": 4, "preview_guidance_scale": 1.0}},
+    "z-image": {"turbo": {"preview_inference_steps": 8, "preview_guidance_scale": 0.0}},
+}
+FAMILIES = {name: replace(spec, defaults=RECIPES[name], variant_defaults=VARIANT_RECIPES.get(name, {}))
+            for name, spec in FAMILIES.items()}
 # Keys older --train-times files used for SD.
 ALIASES = {"sd15": "sd", "sd2": "sd"}
 

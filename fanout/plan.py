@@ -106,7 +106,7 @@ def task_cost(task: TaskSpec, job_hyperparameters: Mapping[str, Any] | None = No
               config: PlanConfig = PlanConfig(), family: FamilySpec | str = "sd", variant: str = "") -> float:
     """Estimated cost of one task in step units (see the module docstring)."""
     spec = family_named(family) if isinstance(family, str) else family
-    s = task_settings(task, job_hyperparameters, spec, config)
+    s = task_settings(task, job_hyperparameters, spec, config, variant)
     train = s.steps * micro_step_seconds(spec, s, None, config.prior_factor, config.text_encoder_factor)
     if config.preview_image_cost is None:
         preview = preview_seconds(spec, variant or spec.variants[0], s) / UNIT_S

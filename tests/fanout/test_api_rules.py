@@ -107,7 +107,8 @@ def _upload(svc: Service, user: str, body: dict) -> None:
     (dict(role_arn="sagemaker"), "RoleArn 'sagemaker' does not match"),
     (dict(kms_key="alias/a.b"), "KmsKeyId 'alias/a.b' does not match"),
     (dict(instance_type="ml.g5.3xlarge"), "FANOUT_INSTANCE_TYPE: 'ml.g5.3xlarge' is not"),
-    (dict(model_family="flux", hyperparameters='{"mixed_precision": "bf16"}'), "needs about"),
+    (dict(model_family="flux", hyperparameters='{"mixed_precision": "bf16", "base_quantization": "none"}'),
+         "needs about"),
 ])
 def test_launch_settings_the_api_or_the_gpu_refuse_claim_nothing(settings, env, message):
     svc = _svc(settings)

@@ -18,6 +18,8 @@ from fanout.tasks import TaskSpec
 
 GIB_PER_GB = 1e9 / 1024 ** 3
 BF16_1024 = {"mixed_precision": "bf16", "resolution": 1024, "gradient_checkpointing": True}
+# the same, with the frozen base left unquantized (FLUX.1's and Qwen-Image's recipes quantize it)
+UNQUANTIZED = {**BF16_1024, "base_quantization": "none"}
 
 
 def settings(family: str, **hp):
@@ -57,20 +59,24 @@ def test_impossible_slot_counts_are_refused(value, message):
 
 # (family, hyperparameters, instance type, fits) - the settings users actually send
 FIT_TABLE = [
-    ("flux", BF16_1024, "ml.g5.xlarge", False),                                   # the issue's example
+    ("flux", UNQUANTIZED, "ml.g5.xlarge", False),                                 # the issue's example
     ("flux", {**BF16_1024, "base_quantization": "nf4"}, "ml.g5.xlarge", True),
     ("flux", {**BF16_1024, "base_quantization": "int8"}, "ml.g6.xlarge", True),
-    ("flux", BF16_1024, "ml.g6e.xlarge", True),
-    ("flux", {}, "ml.g6e.12xlarge", False),                                      # today's defaults: fp32
-    ("flux", {}, "ml.p5.48xlarge", True),
+    ("flux", UNQUANTIZED, "ml.g6e.xlarge", True),
+    ("flux", {}, "ml.g5.xlarge", True),                                          # its recipe: NF4 fits 24 GB
+    ("flux", {"mixed_precision": "no", "base_quantization": "none", "gradient_checkpointing": False},
+     "ml.g6e.12xlarge", False),                                                  # fp32, as before recipes
+    ("flux", {"mixed_precision": "no", "base_quantization": "none"}, "ml.p5.48xlarge", True),
     ("flux2-klein", BF16_1024, "ml.g5.xlarge", True),                             # BFL: klein-base-4B fits 24 GB
     ("z-image", BF16_1024, "ml.g5.xlarge", True),                                 # issue 19's target
-    ("z-image", {"mixed_precision": "bf16", "resolution": 1024}, "ml.g5.xlarge", False),   # no checkpointing
+    ("z-image", {"mixed_precision": "bf16", "resolution": 1024, "gradient_checkpointing": False},
+     "ml.g5.xlarge", False),                                                     # no checkpointing
     ("qwen-image", {**BF16_1024, "base_quantization": "nf4"}, "ml.g5.xlarge", True),
-    ("qwen-image", BF16_1024, "ml.g6e.12xlarge", False),                          # 41 GB of transformer
-    ("qwen-image", BF16_1024, "ml.p4de.24xlarge", True),
+    ("qwen-image", UNQUANTIZED, "ml.g6e.12xlarge", False),                        # 41 GB of transformer
+    ("qwen-image", UNQUANTIZED, "ml.p4de.24xlarge", True),
     ("sdxl", BF16_1024, "ml.g5.xlarge", True),
-    ("sdxl", {"resolution": 1024}, "ml.g5.xlarge", False),                        # fp32, no checkpointing
+    ("sdxl", {"resolution": 1024, "mixed_precision": "no", "gradient_checkpointing": False},
+     "ml.g5.xlarge", False),                                                     # fp32, no checkpointing
     ("sd", {}, "ml.g6.xlarge", True),
 ]
 
@@ -110,13 +116,13 @@ def test_the_estimates_match_the_published_peaks_they_rest_on():
     def gb(family, **hp):
         return memory_gib(FAMILIES[family], settings(family, **hp))
 
-    flux_bf16 = gb("flux", **BF16_1024)
+    flux_bf16 = gb("flux", **UNQUANTIZED)
     assert 24 <= flux_bf16.train / GIB_PER_GB <= 29            # HF blog flux-qlora: 26 GB, bf16 LoRA at 1024 px
     assert 9 <= gb("flux", **BF16_1024, base_quantization="nf4").need / GIB_PER_GB <= 14   # blog ~9 GB, SimpleTuner >9G
     assert 10 <= gb("flux2-klein", **BF16_1024).train / GIB_PER_GB <= 14    # SimpleTuner: klein-4b ~12 GB in bf16
-    assert 40 <= gb("qwen-image", **BF16_1024).train / GIB_PER_GB          # the 20 B transformer alone is 41 GB
+    assert 40 <= gb("qwen-image", **UNQUANTIZED).train / GIB_PER_GB          # the 20 B transformer alone is 41 GB
     assert gb("sdxl", **BF16_1024).need / GIB_PER_GB < 16                  # README_sdxl: SDXL LoRA < 16 GB
-    assert gb("flux").need / GIB_PER_GB > 48                               # issue 19: 12 B transformer in fp32
+    assert gb("flux", mixed_precision="no", base_quantization="none").need / GIB_PER_GB > 48   # 12 B in fp32
 
 
 def test_a_thousand_tasks_with_one_bad_job_setting_give_one_line_and_an_override_its_own():
@@ -126,7 +132,7 @@ def test_a_thousand_tasks_with_one_bad_job_setting_give_one_line_and_an_override
     problems = job_fit_problems(tasks, {**BF16_1024, "base_quantization": "nf4"}, spec, g5, PlanConfig(), "tasks.jsonl")
     assert len(problems) == 1 and problems[0].startswith("tasks.jsonl: task 'big' does not fit ml.g5.xlarge: ")
     assert "at 2048 px" in problems[0] and "would fit: gradient_checkpointing=true (about" in problems[0]
-    problems = job_fit_problems(tasks, BF16_1024, spec, g5, PlanConfig(), "tasks.jsonl")
+    problems = job_fit_problems(tasks, UNQUANTIZED, spec, g5, PlanConfig(), "tasks.jsonl")
     assert [p.split(" fit ")[0] for p in problems] == ["tasks.jsonl: 999 tasks 't0000', 't0001', 't0002', 't0003', "
                                                       "'t0004' and 994 more do not", "tasks.jsonl: task 'big' does not"]
 
@@ -138,7 +144,8 @@ def test_validate_and_plan_refuse_a_job_that_cannot_fit_and_accept_one_that_does
     model = tmp_path / "base"
     model.mkdir()
     (model / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    hp = ["--hp", "mixed_precision=bf16", "--hp", "resolution=1024", "--hp", "gradient_checkpointing=true"]
+    hp = ["--hp", "mixed_precision=bf16", "--hp", "resolution=1024", "--hp", "gradient_checkpointing=true",
+          "--hp", "base_quantization=none"]
     assert main(["validate", str(tasks), "--model", str(model), *hp]) == 2
     err = capsys.readouterr().err
     assert "all 3 tasks do not fit ml.g5.xlarge" in err and "base_quantization=nf4" in err and "ml.g6e.xlarge" in err
@@ -146,7 +153,8 @@ def test_validate_and_plan_refuse_a_job_that_cannot_fit_and_accept_one_that_does
     assert "needs about" in capsys.readouterr().err
     assert main(["validate", str(tasks), "--family", "flux", "--instance-type", "ml.g6e.xlarge", *hp]) == 0
     assert "flux fits ml.g6e.xlarge: about" in capsys.readouterr().out
-    assert main(["validate", str(tasks), "--model", str(model), *hp, "--hp", "base_quantization=nf4"]) == 0
+    assert main(["validate", str(tasks), "--model", str(model), *hp[:-2], "--hp", "base_quantization=nf4"]) == 0
+    assert main(["validate", str(tasks), "--model", str(model)]) == 0        # setting nothing: FLUX.1's recipe fits
 
 
 @pytest.mark.parametrize("index, family, variant", [

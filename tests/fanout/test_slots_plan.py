@@ -53,14 +53,15 @@ def test_two_gpus_per_host_halve_the_makespan_of_even_tasks_and_pinned_hosts_sta
 
 
 def test_a_task_costs_what_its_family_step_costs():
-    config = PlanConfig(preview_every=0, task_overhead=0)
-    sd = task_cost(task("a", 400, resolution=1024), config=config, family="sd")
+    config = PlanConfig(task_overhead=0)
+    plain = dict(resolution=1024, preview_every=0, gradient_accumulation_steps=1)   # what recipes would set otherwise
+    sd = task_cost(task("a", 400, **plain), config=config, family="sd")
     for name, spec in FAMILIES.items():
-        cost = task_cost(task("a", 400, resolution=1024), config=config, family=name)
+        cost = task_cost(task("a", 400, **plain), config=config, family=name)
         assert cost == pytest.approx(400 * spec.step_seconds(1024) / UNIT_S, rel=1e-3)
-    assert task_cost(task("a", 400, resolution=1024), config=config, family="flux") > 2 * sd
+    assert task_cost(task("a", 400, **plain), config=config, family="flux") > 2 * sd
     # accumulation multiplies the micro-steps; the family's own overhead applies when the config leaves it
-    assert task_cost(task("a", 400, gradient_accumulation_steps=4), config=config) == pytest.approx(1600)
+    assert task_cost(task("a", 400, gradient_accumulation_steps=4, preview_every=0), config=config) == pytest.approx(1600)
     assert task_cost(task("a", 0, preview_every=0), family="qwen-image") == pytest.approx(
         FAMILIES["qwen-image"].task_fixed_s / UNIT_S, abs=1e-3)
 
