@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from container.errors import JobConfigError
-from train.redaction import shown
+from fanout.redaction import shown
 
 ON_TASK_FAILURE = ("continue", "fail")
 

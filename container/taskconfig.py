@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from container.errors import TaskPathError
 from container.settings import CONTAINER_HYPERPARAMETER_NAMES
-from train.redaction import shown
+from fanout.redaction import shown
 
 if TYPE_CHECKING:
     from fanout.tasks import TaskSpec

@@ -6,8 +6,8 @@ report pages and CloudWatch. A value pasted into the wrong field (an AWS key as 
 rate, a token as a task id) must not be echoed into all of them. So a reason names the field
 and the rule, and shows the value only when it is short and does not look like a secret.
 
-``train.redaction`` holds the same rules (train does not import fanout);
-tests/container/test_redaction_rules.py keeps the two equal.
+Standard library only, so train and container use it too (train imports nothing else of fanout;
+fanout never imports train).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from train.flow import WEIGHTING_SCHEMES
 from train.hyperparameters import decode, reject_unknown, unquote
 from train.quality.gate import MAXIMA as QUALITY_MAXIMA, ON_QUALITY_FAIL, SCORES as QUALITY_SCORES, gate_problem
 from train.quantize import BASE_QUANTIZATIONS
-from train.redaction import shown, shown_name
+from fanout.redaction import shown, shown_name
 from train.screen import CHECKS, SCREEN_MODES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -17,7 +17,7 @@ import typing
 from typing import Any, Iterable, Mapping
 
 from train.errors import ConfigError
-from train.redaction import shown
+from fanout.redaction import shown
 
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")

@@ -27,7 +27,7 @@ from train.previews import write_previews
 from train.prior import class_examples
 from train.progress import Progress
 from train.quality.evaluate import evaluate_task, relocate
-from train.redaction import shown
+from fanout.redaction import shown
 from train.screen import Screening, face_boxes, screen_task
 from train.state import (StatusFile, latest_state, load_state, prune_states, remove_leftovers, save_state,
                          set_rng_states)
