@@ -271,40 +271,28 @@ def build_sdxl(out_dir: Path, *, full: bool = False, prediction_type: str = "eps
     return out_dir
 
 
-def _flow_builder(family: str, full_arch: str):
-    """FLUX.1 / FLUX.2 Klein live in scripts/tiny_flux.py (imported late: it imports this file)."""
+def _flow_builder(module: str, family: str, full_arch: str):
+    """The flow-matching families' builders live in scripts/tiny_flux.py (FLUX.1, FLUX.2 Klein)
+    and scripts/tiny_dit.py (Z-Image, Qwen-Image), imported late: they import this file."""
     def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0,
               variant: str | None = None) -> Path:
+        import importlib
+
         if prediction_type != "epsilon":
             raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
-        try:
-            import tiny_flux
-        except ImportError:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import tiny_flux
-        return tiny_flux.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
-    return build
-
-
-def _dit_builder(family: str, full_arch: str):
-    """Z-Image / Qwen-Image live in scripts/tiny_dit.py (imported late, as tiny_flux)."""
-    def build(out_dir: Path, *, full: bool = False, prediction_type: str = "epsilon", seed: int = 0,
-              variant: str | None = None) -> Path:
-        if prediction_type != "epsilon":
-            raise ValueError(f"--prediction-type: {family} models are flow-matching (velocity), not {prediction_type}")
-        try:
-            import tiny_dit
-        except ImportError:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import tiny_dit
-        return tiny_dit.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
+        here = str(Path(__file__).resolve().parent)
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        builder = importlib.import_module(module)
+        return builder.build(out_dir, family=family, arch=full_arch if full else "tiny", seed=seed, variant=variant)
     return build
 
 
 # family -> builder; full-shape arch name -> family.
-BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "flux": _flow_builder("flux", "flux-dev"),
-            "flux2-klein": _flow_builder("flux2-klein", "flux2-klein-4b"),
-            "z-image": _dit_builder("z-image", "z-image-6b"), "qwen-image": _dit_builder("qwen-image", "qwen-image-20b")}
+BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "flux": _flow_builder("tiny_flux", "flux", "flux-dev"),
+            "flux2-klein": _flow_builder("tiny_flux", "flux2-klein", "flux2-klein-4b"),
+            "z-image": _flow_builder("tiny_dit", "z-image", "z-image-6b"),
+            "qwen-image": _flow_builder("tiny_dit", "qwen-image", "qwen-image-20b")}
 ARCHES = {"tiny": None, "sd15": "sd", "sdxl": "sdxl", "flux-dev": "flux", "flux2-klein-4b": "flux2-klein",
           "z-image-6b": "z-image", "qwen-image-20b": "qwen-image"}
 # Families with published variants, and theirs (the first is the default).

@@ -18,6 +18,12 @@ a125cd84, and current master):
   weight (``to_q/to_k/to_v`` are rows 0, H, 2H of ``img_attn.qkv`` ...).
 - ``comfy/ldm/flux/layers.py``: the BFL weights' shapes (FLUX.1: mlp_ratio 4, GELU MLP;
   FLUX.2: ``mlp_silu_act``, a gated MLP whose first layer is twice as wide).
+- Z-Image and Qwen-Image (``comfy/lora.py model_lora_keys_unet``: the ``QwenImage`` and
+  ``Lumina2`` branches; ``comfy/utils.py z_image_to_diffusers``): every model weight
+  ``diffusion_model.<n>.weight`` is reachable as ``diffusion_model.<n>``; Qwen-Image's ComfyUI
+  model uses diffusers' layer names, reachable also as ``<n>`` and ``transformer.<n>``; Z-Image's
+  (Lumina2/NextDiT) fuses q, k, v into ``attention.qkv`` and names ``to_out.0`` ``attention.out``,
+  and ``diffusion_model.<d>``, ``transformer.<d>`` and ``<d>`` all reach a diffusers name ``<d>``.
 - ``comfy/lora.py`` ``calculate_weight``: a "lora" patch adds
   ``strength * (alpha / down.shape[0] if alpha else 1) * up @ down`` to the weight.
 """
@@ -154,3 +160,92 @@ def patch_delta(up, down, alpha):
     """What ``calculate_weight`` adds to the weight for a "lora" patch at strength 1."""
     scale = alpha / down.shape[0] if alpha is not None else 1.0
     return scale * (up.float().flatten(start_dim=1) @ down.float().flatten(start_dim=1))
+
+
+# --- Z-Image and Qwen-Image: key maps over the transformer, fused weights, patches ---------------
+
+def z_image_to_diffusers(n_layers: int, dim: int, n_refiner: int, prefix: str = "diffusion_model.") -> dict:
+    """diffusers weight name -> (ComfyUI weight name, slice or None), as comfy/utils.py builds it."""
+    out: dict[str, tuple[str, Any]] = {}
+
+    def block(src: str, dst: str, adaln: bool) -> None:
+        for end in ("weight", "bias"):
+            qkv = f"{dst}.attention.qkv.{end}"
+            for i, name in enumerate(("to_q", "to_k", "to_v")):
+                out[f"{src}.attention.{name}.{end}"] = (qkv, (0, i * dim, dim))
+        names = {"attention.norm_q.weight": "attention.q_norm.weight", "attention.norm_k.weight":
+                 "attention.k_norm.weight", "attention.to_out.0.weight": "attention.out.weight",
+                 "attention.to_out.0.bias": "attention.out.bias"}
+        names.update({n: n for n in ("attention_norm1.weight", "attention_norm2.weight", "feed_forward.w1.weight",
+                                     "feed_forward.w2.weight", "feed_forward.w3.weight", "ffn_norm1.weight",
+                                     "ffn_norm2.weight")})
+        if adaln:
+            names.update({n: n for n in ("adaLN_modulation.0.weight", "adaLN_modulation.0.bias")})
+        out.update({f"{src}.{k}": (f"{dst}.{v}", None) for k, v in names.items()})
+
+    for i in range(n_layers):
+        block(f"layers.{i}", f"{prefix}layers.{i}", True)
+    for i in range(n_refiner):
+        block(f"context_refiner.{i}", f"{prefix}context_refiner.{i}", True)
+        block(f"noise_refiner.{i}", f"{prefix}noise_refiner.{i}", True)
+    return out
+
+
+def dit_key_map(family: str, transformer: Any) -> dict[str, tuple[str, Any]]:
+    """LoRA module name -> (ComfyUI weight, slice or None) for ``transformer``'s model."""
+    keys: dict[str, tuple[str, Any]] = {}
+    if family == "qwen-image":
+        for name, _ in transformer.named_parameters():
+            if name.endswith(".weight"):
+                n = name[:-len(".weight")]
+                target = (f"diffusion_model.{name}", None)
+                keys.update({f"diffusion_model.{n}": target, n: target, f"transformer.{n}": target})
+        return keys
+    c = transformer.config
+    for d, target in z_image_to_diffusers(c.n_layers, c.dim, c.n_refiner_layers).items():
+        if d.endswith(".weight"):
+            n = d[:-len(".weight")]
+            keys.update({f"diffusion_model.{n}": target, f"transformer.{n}": target, n: target})
+    return keys
+
+
+def dit_patches(state: Mapping[str, Any], keys: Mapping[str, tuple[str, Any]]) -> tuple[dict[str, list], set[str]]:
+    """``load_lora`` over a DiT key map, each patch as its delta: ({ComfyUI weight: [(slice,
+    delta)]}, keys of ``state`` not loaded)."""
+    raw, unloaded = load_lora(state, keys)
+    patches: dict[str, list] = {}
+    for (target, part), (up, down, alpha) in raw.items():
+        patches.setdefault(target, []).append((part, patch_delta(up, down, alpha)))
+    return patches, set(unloaded)
+
+
+def comfy_weights(family: str, transformer: Any, diffusers_state: dict) -> dict[str, Any]:
+    """The ComfyUI model's weights built from diffusers weights (q, k, v fused for Z-Image)."""
+    import torch
+
+    if family == "qwen-image":
+        return {f"diffusion_model.{k}": v.float() for k, v in diffusers_state.items()}
+    c = transformer.config
+    out: dict[str, Any] = {}
+    for d, (target, part) in z_image_to_diffusers(c.n_layers, c.dim, c.n_refiner_layers).items():
+        if d not in diffusers_state:
+            continue
+        w = diffusers_state[d].float()
+        if part is None:
+            out[target] = w.clone()
+        else:
+            full = out.setdefault(target, torch.zeros((3 * part[2],) + tuple(w.shape[1:])))
+            full.narrow(part[0], part[1], part[2]).copy_(w)
+    return out
+
+
+def apply(weights: dict, patches: dict) -> dict:
+    """``weights`` with the patches added (only the patched entries are returned)."""
+    out = {}
+    for target, items in patches.items():
+        w = weights[target].clone()
+        for part, delta in items:
+            (w if part is None else w.narrow(part[0], part[1], part[2])).add_(delta.reshape(
+                w.shape if part is None else w.narrow(part[0], part[1], part[2]).shape))
+        out[target] = w
+    return out

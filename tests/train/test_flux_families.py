@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import FAST
-from train_helpers import load_script, lora_tensors
+from train_helpers import FAST, eval_loss, load_script, lora_tensors
 
 torch = pytest.importorskip("torch")
 
@@ -142,27 +141,6 @@ def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_comp
     assert any(r["reader"].startswith("ComfyUI key maps") for r in entries["kohya"]["suite_verified"])
     assert [r["reader"].split(" + ")[0] for r in entries["lora"]["verified"]] == [f"diffusers {diffusers.__version__}"]
     assert any(k.startswith("lora_unet_single_blocks_0_linear1.") for k in load_file(tmp_path / "model" / "lora_kohya.safetensors"))
-
-
-def eval_loss(base, cfg, n: int = 6) -> float:
-    """The objective on fixed draws (noise, sigmas) over the instance images."""
-    from train.data import load_images, to_tensor
-    from train.objective import weighted_loss
-
-    family = base.family
-    examples = load_images(cfg.instance_data, prompt=cfg.instance_prompt, resolution=cfg.resolution,
-                           max_pixels=cfg.max_image_pixels)
-    pixels = torch.stack([to_tensor(e, cfg.resolution, center_crop=True, random_flip=False) for e in examples])
-    with torch.no_grad(), family.prompt_encoding(base):
-        mean, std = family.encode_pixels(base, pixels)
-        prompts = family.encode_prompts(base, [cfg.instance_prompt] * len(examples))
-        total = 0.0
-        for k in range(n):
-            g = torch.Generator().manual_seed(100 + k)
-            noised = family.noise(base, cfg, family.sample_latents(base, mean, std, g), g)
-            pred = family.denoise(base, noised, prompts, [])
-            total += float(weighted_loss(cfg, pred, noised, n_instance=len(examples))[0])
-    return total / n
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -102,9 +102,9 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_comfyui_uses_every_key_of_the_copy_and_patches_what_diffusers_applies(trained, models, family):
-    """The ComfyUI copy through ComfyUI's key map and patch rules (comfy_rules.py) gives, weight
+    """The ComfyUI copy through ComfyUI's key map and patch rules (comfy_keys.py) gives, weight
     by weight, what diffusers' loader applies from the diffusers file."""
-    from comfy_rules import apply, comfy_weights, key_map, load_lora
+    from comfy_keys import apply, comfy_weights, dit_key_map, dit_patches
     from safetensors.torch import load_file
 
     from train.families.bfl_keys import lora_layers
@@ -115,7 +115,7 @@ def test_comfyui_uses_every_key_of_the_copy_and_patches_what_diffusers_applies(t
     pipe = fresh(models[family], family)
     transformer = pipe.transformer
     base_weights = {k: v.clone() for k, v in transformer.state_dict().items()}
-    patches, not_loaded = load_lora(copy, key_map(family, transformer))
+    patches, not_loaded = dit_patches(copy, dit_key_map(family, transformer))
     assert not not_loaded, f"ComfyUI would warn 'lora key not loaded' for {sorted(not_loaded)[:3]}"
     got = apply(comfy_weights(family, transformer, base_weights), patches)
 

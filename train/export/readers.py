@@ -51,8 +51,10 @@ SUITE: dict[str, dict[str, tuple[dict[str, str], ...]]] = {
                        "tests/train/test_flux_families.py"), (COMFY, ORACLE_TEST)),
         "flux2-klein": _rows((CURRENT, "tests/train/test_flux_families.py"), (COMFY, ORACLE_TEST)),
         # diffusers reads these through its own converters (_convert_non_diffusers_{z_image,qwen}_lora_to_diffusers)
-        "z-image": _rows((CURRENT, "tests/train/test_z_image_qwen_image.py"), (COMFY, ORACLE_TEST)),
-        "qwen-image": _rows((CURRENT, "tests/train/test_z_image_qwen_image.py"), (COMFY, ORACLE_TEST)),
+        "z-image": _rows((CURRENT, "tests/train/test_z_image_qwen_image.py"),
+                         (COMFY, "tests/train/test_z_image_qwen_image.py")),
+        "qwen-image": _rows((CURRENT, "tests/train/test_z_image_qwen_image.py"),
+                            (COMFY, "tests/train/test_z_image_qwen_image.py")),
     },
     "merged-fp16": {
         "sd": _rows((CURRENT, "tests/train/test_export_formats.py"), (OLD_035, "tests/train/test_export_portable.py"),
