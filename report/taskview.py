@@ -81,7 +81,7 @@ class TaskView:
     previews: PreviewGrid | None
     last_preview: Thumb | None
     timings: list[tuple[str, float, float]]  # phase, seconds, share of the total
-    settings: list[tuple[str, str]]
+    settings: list[tuple[str, str, str]]
     exports: list[ExportRow]
     quality: Quality | None
     screening: Screening | None
@@ -112,7 +112,7 @@ def read_task(files: Files, *, task_id: str | None = None, model: Files | None =
         verdict=(quality.verdict if quality else None) or status.get("verdict"),
         metrics=metrics, loss_chart=loss_chart, previews=previews,
         last_preview=_last(previews), timings=timings(status.get("timings")),
-        settings=settings(status.get("settings")), exports=exports(manifest), quality=quality,
+        settings=settings(status.get("settings"), status.get("recipe")), exports=exports(manifest), quality=quality,
         screening=read_screening(_object(status.get("screening")) or _object(manifest.get("screening"))),
         log_lines=log[-LOG_LINES_SHOWN:],
     )
@@ -183,10 +183,17 @@ def timings(raw: Any) -> list[tuple[str, float, float]]:
     return [(p, values[p], values[p] / total) for p in order]
 
 
-def settings(raw: Any) -> list[tuple[str, str]]:
+def settings(raw: Any, recipe: Any = None) -> list[tuple[str, str, str]]:
+    """(name, value, where the value comes from: the family's recipe and its source, or "")."""
     if not isinstance(raw, dict):
         return []
-    return [(str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in sorted(raw.items())]
+    recipe = recipe if isinstance(recipe, dict) else {}
+    given = recipe.get("from_recipe") if isinstance(recipe.get("from_recipe"), dict) else {}
+    sources = recipe.get("sources") if isinstance(recipe.get("sources"), dict) else {}
+    label = "/".join(str(p) for p in (recipe.get("family"), recipe.get("variant")) if p)
+    return [(str(k), v if isinstance(v, str) else json.dumps(v),
+             f"{label} recipe: {sources.get(k, '')}".rstrip(": ") if k in given else "")
+            for k, v in sorted(raw.items())]
 
 
 def exports(manifest: dict) -> list[ExportRow]:

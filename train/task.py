@@ -57,7 +57,8 @@ def run_task(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint_d
     model_dir, checkpoint_dir = Path(model_dir), Path(checkpoint_dir)
     status = StatusFile(checkpoint_dir / "status.json", extra=status_extra)
     status.start(cfg.max_train_steps)
-    status.update(settings=changed_settings(cfg))  # what the task page lists as "settings"
+    # what the task page lists as "settings", and which of them the family's recipe gave
+    status.update(settings=changed_settings(cfg), recipe=cfg.recipe.to_manifest() if cfg.recipe is not None else None)
     try:
         step, loss = train_lora(base, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                                 class_cache_dir=Path(class_cache_dir or checkpoint_dir / "class_images"),

@@ -28,7 +28,9 @@ def task_folder(root: Path, *, state: str = "completed") -> Path:
               "total_steps": 40, "loss": 0.12, "attempts": 2, "started_at": "2026-12-04T10:00:00Z",
               "finished_at": "2026-12-04T10:03:00Z", "error": f"DataError: caption {HOSTILE}" if state == "failed" else None,
               "timings": {"data": 1.5, "encoding": 0.5, "training": 120.0, "previews": 20.0, "export": 8.0, "upload": 2.0},
-              "settings": {"instance_prompt": f"a photo of sks {HOSTILE}", "max_train_steps": 40, "rank": 8}}
+              "settings": {"instance_prompt": f"a photo of sks {HOSTILE}", "max_train_steps": 40, "rank": 8},
+              "recipe": {"family": "flux", "variant": "dev", "from_recipe": {"rank": 8},
+                         "sources": {"rank": "ai-toolkit train_lora_flux_24gb.yaml"}}}
     ck.mkdir(parents=True)
     (ck / "status.json").write_text(json.dumps(status))
     (ck / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-4, "seconds": s * 3.0})
@@ -108,3 +110,7 @@ def test_quality_and_screening_show_exactly_when_the_task_has_them(chromium, tmp
     for phase in ("data", "encoding", "training", "previews", "export", "upload"):
         assert phase in page.page.inner_text("#timings")
     assert page.page.locator("#loss-chart svg").count() == 1
+    # a setting the family's recipe gave says so, with its source; one the task set does not
+    rows = {r.split("\t")[0]: r for r in page.page.inner_text("#settings").splitlines()}
+    assert "flux/dev recipe: ai-toolkit train_lora_flux_24gb.yaml" in rows["rank"]
+    assert "recipe" not in rows["max_train_steps"]
