@@ -1,8 +1,6 @@
-#!/usr/bin/env python3
-"""Build a Z-Image or Qwen-Image pipeline with random weights, offline.
-
-    python scripts/tiny_dit.py OUT_DIR --family z-image|qwen-image [--variant base|turbo]
-                               [--arch tiny|z-image-6b|qwen-image-20b] [--seed 0]
+"""Build a Z-Image or Qwen-Image pipeline with random weights, offline (through
+``scripts/make_tiny_model.py --family z-image|qwen-image [--variant base|turbo] [--arch
+z-image-6b|qwen-image-20b]``, the one command that builds every family's tiny model).
 
 The real diffusers and transformers classes (``ZImagePipeline``: ``ZImageTransformer2DModel``,
 the FLUX-style ``AutoencoderKL``, a ``Qwen3Model`` text encoder; ``QwenImagePipeline``:
@@ -20,7 +18,6 @@ card a Hugging Face snapshot of Z-Image-Turbo carries (``README.md``), which is 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -179,24 +176,3 @@ def build(out_dir: Path, *, family: str, arch: str = "tiny", seed: int = 0, vari
         raise SystemExit(f"--variant {variant}: {family} has " + (", ".join(VARIANTS[family]) if any(VARIANTS[family])
                                                                      else "no variants"))
     return BUILDERS[family](out_dir, arch=arch, seed=seed, variant=variant)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        import train  # noqa: F401  (quiets third-party import-time noise)
-    except ImportError:
-        pass
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out_dir", type=Path, help="folder to write the pipeline to")
-    p.add_argument("--family", choices=sorted(BUILDERS), required=True, help="model family")
-    p.add_argument("--variant", default=None, help="z-image: base (default) or turbo")
-    p.add_argument("--arch", default="tiny", help="tiny (default), or the full shape: z-image-6b, qwen-image-20b")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
-    a = p.parse_args(argv)
-    out = build(a.out_dir, family=a.family, arch=a.arch, seed=a.seed, variant=a.variant)
-    print(f"wrote {a.arch} {a.family} pipeline to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -250,8 +250,9 @@ def test_a_stated_variant_wins_a_wrong_one_is_refused_and_a_hub_folder_name_coun
     assert variant(named) == "turbo"                        # no model card: the Hub cache's folder name
     (named / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Z-Image\nAlso see Z-Image-Turbo.\n")
     assert variant(named) == "base"                         # the card's title, not any mention
-    (named / "README.md").write_text("# Z-Image\nDistilled from it: Z-Image-Turbo.\n```python\n"
-                                     "ZImagePipeline.from_pretrained('Tongyi-MAI/Z-Image-Turbo')\n```\n")
+    repo = "Tongyi-MAI/Z-Image-Turbo"   # a model card's usage example (text: nothing is loaded)
+    (named / "README.md").write_text(f"# Z-Image\nDistilled from it: Z-Image-Turbo.\n```python\n"
+                                     f"ZImagePipeline.from_pretrained({repo!r})\n```\n")
     assert variant(named) == "turbo"                        # the repository the card's own example loads
     index = json.loads((named / "model_index.json").read_text())
     (named / "model_index.json").write_text(json.dumps({**index, "_variant": "turbo"}))

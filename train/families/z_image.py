@@ -85,7 +85,7 @@ class ZImage(FlowMatchingFamily):
     def detect_variant(self, path: Path, index: Mapping[str, Any]) -> str:
         """``turbo`` or ``base``: ``model_index.json``'s ``_variant`` when set (diffusers ignores
         ``_`` keys); else the folder's model card (``README.md`` of a Hugging Face snapshot): the
-        repository its usage example loads (``from_pretrained("Tongyi-MAI/Z-Image-Turbo")``), or
+        repository its usage example loads (``from_pretrained`` of ``Tongyi-MAI/Z-Image-Turbo``), or
         its title; else a folder name with "turbo" in it (the Hub cache's
         ``models--Tongyi-MAI--Z-Image-Turbo``); a folder that says nothing is Base."""
         stated = str(index.get("_variant", "")).strip().lower()
