@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from train.config import TrainConfig, flag_name, required_missing
+from train.config import TrainConfig, default_of, flag_name, required_missing
 from train.errors import ConfigError, Interrupted, TrainError
 
 REQUIRED = ("pretrained_model", "instance_data", "instance_prompt", "output_dir")
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     from_recipe = recipe_fields()
     for f in dataclasses.fields(TrainConfig):
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = default_of(f)
         help_text = f.metadata["help"]
         if f.metadata.get("choices"):
             help_text += f" ({'|'.join(f.metadata['choices'])})"

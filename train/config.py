@@ -225,7 +225,7 @@ class TrainConfig:
         # Build without the generic check, then check naming the real source.
         obj = object.__new__(cls)
         for f in dataclasses.fields(cls):
-            object.__setattr__(obj, f.name, kwargs.get(f.name, _default(f)))
+            object.__setattr__(obj, f.name, kwargs.get(f.name, default_of(f)))
         _validate(obj, source)
         return _remember(obj, given=frozenset(kwargs))
 
@@ -250,7 +250,8 @@ def _recording_init(init):
 TrainConfig.__init__ = _recording_init(TrainConfig.__init__)
 
 
-def _default(f: dataclasses.Field) -> Any:
+def default_of(f: dataclasses.Field) -> Any:
+    """A setting's default (a ``default_factory`` called)."""
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
@@ -353,7 +354,7 @@ def family_settings_problems(cfg: TrainConfig, family) -> list[str]:
     problems = []
     for f in dataclasses.fields(cfg):
         allowed = f.metadata.get("families")
-        if allowed and family.name not in allowed and getattr(cfg, f.name) != f.default:
+        if allowed and family.name not in allowed and getattr(cfg, f.name) != default_of(f):
             problems.append(f"{f.name} ({flag_name(f.name)}) is a setting of {', '.join(allowed)} models; "
                             f"the base model is {family.name} ({family.title}), which does not use it")
     return problems
@@ -365,7 +366,7 @@ def changed_settings(cfg: TrainConfig) -> dict[str, Any]:
     paths = ("pretrained_model", "instance_data", "output_dir", "class_data")
     values = cfg.to_dict()
     return {f.name: values[f.name] for f in dataclasses.fields(cfg)
-            if f.name not in paths and getattr(cfg, f.name) != f.default}
+            if f.name not in paths and getattr(cfg, f.name) != default_of(f)}
 
 
 def required_missing(cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:

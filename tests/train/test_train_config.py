@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from train import cli
-from train.config import HYPERPARAMETER_NAMES, TrainConfig, flag_name
+from train.config import HYPERPARAMETER_NAMES, TrainConfig, changed_settings, flag_name
 from train.errors import ConfigError
 
 
@@ -66,6 +66,13 @@ def test_replace_validates_and_hyperparameters_exclude_paths_and_prompts():
     assert {"max_train_steps", "learning_rate", "rank", "resolution", "preview_every", "checkpoint_every",
             "mixed_precision", "seed"} <= HYPERPARAMETER_NAMES
     assert not {"pretrained_model", "instance_data", "instance_prompt", "output_dir"} & HYPERPARAMETER_NAMES
+
+
+def test_the_task_pages_settings_are_only_those_that_differ_from_their_defaults():
+    # quality_gate's default is an empty dict (a default_factory): left as it is, it is not "changed"
+    assert changed_settings(TrainConfig(instance_prompt="a photo of sks dog")) == {"instance_prompt": "a photo of sks dog"}
+    cfg = TrainConfig.from_dict({"quality_gate": '{"dino": 0.5}', "max_train_steps": "7"})
+    assert changed_settings(cfg) == {"quality_gate": {"dino": 0.5}, "max_train_steps": 7}
 
 
 def test_export_formats_are_those_train_export_knows():
