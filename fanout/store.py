@@ -278,6 +278,11 @@ class ModelStore:
         item = {"user_id": user_id, "model_id": model_id, "created_at": now, **fields}
         return _put_new(self.client, self.table, item, "model_id")
 
+    def get(self, user_id: str, model_id: str) -> dict[str, Any] | None:
+        """One model's item (the serving container resolves a request's model id with it)."""
+        found = self.client.get_item(TableName=self.table, Key=_item({"user_id": user_id, "model_id": model_id}))
+        return _plain(found["Item"]) if "Item" in found else None
+
     def models_of(self, user_id: str) -> list[dict[str, Any]]:
         found = self.client.query(TableName=self.table, KeyConditionExpression="user_id = :u",
                                   ExpressionAttributeValues=_item({":u": user_id}))

@@ -19,8 +19,8 @@ from report.charts import Lane, timeline_chart
 from report.cost import JobCost, Price
 from report.files import Files, read_json
 from report.images import ROW_THUMB, Thumb, thumbnail
+from report.taskview import preview_steps
 
-_STEP_DIR = re.compile(r"^previews/step-(\d+)/prompts\.json$")
 DELIVERED = ("completed", "restored")
 
 
@@ -58,6 +58,8 @@ class TaskRow:
     href: str | None
     error: str | None
     cost: float | None = None
+    started_at: Any = None          # when it ran: its summary entry's times, else status.json's
+    finished_at: Any = None
 
 
 @dataclass
@@ -108,7 +110,7 @@ def read_job(inputs: JobInputs, price: Price | None, *, as_if: str = "") -> JobV
     ids = list(dict.fromkeys([*inputs.task_ids, *outcomes, *tasks_with_status(inputs.checkpoints)]))
     with ThreadPoolExecutor(max_workers=8) as pool:  # S3 round trips dominate a large job
         rows = list(pool.map(lambda tid: _row(tid, outcomes.get(tid), inputs), ids))
-    lanes, t0, end = timeline(inputs, rows, outcomes)
+    lanes, t0, end = timeline(inputs, rows)
     hosts = host_rows(lanes)
     plan = plan_check(inputs, rows, hosts, (end - t0) if lanes else None)
     cost = _cost(inputs, price, rows, hosts, plan, as_if)
@@ -149,6 +151,7 @@ def _row(task_id: str, outcome: dict | None, inputs: JobInputs) -> TaskRow:
     status = read_json(folder, "status.json")
     status = status if isinstance(status, dict) else {}
     outcome = outcome or {}
+    when = outcome or status
     quality = status.get("quality") if isinstance(status.get("quality"), dict) else {}
     state = outcome.get("outcome") or status.get("state") or "pending"
     step = status.get("step", outcome.get("step"))
@@ -161,11 +164,12 @@ def _row(task_id: str, outcome: dict | None, inputs: JobInputs) -> TaskRow:
         total_steps=status.get("total_steps") if isinstance(status.get("total_steps"), int) else None,
         seconds=_number(outcome.get("seconds")), loss=_number(loss), thumb=last_preview(folder),
         href=inputs.task_href(task_id), error=outcome.get("error") or status.get("error"),
+        started_at=when.get("started_at"), finished_at=when.get("finished_at"),
     )
 
 
 def last_preview(folder: Files) -> Thumb | None:
-    steps = sorted((int(m.group(1)), p) for p in folder.paths("previews") if (m := _STEP_DIR.match(p)))
+    steps = preview_steps(folder)
     if not steps:
         return None
     index = read_json(folder, steps[-1][1])
@@ -197,7 +201,7 @@ def reason_key(error: str, task_id: str) -> str:
     return text[:400]
 
 
-def timeline(inputs: JobInputs, rows: Sequence[TaskRow], outcomes: Mapping[str, dict]) -> tuple[list[Lane], float, float]:
+def timeline(inputs: JobInputs, rows: Sequence[TaskRow]) -> tuple[list[Lane], float, float]:
     """Lanes in seconds from the first host's start, one per host, or one per slot of a host
     whose tasks say which slot ran them; idle = billed time with nothing running on the lane."""
     starts = {s.get("host"): _time(s.get("started_at")) for s in inputs.summaries}
@@ -208,13 +212,10 @@ def timeline(inputs: JobInputs, rows: Sequence[TaskRow], outcomes: Mapping[str, 
     ends = {s.get("host"): _time(s.get("finished_at")) for s in inputs.summaries}
     spans: dict[tuple[str, Any], list[tuple[float, float, str, str]]] = {}
     for row in rows:
-        entry = outcomes.get(row.task_id) or {}
-        status = None if entry else read_json(inputs.checkpoints.sub(row.task_id), "status.json") or {}
-        source = entry or status
-        start = _time(source.get("started_at"))
+        start = _time(row.started_at)
         if start is None or not row.host:
             continue
-        end = _time(source.get("finished_at")) or start
+        end = _time(row.finished_at) or start
         end = max(end, start + (row.seconds or 0.0))
         slot = row.slot if isinstance(row.slot, int) and not isinstance(row.slot, bool) else None
         spans.setdefault((row.host, slot), []).append((start, end, row.task_id, row.state))

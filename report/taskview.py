@@ -18,9 +18,10 @@ from typing import Any
 
 from report.files import Files, read_json, read_text
 from report.images import TASK_THUMB, Thumb, thumbnail
+from train.metrics import parse_metrics
+from train.quality.gate import SCORES
+from train.timings import PHASES
 
-PHASES = ("data", "encoding", "training", "previews", "evaluation", "export", "upload")
-SCORES = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
 MAX_STEP_COLUMNS = 12
 LOG_LINES_SHOWN = 60
 _STEP_DIR = re.compile(r"^previews/step-(\d+)/prompts\.json$")
@@ -79,7 +80,6 @@ class TaskView:
     metrics: list[dict]
     loss_chart: str | None
     previews: PreviewGrid | None
-    last_preview: Thumb | None
     timings: list[tuple[str, float, float]]  # phase, seconds, share of the total
     settings: list[tuple[str, str, str]]
     exports: list[ExportRow]
@@ -97,7 +97,7 @@ def read_task(files: Files, *, task_id: str | None = None, model: Files | None =
     model = model if model is not None else files.sub("final")
     manifest = read_json(model, "manifest.json")
     manifest = manifest if isinstance(manifest, dict) else {}
-    metrics = read_metrics(read_text(files, "metrics.jsonl") or "")
+    metrics = parse_metrics(read_text(files, "metrics.jsonl") or "")
     previews = preview_grid(files, links)
     quality = read_quality(status, manifest, files, model, model_href if links else None)
     log = (read_text(files, "log-tail.txt") or "").splitlines()
@@ -111,28 +111,21 @@ def read_task(files: Files, *, task_id: str | None = None, model: Files | None =
         state=str(status.get("state") or "unknown"), error=status.get("error"),
         verdict=(quality.verdict if quality else None) or status.get("verdict"),
         metrics=metrics, loss_chart=loss_chart, previews=previews,
-        last_preview=_last(previews), timings=timings(status.get("timings")),
+        timings=timings(status.get("timings")),
         settings=settings(status.get("settings"), status.get("recipe")), exports=exports(manifest), quality=quality,
         screening=read_screening(_object(status.get("screening")) or _object(manifest.get("screening"))),
         log_lines=log[-LOG_LINES_SHOWN:],
     )
 
 
-def read_metrics(text: str) -> list[dict]:
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+def preview_steps(files: Files) -> list[tuple[int, str]]:
+    """(step, path of its prompts.json) of every preview step in the folder, in step order."""
+    return sorted((int(m.group(1)), p) for p in files.paths("previews") if (m := _STEP_DIR.match(p)))
 
 
 def preview_grid(files: Files, links: bool = True, size: int = TASK_THUMB) -> PreviewGrid | None:
     """Prompt x step: the first image of each prompt at each preview step (at most 12 steps)."""
-    found = sorted((int(m.group(1)), p) for p in files.paths("previews") if (m := _STEP_DIR.match(p)))
+    found = preview_steps(files)
     if not found:
         return None
     chosen = _spread(found, MAX_STEP_COLUMNS)
@@ -163,15 +156,6 @@ def _spread(items: list, most: int) -> list:
         return items
     picks = sorted({round(i * (len(items) - 1) / (most - 1)) for i in range(most)})
     return [items[i] for i in picks]
-
-
-def _last(grid: PreviewGrid | None) -> Thumb | None:
-    if grid is None:
-        return None
-    for row in grid.cells:
-        if row and row[-1] is not None:
-            return row[-1]
-    return None
 
 
 def timings(raw: Any) -> list[tuple[str, float, float]]:

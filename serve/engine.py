@@ -17,7 +17,6 @@ import logging
 import threading
 import types
 from pathlib import Path
-from typing import Any
 
 from serve.adapters import Adapter, ServedBase, null_adapter
 from serve.config import ServeConfig, family_defaults
@@ -72,19 +71,23 @@ class Engine:
         return getattr(torch, DTYPE_NAMES[name])
 
     def _load(self):
-        if self.cfg.quantization == "none":
-            return self.family.load_pipeline(str(self.base_dir), dtype=self.dtype, device=self.device)
-        if self.device.type != "cuda":
-            raise ConfigError(f"quantization={self.cfg.quantization}: bitsandbytes quantization needs a CUDA GPU")
-        from diffusers import PipelineQuantizationConfig
+        """The whole pipeline on this device, for as long as the server runs. Not the family's
+        ``load_pipeline``: on a GPU a flow family's keeps it in CPU memory, each model moved in
+        only while it runs (right for the export check's second copy, wrong for a warm base)."""
+        quant = {}
+        if self.cfg.quantization != "none":
+            if self.device.type != "cuda":
+                raise ConfigError(f"quantization={self.cfg.quantization}: bitsandbytes quantization needs a CUDA GPU")
+            from diffusers import PipelineQuantizationConfig
 
-        backend = {"nf4": "bitsandbytes_4bit", "int8": "bitsandbytes_8bit"}[self.cfg.quantization]
-        kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype} \
-            if self.cfg.quantization == "nf4" else {"load_in_8bit": True}
-        # The denoiser (and FLUX.1's T5) hold nearly all the weights: the trainer quantizes the same ones.
-        components = list(getattr(self.family, "quantized_components", (self.family.denoiser,)))
-        quant = PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=components)
-        pipe = self.family.pipeline_type().from_pretrained(str(self.base_dir), dtype=self.dtype, quantization_config=quant,
+            backend = {"nf4": "bitsandbytes_4bit", "int8": "bitsandbytes_8bit"}[self.cfg.quantization]
+            kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype} \
+                if self.cfg.quantization == "nf4" else {"load_in_8bit": True}
+            # The denoiser (and FLUX.1's T5) hold nearly all the weights: the trainer quantizes the same ones.
+            components = list(getattr(self.family, "quantized_components", (self.family.denoiser,)))
+            quant["quantization_config"] = PipelineQuantizationConfig(
+                quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=components)
+        pipe = self.family.pipeline_type().from_pretrained(str(self.base_dir), dtype=self.dtype, **quant,
                                                            **self.family.load_kwargs())
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)

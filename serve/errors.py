@@ -8,11 +8,6 @@ class ServeError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-
 
 class BadRequest(ServeError):
     """The body is not a JSON object (400)."""

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from fanout.redaction import shown
 from serve.config import OUTPUT_FORMATS, FamilyDefaults
 from serve.errors import BadRequest, Unprocessable
 
@@ -99,7 +100,7 @@ def _text(body, name: str, problems: list[str], *, required: bool, limit: int) -
             problems.append(f"{name}: required (a string)")
         return None
     if not isinstance(value, str) or (required and not value.strip()):
-        problems.append(f"{name}: expected a non-empty string, got {_shown(value)}")
+        problems.append(f"{name}: expected a non-empty string, got {shown(value)}")
         return None
     if len(value) > limit:
         problems.append(f"{name}: {len(value)} characters, more than the {limit} accepted")
@@ -112,7 +113,7 @@ def _int(body, name: str, default, low: int, high: int, problems: list[str]):
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        problems.append(f"{name}: expected an integer, got {_shown(value)}")
+        problems.append(f"{name}: expected an integer, got {shown(value)}")
         return default
     if not low <= value <= high:
         problems.append(f"{name}: {value} is outside {low}..{high}")
@@ -125,7 +126,7 @@ def _float(body, name: str, default: float, low: float, high: float, problems: l
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        problems.append(f"{name}: expected a number, got {_shown(value)}")
+        problems.append(f"{name}: expected a number, got {shown(value)}")
         return default
     if not low <= value <= high:
         problems.append(f"{name}: {value} is outside {low}..{high}")
@@ -139,8 +140,3 @@ def _side(body, name: str, default: int, limits: Limits, problems: list[str]) ->
         problems.append(f"{name}: {value} is not a multiple of {limits.size_multiple} "
                         f"(this base's VAE and patch size; e.g. {value - value % limits.size_multiple or limits.size_multiple})")
     return value
-
-
-def _shown(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

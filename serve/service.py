@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fanout.store import ModelStore
 from serve.adapters import Adapter, check_ref, read_adapter
 from serve.cache import DiskCache, MemoryCache
 from serve.config import ServeConfig
 from serve.errors import NotReady, ServeError
 from serve.request import decode_body, parse_request
-from serve.sources import Fetcher, ModelRef, ModelsTable, Resolver, download_base
+from serve.sources import Fetcher, ModelRef, Resolver, download_base
 
 log = logging.getLogger("serve")
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -37,8 +38,7 @@ class Server:
         self.engines: list = []
         self.memory = MemoryCache(cfg.cache_size)
         self.disk = DiskCache(Path(cfg.cache_dir) / "adapters", cfg.disk_cache_size)
-        self._s3 = None
-        table = ModelsTable(self._client("dynamodb"), cfg.models_table) if cfg.models_table else None
+        table = ModelStore(self._client("dynamodb"), cfg.models_table) if cfg.models_table else None
         self.resolver = Resolver(cfg.models_root, cfg.model_prefixes, table)
         self.fetcher = Fetcher(self.disk, cfg.max_adapter_bytes, self._client("s3") if cfg.model_prefixes else None)
         self.counts: dict[str, int] = {"requests": 0, "ok": 0}

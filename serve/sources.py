@@ -14,7 +14,6 @@ Nothing here imports torch. The S3 and DynamoDB clients are passed in.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -100,18 +99,6 @@ class Resolver:
         return self._s3(name, uri, item.get("family"))
 
 
-class ModelsTable:
-    """The serverless path's ``models`` table (user_id, model_id) -> item, read with GetItem."""
-
-    def __init__(self, client, table: str):
-        self.client, self.table = client, table
-
-    def get(self, user_id: str, model_id: str) -> dict | None:
-        found = self.client.get_item(TableName=self.table, Key={"user_id": {"S": user_id}, "model_id": {"S": model_id}})
-        item = found.get("Item")
-        return None if item is None else {k: next(iter(v.values())) for k, v in item.items()}
-
-
 class Fetcher:
     """Puts a model's LoRA file (and its manifest, when there is one) into a local folder:
     the disk cache for S3 models, the folder itself for local ones. One download per model at
@@ -158,7 +145,6 @@ class Fetcher:
         manifest = self._manifest(bucket, prefix + MANIFEST)
         if manifest is not None:
             (into / MANIFEST).write_bytes(manifest)
-        (into / "source.json").write_text(json.dumps({"uri": ref.key, "etag": head.get("ETag")}) + "\n")
 
     def _manifest(self, bucket: str, key: str) -> bytes | None:
         try:

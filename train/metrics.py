@@ -23,6 +23,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         text = Path(path).read_text()
     except OSError:
         return []
+    return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The complete lines of a metrics.jsonl text (the task page reads it from S3 too)."""
     rows = []
     for line in text.splitlines():
         try:
