@@ -8,9 +8,11 @@ does not exist). The rules are read from the model, not copied: a botocore upgra
 them changes what is checked here.
 
 Patterns are Java regular expressions matched against the whole value. The one Java feature
-they use that Python's ``re`` lacks is the Unicode category class (``\\p{L}``: letters, ``\\p{N}``
-numbers, ``\\p{Z}`` separators, as in tag keys and values); it is expanded into explicit ranges
-from ``unicodedata``.
+they use that Python's ``re`` lacks is the ``\\p{...}`` class: a Unicode category (``\\p{L}``:
+letters, ``\\p{N}`` numbers, ``\\p{Z}`` separators, as in tag keys and values) is expanded into
+explicit ranges from ``unicodedata``; a POSIX class (``\\p{Alnum}``, as in Lambda ARNs) is
+US-ASCII only in Java and becomes its ASCII ranges. Any other name raises ValueError rather
+than becoming an empty class.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ RESERVED_TAG_PREFIX = "aws:"
 # No letter, number or separator is assigned above U+3FFFF (planes 4-13 are unassigned, 14
 # holds format characters and variation selectors, 15-16 private use), so the scan stops there.
 _LAST_CATEGORIZED = 0x3FFFF
+# Java's POSIX classes the patterns may use (java.util.regex.Pattern: US-ASCII only), as class bodies.
+POSIX_CLASSES = {"Lower": "a-z", "Upper": "A-Z", "Alpha": "a-zA-Z", "Digit": "0-9", "Alnum": "a-zA-Z0-9"}
+# Unicode general categories \p{X} may name: a major class (one letter) or a category (two letters).
+UNICODE_CATEGORIES = frozenset("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
+                               "S Sm Sc Sk So Z Zs Zl Zp".split())
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,6 +70,16 @@ def _category_ranges(prefix: str) -> str:
     return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in parts)
 
 
+def _class_body(name: str, pattern: str) -> str:
+    """The regex class body of Java's ``\\p{name}``."""
+    if name in POSIX_CLASSES:
+        return POSIX_CLASSES[name]
+    if name in UNICODE_CATEGORIES:
+        return _category_ranges(name)
+    raise ValueError(f"\\p{{{name}}} in the API pattern {pattern!r} is not a class fanout.api_rules translates "
+                     f"(Unicode categories, or {', '.join(POSIX_CLASSES)})")
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(pattern: str) -> re.Pattern:
     """A Java pattern of the model as a Python regex (``\\p{X}`` expanded; matched whole)."""
@@ -70,7 +87,7 @@ def compiled(pattern: str) -> re.Pattern:
     while i < len(pattern):
         category = re.match(r"\\p\{(\w+)\}", pattern[i:])
         if category:
-            ranges = _category_ranges(category.group(1)[:2])
+            ranges = _class_body(category.group(1), pattern)
             out.append(ranges if in_class else f"[{ranges}]")
             i += category.end()
             continue
@@ -132,8 +149,9 @@ def problems(value: Any, shape, path: str) -> list[str]:
     if kind == "string" and isinstance(value, str):
         return _string_problems(value, shape, path)
     if kind in ("integer", "long") and isinstance(value, int) and not isinstance(value, bool):
-        if "max" in meta and value > meta["max"] or "min" in meta and value < meta["min"]:
-            return [f"{path} is {value}; the API allows {meta.get('min', '-inf')}..{meta.get('max', 'inf')}"]
+        # the minimum is botocore's ParamValidator's (run beside this): only the maximum here
+        if "max" in meta and value > meta["max"]:
+            return [f"{path} is {value}; the API allows {meta.get('min', '-inf')}..{meta['max']}"]
     return []
 
 

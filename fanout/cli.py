@@ -20,9 +20,10 @@ from fanout.fit import job_fit_problems
 from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
 from fanout.instances import InstanceType, instance_type, slots_per_host
 from fanout.plan import PlanConfig, plan_tasks, round_robin
+from fanout.request import LaunchConfig
 from fanout.tasks import load_tasks
 
-DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"      # LaunchConfig's and Settings' default
+DEFAULT_INSTANCE_TYPE = LaunchConfig.instance_type      # Settings has the same default
 
 
 def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
@@ -39,30 +40,29 @@ def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
     return out
 
 
+def _refused(file: str, problems: Sequence[str]) -> int:
+    """Each problem on stderr, then their count; validate's exit status 2."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{file}: {len(problems)} problem(s)", file=sys.stderr)
+    return 2
+
+
 def cmd_validate(args) -> int:
     try:
         tasks = load_tasks(args.file)
     except TaskListError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return 2
+        return _refused(args.file, exc.problems)
     hp = _key_values(args.hp, "--hp")
     problems = job_name_problems(hp, "--hp") + task_name_problems(tasks, args.file)
     # values once the names are right: train's own checks, before anything is paid for
     problems = problems or job_value_problems(hp, "--hp") + task_value_problems(tasks, args.file, hp)
     if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
-        return 2
+        return _refused(args.file, problems)
     job = _job(args, hp)
     fit = job_fit_problems(tasks, hp, job.family, job.instance, PlanConfig(), args.file) if job.family else []
     if fit:
-        for problem in fit:
-            print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(fit)} problem(s)", file=sys.stderr)
-        return 2
+        return _refused(args.file, fit)
     if args.instances:
         plan_tasks(tasks, args.instances)        # explicit host fields checked against K
     print(f"{args.file}: {len(tasks)} task(s) OK{_fit_note(job, tasks, hp)}")

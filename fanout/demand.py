@@ -128,12 +128,11 @@ def preview_seconds(family: FamilySpec, variant: str, s: TaskSettings, step_tabl
 
 @dataclass(frozen=True)
 class Memory:
-    """Peak GPU memory of one task, GiB, and what it is made of."""
+    """Peak GPU memory of one task, GiB, and in which phase it peaks."""
 
     need: float
     train: float            # while the denoiser trains
     encode: float           # while an offloaded text encoder is on the GPU to encode prompts
-    parts: Mapping[str, float]
 
     def phase(self) -> str:
         return "encoding prompts" if self.encode > self.train else "training"
@@ -159,6 +158,4 @@ def memory_gib(family: FamilySpec, s: TaskSettings) -> Memory:
     active *= TEXT_ENCODER_ACTIVATIONS if s.text_encoder else 1.0
     base = OVERHEAD_GIB + sum(resident.values()) + lora
     train, encode = base + active, base + max(visiting.values(), default=0.0)
-    parts = {**{f"{k} weights": round(v, 2) for k, v in {**resident, **visiting}.items()},
-             "activations": round(active, 2), "LoRA + optimizer": round(lora, 2), "CUDA overhead": OVERHEAD_GIB}
-    return Memory(round(max(train, encode), 1), round(train, 1), round(encode, 1), parts)
+    return Memory(round(max(train, encode), 1), round(train, 1), round(encode, 1))

@@ -204,6 +204,13 @@ def family_named(name: str, where: str = "family") -> FamilySpec:
     return spec
 
 
+def family_id(family: FamilySpec | str, variant: str = "") -> str:
+    """The id a family is set by (``--family``, FANOUT_MODEL_FAMILY, LaunchConfig.family):
+    ``name``, or ``name/variant`` when a variant is given."""
+    name = family if isinstance(family, str) else family.name
+    return f"{name}/{variant}" if variant else name
+
+
 def family_of_index(index: Any, source: str) -> tuple[FamilySpec, str]:
     """(family, variant) of a model_index.json document, as train reads it."""
     if not isinstance(index, Mapping):
@@ -252,15 +259,15 @@ def family_of_s3(s3, model_uri: str) -> tuple[FamilySpec, str]:
 
 
 def resolve_family(explicit: str = "", *, folder: str | Path | None = None, s3=None,
-                   model_uri: str = "") -> tuple[FamilySpec, str] | None:
+                   model_uri: str = "", where: str = "family") -> tuple[FamilySpec, str] | None:
     """The job's family: an explicit id (``name`` or ``name/variant``) wins, then a local
     folder's model_index.json, then the S3 one (when a client is given); None when there is
-    nothing to read it from."""
+    nothing to read it from. ``where`` names the explicit setting in errors."""
     if explicit:
         name, _, variant = explicit.partition("/")
-        spec = family_named(name, "family")
+        spec = family_named(name, where)
         if variant and variant not in spec.variants:
-            raise FamilyError(f"family {explicit!r}: {name} variants are {', '.join(v or '(none)' for v in spec.variants)}")
+            raise FamilyError(f"{where} {explicit!r}: {name} variants are {', '.join(v or '(none)' for v in spec.variants)}")
         return spec, variant or spec.variants[0]
     if folder:
         return family_of_folder(folder)

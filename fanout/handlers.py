@@ -18,6 +18,7 @@ CloudWatch embedded-metric-format lines (fanout/telemetry.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -70,42 +71,43 @@ def _flush_metrics() -> None:
             log.exception("metrics were not written")
 
 
+def _flushing_metrics(handler):
+    """``handler``, then this invocation's metrics written, whether it returned or raised."""
+    @functools.wraps(handler)
+    def wrapper(event: dict, context: Any = None) -> dict[str, Any]:
+        try:
+            return handler(event, context)
+        finally:
+            _flush_metrics()
+    return wrapper
+
+
+@_flushing_metrics
 def on_upload(event: dict, context: Any = None) -> dict[str, Any]:
     """S3 ObjectCreated of requests/<user>/<request>/request.json -> one PENDING request."""
-    try:
-        return _each_object(event, register_upload)
-    finally:
-        _flush_metrics()
+    return _each_object(event, register_upload)
 
 
+@_flushing_metrics
 def launch_pending(event: dict, context: Any = None) -> dict[str, Any]:
     """Schedule or DynamoDB stream: the event only wakes us; the queue is the table."""
-    try:
-        return _launch_pending(service())
-    finally:
-        _flush_metrics()
+    return _launch_pending(service())
 
 
+@_flushing_metrics
 def on_job_state_change(event: dict, context: Any = None) -> dict[str, Any]:
     """EventBridge "SageMaker Training Job State Change" -> per-task outcomes."""
-    try:
-        return record_job_state(service(), job_state_change(event))
-    finally:
-        _flush_metrics()
+    return record_job_state(service(), job_state_change(event))
 
 
+@_flushing_metrics
 def on_task_artifact(event: dict, context: Any = None) -> dict[str, Any]:
     """S3 ObjectCreated of models/<user>/<request>/manifest.json -> COMPLETED at once."""
-    try:
-        return _each_object(event, record_task_artifact)
-    finally:
-        _flush_metrics()
+    return _each_object(event, record_task_artifact)
 
 
+@_flushing_metrics
 def on_preview(event: dict, context: Any = None) -> dict[str, Any]:
     """S3 ObjectCreated of jobs/<job>/checkpoints/<task>/previews/step-<N>/grid.png -> the
     request's first preview of this job recorded ("Preview Ready")."""
-    try:
-        return _each_object(event, record_preview)
-    finally:
-        _flush_metrics()
+    return _each_object(event, record_preview)

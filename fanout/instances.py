@@ -135,9 +135,3 @@ def _integer(raw: Any) -> int | None:
         return None
     return int(number) if number == int(number) else None
 
-
-def table_rows() -> list[dict[str, Any]]:
-    """The table as plain rows (docs and `--json` output)."""
-    return [{"instance_type": t.name, "gpus": t.gpus, "gpu": t.gpu.model, "gpu_memory_gib": round(t.gpu_memory_gib, 1),
-             "vcpus": t.vcpus, "memory_gib": t.memory_gib, "price_per_hour": t.price_per_hour,
-             "price_source": t.price_source, "relative_speed": t.gpu.speed} for t in INSTANCE_TYPES.values()]

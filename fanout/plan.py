@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from fanout.demand import micro_step_seconds, preview_seconds, read_value, task_settings
+from fanout.demand import micro_step_seconds, preview_seconds, task_settings
 from fanout.errors import PlanError
 from fanout.families import UNIT_S, FamilySpec, family_named
 from fanout.tasks import TaskSpec
@@ -97,9 +97,6 @@ class Plan:
             "costs": dict(self.costs), "makespan": self.makespan, "lower_bound": self.lower_bound,
             "slots_per_host": self.slots_per_host, "family": self.family,
         }
-
-
-_value = read_value     # the name older callers import
 
 
 def task_cost(task: TaskSpec, job_hyperparameters: Mapping[str, Any] | None = None,

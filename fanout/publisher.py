@@ -53,11 +53,11 @@ class EventPublisher:
         members = {m for m in pending if isinstance(m, str)}
         if not members:
             return 0
-        ordered = sorted(members, key=lambda m: Event.decode(m).order)
+        ordered = sorted(((m, Event.decode(m)) for m in members), key=lambda pair: pair[1].order)
         done: set[str] = set()
         try:
-            for member in ordered:
-                self._put(Event.decode(member))
+            for member, event in ordered:
+                self._put(event)
                 done.add(member)
         finally:
             self.requests.events_published(key, done, members)

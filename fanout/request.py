@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from fanout.api_rules import operation_input, request_problems
 from fanout.errors import FanoutError, RequestError
-from fanout.families import family_named
+from fanout.families import resolve_family
 from fanout.fit import job_fit_problems
 from fanout.hyperparameters import job_name_problems, job_value_problems, task_name_problems, task_value_problems
 from fanout.instances import instance_type, slots_per_host
@@ -221,9 +221,7 @@ def prepare_job(tasks: Sequence[TaskSpec], config: LaunchConfig, job_name: str |
 
 def _family(config: LaunchConfig):
     """(family, variant) of the config: its explicit family, or sd when none was learned."""
-    name, _, variant = (config.family or "sd").partition("/")
-    spec = family_named(name, "LaunchConfig.family")
-    return spec, variant or spec.variants[0]
+    return resolve_family(config.family or "sd", where="LaunchConfig.family")
 
 
 def check_config(config: LaunchConfig, tasks: Sequence[TaskSpec], plan_config: PlanConfig = PlanConfig()) -> None:

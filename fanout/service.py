@@ -23,7 +23,7 @@ from fanout import outcomes
 from fanout.api_rules import member_problems
 from fanout.errors import FamilyError, FanoutError, PublishError, SettingsError, TaskListError
 from fanout.events import ARTIFACT_KEY, REQUEST_KEY, JobStateChange
-from fanout.families import FamilySpec, resolve_family
+from fanout.families import FamilySpec, family_id, resolve_family
 from fanout.fit import task_fit_problem
 from fanout.hyperparameters import task_name_problems, task_value_problems
 from fanout.instances import InstanceType, instance_type, slots_per_host
@@ -64,6 +64,10 @@ class Service:
     clock: Callable[[], str] = utc_now
     events: EventPublisher | None = None          # None: FANOUT_EVENT_BUS unset, no lifecycle events
     telemetry: Telemetry = field(default_factory=Telemetry)
+    # launch_target's family by (FANOUT_MODEL_FAMILY, FANOUT_MODEL_URI): model_index.json is read
+    # once per container, not on every launch_pending run (failures are not kept: read again)
+    _families: dict[tuple[str, str], tuple[FamilySpec, str]] = field(default_factory=dict, init=False, repr=False,
+                                                                   compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, session=None) -> "Service":
@@ -172,9 +176,7 @@ class LaunchTarget:
 
     @property
     def family_setting(self) -> str:
-        if self.family is None:
-            return ""
-        return f"{self.family.name}/{self.variant}" if self.variant else self.family.name
+        return "" if self.family is None else family_id(self.family, self.variant)
 
 
 def launch_target(svc: Service) -> LaunchTarget:
@@ -193,7 +195,7 @@ def launch_target(svc: Service) -> LaunchTarget:
     if problems:
         raise SettingsError("FANOUT_ROLE_ARN / FANOUT_KMS_KEY: " + "; ".join(problems))
     try:
-        found = resolve_family(s.model_family, s3=svc.objects.s3, model_uri=s.model_uri)
+        found = _resolved_family(svc)
     except FamilyError as exc:
         if s.model_family:
             raise SettingsError(f"FANOUT_MODEL_FAMILY: {exc}") from None
@@ -207,6 +209,18 @@ def launch_target(svc: Service) -> LaunchTarget:
         if problem:
             raise SettingsError(f"FANOUT_HYPERPARAMETERS on FANOUT_INSTANCE_TYPE: {problem}")
     return target
+
+
+def _resolved_family(svc: Service) -> tuple[FamilySpec, str] | None:
+    """resolve_family of the settings, kept on the Service once it succeeded."""
+    s = svc.settings
+    key = (s.model_family, s.model_uri)
+    if key not in svc._families:
+        found = resolve_family(s.model_family, s3=svc.objects.s3, model_uri=s.model_uri)
+        if found is None:
+            return None
+        svc._families[key] = found
+    return svc._families[key]
 
 
 def _launch_config(svc: Service, count: int, target: LaunchTarget | None = None) -> LaunchConfig:

@@ -12,7 +12,7 @@ import sys
 
 from dataclasses import replace
 
-from fanout.families import FAMILIES, resolve_family
+from fanout.families import FAMILIES, family_id, resolve_family
 from fanout.request import LaunchConfig, prepare_job
 from fanout.tasks import load_tasks
 
@@ -105,4 +105,4 @@ def _family(args, config: LaunchConfig) -> str:
     from fanout.settings import make_client
 
     spec, variant = resolve_family(s3=make_client("s3", args.region, args.endpoint_url), model_uri=config.model_uri)
-    return f"{spec.name}/{variant}" if variant else spec.name
+    return family_id(spec, variant)

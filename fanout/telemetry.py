@@ -76,10 +76,6 @@ class Telemetry:
         """A level measured now (pending requests, the oldest one's age)."""
         self._add(name, unit, value, {}, False)
 
-    def snapshot(self) -> dict[tuple[tuple[str, str], ...], dict[tuple[str, str], list[float]]]:
-        with self._lock:
-            return {dims: {k: list(v) for k, v in metrics.items()} for dims, metrics in self._values.items()}
-
     def flush(self) -> int:
         """Write what was collected as EMF lines on stdout and start over; the line count.
         A metric with a dimension is written under [service] too, so an alarm can read the total."""

@@ -88,6 +88,13 @@ def test_java_classes_stay_ascii_and_reserved_tag_keys_are_refused():
     assert "reserves for its own tags" in member_problems("Tags", [{"Key": "aws:owner", "Value": "x"}])[0]
 
 
+def test_java_posix_classes_are_ascii_and_unknown_classes_are_refused():
+    assert compiled(r"arn:[\p{Alnum}\-]+:lambda").fullmatch("arn:aws-cn:lambda")
+    assert not compiled(r"[\p{Alnum}]+").fullmatch("é1")
+    with pytest.raises(ValueError, match="Bogus"):
+        compiled(r"[\p{Bogus}]")
+
+
 # -- the serverless launcher: the same rules on its settings, before anything is claimed ------
 
 def _svc(settings_: Settings, **env) -> Service:

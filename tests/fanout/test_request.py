@@ -108,3 +108,8 @@ def test_network_isolation_turns_per_task_uploads_off_and_refuses_s3_images():
 def test_images_manifest_names_only_the_given_keys_under_the_prefix():
     manifest = json.loads(images_manifest("s3://b/images", ["dog/2.jpg", "dog/1.jpg"]))
     assert manifest == [{"prefix": "s3://b/images/"}, "dog/1.jpg", "dog/2.jpg"]
+
+
+def test_an_unknown_family_variant_is_refused_naming_the_valid_ones():
+    with pytest.raises(RequestError, match=r"LaunchConfig\.family 'flux2-klein/bogus': flux2-klein variants are base, distilled"):
+        prepare_job(tasks(1), replace(CONFIG, family="flux2-klein/bogus"))
