@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from container.devices import SlotDevice
 from container.env import SageMakerEnv
 from container.faults import MAX_SLOT_FAULTS, death_reason
-from container.records import HostSummary, TaskOutcome, now_iso, write_abandoned_status, write_failed_status
+from container.records import (HostSummary, TaskOutcome, now_iso, task_status_extra, write_abandoned_status,
+                               write_failed_status)
 from container.settings import ContainerConfig
-from container.slots import SharedStop
+from container.slots import SharedStop, ask_exit
 
 if TYPE_CHECKING:
     from fanout.tasks import TaskSpec
@@ -70,6 +71,17 @@ class Slot:
                 "base_model_loads": self.loads + self.process_loads[0],
                 "base_model_seconds": round(self.load_seconds + self.process_loads[1], 3),
                 "busy_seconds": round(self.busy_seconds, 3), "retired": self.retired}
+
+    def death(self) -> str:
+        """Why its process ended, as the log and the task's error say it."""
+        return f"slot {self.device.index} process {death_reason(self.handle.exitcode)}"
+
+    def end_process(self, timeout: float) -> None:
+        """Close the process (asked to exit, killed after ``timeout``) and keep its load counts."""
+        self.handle.close(timeout=timeout)
+        self.loads += self.process_loads[0]
+        self.load_seconds += self.process_loads[1]
+        self.process_loads, self.handle = (0, 0.0), None
 
 
 class Host:
@@ -138,8 +150,7 @@ class Host:
                 continue
             task, slot.retry = slot.retry or self.queue.popleft(), None
             if slot.handle is not None and not slot.handle.alive():  # died while idle
-                self._process_ended(slot, f"slot {slot.device.index} process {death_reason(slot.handle.exitcode)} "
-                                          "while idle")
+                self._process_ended(slot, f"{slot.death()} while idle")
                 if slot.retired:
                     self.queue.appendleft(task)
                     continue
@@ -149,7 +160,7 @@ class Host:
                 slot.handle.conn.send(task)
             except OSError:  # it died just now, before the task reached it: the task never started
                 self.queue.appendleft(task)
-                self._process_ended(slot, f"slot {slot.device.index} process {death_reason(slot.handle.exitcode)}")
+                self._process_ended(slot, slot.death())
                 continue
             slot.task = task
             log.info("task %s -> slot %d (%d queued)", task.task_id, slot.device.index, len(self.queue))
@@ -199,14 +210,14 @@ class Host:
     def _died_under_task(self, slot: Slot) -> None:
         task, slot.task = slot.task, None
         slot.handle.join(5)  # the pipe closes a moment before the exit code is there
-        reason = f"slot {slot.device.index} process {death_reason(slot.handle.exitcode)}"
+        reason = slot.death()
         self._process_ended(slot, f"{reason} while running task {task.task_id}")
         self._after_fault(slot, task, reason, None)
 
     def _after_fault(self, slot: Slot, task: "TaskSpec", reason: str, outcome: TaskOutcome | None) -> None:
         """A process fault under ``task``: run it again on a fresh process once, else record it."""
         checkpoint_dir = self.env.checkpoint_dir / task.task_id
-        extra = {"task_id": task.task_id, "host": self.env.current_host, "slot": slot.device.index}
+        extra = task_status_extra(task, self.env.current_host, slot.device.index)
         if self.stopping_since is not None and outcome is None:
             # Stopping anyway: its last saved state is what a restart resumes from.
             write_abandoned_status(checkpoint_dir, f"interrupted: {reason}", extra=extra, state="interrupted")
@@ -261,11 +272,7 @@ class Host:
     def _process_ended(self, slot: Slot, reason: str) -> None:
         """A slot's process ended by a fault: count it, retire the slot if it keeps faulting."""
         log.error("%s", reason)
-        slot.handle.close(timeout=10)
-        slot.handle = None
-        slot.loads += slot.process_loads[0]
-        slot.load_seconds += slot.process_loads[1]
-        slot.process_loads = (0, 0.0)
+        slot.end_process(timeout=10)
         slot.faults += 1
         if slot.faults >= MAX_SLOT_FAULTS:
             slot.retired = f"retired after {slot.faults} process faults; last: {reason}"
@@ -296,18 +303,12 @@ class Host:
 
     def _shutdown(self) -> None:
         t0 = time.monotonic()
+        for slot in self.slots:   # all asked first: they stop together, not one after another
+            if slot.handle is not None:
+                ask_exit(slot.handle.conn)
         for slot in self.slots:
             if slot.handle is not None:
-                try:
-                    slot.handle.conn.send(None)
-                except OSError:
-                    pass
-        for slot in self.slots:
-            if slot.handle is not None:
-                slot.handle.close(timeout=30)
-                slot.loads += slot.process_loads[0]
-                slot.load_seconds += slot.process_loads[1]
-                slot.process_loads, slot.handle = (0, 0.0), None
+                slot.end_process(timeout=30)
         log.info("slots stopped in %.1f s", time.monotonic() - t0)
 
     # -- summary ----------------------------------------------------------------------------
@@ -323,7 +324,7 @@ class Host:
                 continue
             error = f"no slot left on {self.env.current_host} to run it: every slot was {retired[-1]}"
             write_failed_status(self.env.checkpoint_dir / task.task_id, error,
-                                extra={"task_id": task.task_id, "host": self.env.current_host})
+                                extra=task_status_extra(task, self.env.current_host))
             self.outcomes[task.task_id] = TaskOutcome(task_id=task.task_id, outcome="failed", error=error,
                                                       user_id=task.user_id, finished_at=now_iso())
 

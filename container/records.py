@@ -70,6 +70,19 @@ def read_status(checkpoint_dir: Path) -> dict | None:
     return status if isinstance(status, dict) else None
 
 
+def task_status_extra(task, host: str, slot: int | None = None) -> dict[str, Any]:
+    """What every status.json of ``task`` (a fanout TaskSpec) carries besides its state: ids,
+    where it ran, and the SaaS's own user id and metadata."""
+    extra: dict[str, Any] = {"task_id": task.task_id, "host": host}
+    if slot is not None:
+        extra["slot"] = slot
+    if task.user_id is not None:
+        extra["user_id"] = task.user_id
+    if task.metadata:
+        extra["metadata"] = dict(task.metadata)
+    return extra
+
+
 def write_failed_status(checkpoint_dir: Path, error: str, *, extra: Mapping[str, Any]) -> dict:
     """Status of a task that failed before training started (bad path, bad hyperparameter).
 

@@ -120,15 +120,20 @@ class ProcessSlot:
 
     def close(self, timeout: float = 30.0) -> None:
         """Ask the slot to exit (it does once its current task ended), wait, then kill it."""
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass  # already gone
+        ask_exit(self.conn)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(10)
         self.conn.close()
+
+
+def ask_exit(conn) -> None:
+    """Tell a slot to exit once its current task ended (None on its pipe); a gone one is fine."""
+    try:
+        conn.send(None)
+    except OSError:
+        pass
 
 
 class ThreadSlot:
@@ -154,10 +159,7 @@ class ThreadSlot:
         self.thread.join(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
+        ask_exit(self.conn)
         self.thread.join(timeout)
         self.conn.close()
 

@@ -40,7 +40,7 @@ from container.faults import is_device_fault
 from container.final import final_is_complete, keep_final, restore_final
 from container.pages import task_log, write_task_page
 from container.quality import ScorerModelsLoadError, load_scorer_models, task_verdict
-from container.records import STATUS_FILE, TaskOutcome, now_iso, read_status, write_failed_status
+from container.records import STATUS_FILE, TaskOutcome, now_iso, read_status, task_status_extra, write_failed_status
 from container.s3 import S3TransferError
 from container.settings import ContainerConfig
 from container.taskconfig import task_train_config
@@ -282,12 +282,7 @@ class Worker:
         return self.transfer
 
     def _status_extra(self, task: "TaskSpec") -> dict:
-        extra = {"task_id": task.task_id, "host": self.env.current_host, "slot": self.slot}
-        if task.user_id is not None:
-            extra["user_id"] = task.user_id
-        if task.metadata:
-            extra["metadata"] = dict(task.metadata)
-        return extra
+        return task_status_extra(task, self.env.current_host, self.slot)
 
 
 UPLOADED = "uploaded.txt"

@@ -56,7 +56,7 @@ class Engine:
         self.swaps = 0
         self.limits = self._limits()
         # What Family.sampling_kwargs reads of a loaded base (its variant), for this pipeline.
-        self._sampling_view = types.SimpleNamespace(modules={"variant": self.variant})
+        self._sampling_view = types.SimpleNamespace(variant=self.variant)
 
     # --- start ------------------------------------------------------------------------------
 

@@ -99,12 +99,9 @@ def refuse_links_out(folder: Path, files: list[Path], what: str = "instance") ->
 def open_image(path: Path, framing, max_pixels: int):
     """The upright sRGB photo, decoded no larger than ``framing`` needs where the format allows
     (JPEG's DCT scaling: a 12-megapixel photo for a 512-pixel crop decodes at a quarter)."""
-    from train.photos import open_photo, pixel_size
+    from train.photos import open_at_least
 
-    w, h = pixel_size(path, max_pixels)
-    scale = framing.largest_side() / max(1, min(w, h))  # enough for any orientation and bucket
-    draft = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1 else None
-    return open_photo(path, max_pixels, draft=draft)
+    return open_at_least(path, max_pixels, framing.largest_side())  # enough for any orientation and bucket
 
 
 def caption_for(image_path: Path, prompt: str) -> str:

@@ -45,8 +45,6 @@ def register_formats() -> None:
 def pixel_size(path: Path, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding pixels; refuses a file over
     ``max_pixels`` (a decompression bomb, or simply too large) and an unreadable one."""
-    from PIL import Image
-
     with _opened(path, max_pixels) as im:
         return im.size
 
@@ -59,7 +57,7 @@ def open_photo(path: Path, max_pixels: int, *, draft: tuple[int, int] | None = N
     AVIF, PNG, WebP): the screening's decode then serves the training's too."""
     from PIL import Image, ImageOps
 
-    key = _file_key(path)
+    key = file_key(path)
     kept = _KEPT.get(key)
     if kept is not None and draft is not None and min(kept.size) >= min(draft):
         if not keep_side:                       # training's read: the copy has served its purpose
@@ -91,6 +89,15 @@ def open_photo(path: Path, max_pixels: int, *, draft: tuple[int, int] | None = N
     return photo
 
 
+def open_at_least(path: Path, max_pixels: int, short_side: int, *, keep_side: int = 0):
+    """``open_photo`` decoded no smaller than ``short_side`` on the short side where the format
+    allows (JPEG: 1/2, 1/4, 1/8 scale), whole otherwise; a copy the screening kept serves it."""
+    w, h = pixel_size(path, max_pixels)
+    scale = min(1.0, short_side / max(1, min(w, h)))
+    return open_photo(path, max_pixels, draft=(max(1, round(w * scale)), max(1, round(h * scale))),
+                      keep_side=keep_side)
+
+
 # Decoded copies of photos that cannot be decoded small (see open_photo's keep_side), reduced to
 # what training needs; a byte budget bounds them (a 1024-px bucket task keeps ~10 MB a photo).
 DRAFTABLE = ("JPEG", "MPO")
@@ -112,7 +119,8 @@ def _keep(key: tuple, photo, side: int) -> None:
         _KEPT.popitem(last=False)
 
 
-def _file_key(path: Path) -> tuple:
+def file_key(path: Path) -> tuple:
+    """What identifies a photo's content for the caches: its real path, size and mtime."""
     try:
         stat = Path(path).stat()
     except OSError:

@@ -14,7 +14,7 @@ from typing import Any
 
 from train.config import MIXED_PRECISION
 from train.errors import ConfigError
-from train.families import Family, family_of
+from train.families import Family, family_of, read_model_index
 
 ADAPTER = "default"
 
@@ -28,6 +28,7 @@ class BaseModel:
     weight_dtype: Any             # dtype of the frozen weights (fp32, or fp16/bf16 with mixed precision)
     mixed_precision: str = "no"
     quantization: str = "none"     # base_quantization it was loaded with (nf4/int8: a QLoRA base)
+    variant: str = ""              # the family's variant (Family.detect_variant; "" when it has one)
 
     def __getattr__(self, name: str) -> Any:
         # base.unet, base.text_encoder_2, base.transformer ...: the family's components.
@@ -80,7 +81,8 @@ def load_base(model_dir, *, mixed_precision: str = "no", device: str | None = No
     if base_quantization != "none":
         family.quantize(modules, base_quantization, dev, dtype)
     base = BaseModel(path=path, family=family, modules=modules, device=dev, weight_dtype=dtype,
-                     mixed_precision=mixed_precision, quantization=base_quantization)
+                     mixed_precision=mixed_precision, quantization=base_quantization,
+                     variant=family.detect_variant(path, read_model_index(path)))
     for module in base.torch_modules().values():
         module.requires_grad_(False)
         if not _placed(module):

@@ -88,9 +88,9 @@ def generate(base: BaseModel, cfg: TrainConfig, final: Path, count: int) -> None
             n = min(BATCH, count - start)
             # One generator per image: image i is the same whatever the batch size.
             gens = [torch.Generator(device="cpu").manual_seed(derive_seed(0, "class", start + j)) for j in range(n)]
-            # The sampling guidance of this family and variant (its recipe's preview guidance:
-            # CFG 7.5 on SD, FLUX.1-dev's distilled guidance 3.5, none on the distilled models).
-            guidance = base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale)
+            # The recipe's preview guidance (CFG 7.5 on SD, FLUX.1-dev's distilled guidance 3.5),
+            # passed as the family samples with it (none on the distilled models).
+            guidance = cfg.preview_guidance_scale
             images = pipe(prompt=[cfg.class_prompt] * n, num_inference_steps=cfg.class_inference_steps,
                           height=cfg.resolution, width=cfg.resolution, generator=gens,
                           **base.family.sampling_kwargs(base, guidance)).images

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from train.errors import DataError
+from train.photos import file_key
 
 CHECKS = ("small", "duplicate", "blur", "faces")      # cheapest first
 SCREEN_MODES = ("warn", "drop", "fail", "off")
@@ -259,7 +260,7 @@ def measure(path: Path, max_pixels: int, *, faces: bool = False, greys: dict | N
     (formats that cannot be decoded small)."""
     from train import vision
 
-    key = _cache_key(path)
+    key = file_key(path)
     cached = _CACHE.get(key)
     if cached is not None and (cached.faces is not None or not faces):
         _CACHE.move_to_end(key)
@@ -287,11 +288,6 @@ def face_boxes(files: Sequence[Path], max_pixels: int, keep_side: int = 0) -> di
     return {f.name: measure(f, max_pixels, faces=True, keep_side=keep_side).faces for f in files}
 
 
-def _cache_key(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
 def _header(path: Path, max_pixels: int) -> tuple[int, int]:
     from train.photos import pixel_size
 
@@ -300,10 +296,7 @@ def _header(path: Path, max_pixels: int) -> tuple[int, int]:
 
 def _analysis_photo(path: Path, max_pixels: int, keep_side: int = 0):
     """The photo decoded no larger than the measures need (JPEG decodes at 1/2, 1/4, 1/8 scale)."""
-    from train.photos import open_photo, pixel_size
+    from train.photos import open_at_least
     from train.vision import ANALYSIS_SIDE
 
-    w, h = pixel_size(path, max_pixels)
-    scale = min(1.0, ANALYSIS_SIDE / max(1, min(w, h)))
-    return open_photo(path, max_pixels, draft=(max(1, round(w * scale)), max(1, round(h * scale))),
-                      keep_side=keep_side)
+    return open_at_least(path, max_pixels, ANALYSIS_SIDE, keep_side=keep_side)

@@ -20,7 +20,6 @@ from train.data import Example, batch_indices, generator, image_files, load_imag
 from train.encode import Encoder
 from train.errors import ConfigError, Interrupted, TrainError
 from train.metrics import METRICS_NAME, MetricsLog
-from train.objective import weighted_loss
 from train.optim import make_accelerator, make_lr_scheduler, make_optimizer
 from train.pipeline import BaseModel, attach_lora, detach_lora, lora_state, trained_modules
 from train.previews import write_previews
@@ -134,7 +133,7 @@ def train_lora(base: BaseModel, cfg: TrainConfig, *, model_dir: Path, checkpoint
         nonlocal previewed_at
         with status.timings.phase("previews"):
             write_previews(base, preview_prompts(cfg), previews_root, step, num_images=cfg.num_preview_images,
-                           steps=cfg.preview_inference_steps, guidance_scale=base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale),
+                           steps=cfg.preview_inference_steps, guidance_scale=cfg.preview_guidance_scale,
                            resolution=cfg.resolution, seed=cfg.seed)
         previewed_at = step
 

@@ -245,11 +245,6 @@ class Family:
         """Must: a pipeline of ``pipeline_class`` over the in-memory modules (nothing reloaded)."""
         raise NotImplementedError
 
-    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
-        """The ``guidance_scale`` to pass the pipeline when sampling previews or class images with
-        classifier-free guidance ``cfg_scale`` (a guidance-distilled family passes its own)."""
-        return cfg_scale
-
     def sampling_kwargs(self, base, guidance_scale: float) -> dict[str, Any]:
         """The keywords of the pipeline call that carry ``guidance_scale`` (previews and class
         images; most pipelines: ``guidance_scale``; Qwen-Image: ``true_cfg_scale`` and a negative

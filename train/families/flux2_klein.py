@@ -137,13 +137,6 @@ class Flux2Klein(FlowMatchingFamily):
                 max_sequence_length=PROMPT_TOKENS)
         return {"hidden": hidden}
 
-    def encode_pixels(self, base, pixels) -> tuple[Any, Any]:
-        import torch
-
-        with torch.no_grad():
-            dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
-        return dist.mode(), dist.std
-
     def sample_latents(self, base, mean, std, rng):
         """The posterior's mode (as the reference), patchified and batch-norm normalised."""
         import torch
@@ -181,18 +174,9 @@ class Flux2Klein(FlowMatchingFamily):
         from diffusers import Flux2KleinPipeline
 
         # Base samples with classifier-free guidance, the distilled model without (the pipeline's switch).
-        is_distilled = self.detect_variant(base.path, _index(base.path)) == "distilled"
+        is_distilled = base.variant == "distilled"
         pipe = Flux2KleinPipeline(scheduler=scheduler or self.preview_scheduler(base), vae=base.vae,
                                   text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                   transformer=base.transformer, is_distilled=is_distilled)
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-
-def _index(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads((Path(path) / "model_index.json").read_text())
-    except (OSError, ValueError):
-        return {}

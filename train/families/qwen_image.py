@@ -156,9 +156,6 @@ class QwenImage(FlowMatchingFamily):
 
     # --- sampling ------------------------------------------------------------------------------
 
-    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
-        return cfg_scale  # true classifier-free guidance (no guidance embedding)
-
     def sampling_kwargs(self, base, guidance_scale: float) -> dict[str, Any]:
         # QwenImagePipeline's guidance_scale is for guidance-distilled transformers only; CFG is
         # true_cfg_scale, which needs a negative prompt (and is off at 1 or below).

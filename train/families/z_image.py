@@ -126,7 +126,6 @@ class ZImage(FlowMatchingFamily):
             "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype),
             "text_encoder": Qwen3Model.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype),
             "tokenizer": AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
-            "variant": variant,
             **self._load_scheduler(path),
         }, device)
 
@@ -143,13 +142,6 @@ class ZImage(FlowMatchingFamily):
             embeds, _ = text.encode_prompt(prompt=list(captions), device=base.device,
                                            do_classifier_free_guidance=False, max_sequence_length=PROMPT_TOKENS)
         return padded(embeds)
-
-    def encode_pixels(self, base, pixels) -> tuple[Any, Any]:
-        import torch
-
-        with torch.no_grad():
-            dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
-        return dist.mode(), dist.std
 
     def sample_latents(self, base, mean, std, rng):
         """The posterior's mode (as the reference), shifted and scaled: no draw from ``rng``."""
@@ -169,13 +161,10 @@ class ZImage(FlowMatchingFamily):
 
     # --- sampling ------------------------------------------------------------------------------
 
-    def guidance_for_sampling(self, cfg, cfg_scale: float) -> float:
-        return cfg_scale  # classifier-free guidance (Base); Turbo's is handled in sampling_kwargs
-
     def sampling_kwargs(self, base, guidance_scale: float) -> dict[str, Any]:
         # Turbo is CFG-distilled: it samples without guidance (diffusers' docs: guidance_scale=0.0),
         # as Flux2KleinPipeline ignores guidance on distilled Klein.
-        return {"guidance_scale": 0.0 if base.modules.get("variant") == "turbo" else guidance_scale}
+        return {"guidance_scale": 0.0 if base.variant == "turbo" else guidance_scale}
 
     def pipeline(self, base, scheduler: Any = None):
         from diffusers import ZImagePipeline

@@ -61,7 +61,7 @@ def _evaluate(base, cfg, scorers, checkpoint_dir: Path, step: int) -> dict[str, 
     from train.quality.render import render_set
     from train.state import replace_dir
 
-    settings = resolve(cfg, base.family.name, base.family.guidance_for_sampling(cfg, cfg.preview_guidance_scale))
+    settings = resolve(cfg, base.family.name, cfg.preview_guidance_scale)
     final, tmp = checkpoint_dir / FOLDER, _tmp_folder(checkpoint_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

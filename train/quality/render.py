@@ -60,19 +60,23 @@ def sampling(base):
             m.train(flags[name])
 
 
-def render(pipe, jobs: list[tuple[str, int]], settings) -> list:
+def render(base, pipe, jobs: list[tuple[str, int]], settings) -> list:
     """One PIL image per (prompt, seed), rendered BATCH at a time: on a GPU a batch of a few
     costs little more than one image. Each image has its own CPU generator, so its starting
-    noise is the same on every device and in any batch."""
+    noise is the same on every device and in any batch. Guidance goes through the family's
+    sampling keywords, as the previews' does (Qwen-Image's true CFG, none on a distilled model)."""
     import torch
 
+    sampling = base.family.sampling_kwargs(base, settings.guidance_scale)
     images = []
     for i in range(0, len(jobs), BATCH):
         chunk = jobs[i:i + BATCH]
         generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in chunk]
+        negative = sampling.get("negative_prompt")
+        batch = {**sampling, "negative_prompt": [negative] * len(chunk)} if isinstance(negative, str) else sampling
         images += pipe(prompt=[prompt for prompt, _ in chunk], num_inference_steps=settings.steps,
-                       guidance_scale=settings.guidance_scale, height=settings.resolution, width=settings.resolution,
-                       num_images_per_prompt=1, generator=generators).images
+                       height=settings.resolution, width=settings.resolution,
+                       num_images_per_prompt=1, generator=generators, **batch).images
     return images
 
 
@@ -83,11 +87,11 @@ def render_set(base, settings, out: Path, base_renders: dict) -> list[Image]:
     with sampling(base) as pipe:
         # Drift with the LoRA renders in the same batches as drift without it: a pair differs
         # by the LoRA only, not by how the batch was composed.
-        rendered = render(pipe, subject, settings) + render(pipe, drift, settings)
+        rendered = render(base, pipe, subject, settings) + render(base, pipe, drift, settings)
         missing = [job for job in drift if render_key(base, settings, *job) not in base_renders]
         if missing:
             with lora_disabled(base):
-                for job, image in zip(missing, render(pipe, missing, settings)):
+                for job, image in zip(missing, render(base, pipe, missing, settings)):
                     _remember(base_renders, render_key(base, settings, *job), _png(image))
     images = [_save(image, out, "subject" if k < len(subject) else "drift_lora", k if k < len(subject)
                     else k - len(subject), *job) for k, (job, image) in enumerate(zip(subject + drift, rendered))]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from train.quality.gate import SCORES
+
 DIGITS = 4
 MAX_SIDE = 2048
 
@@ -97,7 +99,7 @@ def compute(scorers, images: Sequence[Image], photos: Sequence[Path], settings) 
     """Every score of ``images`` against ``photos`` (the scorers placed where they should run)."""
     subject = [im for im in images if im.kind == "subject"]
     real = [read_rgb(p) for p in photos]
-    result = Result(scores=dict.fromkeys(("dino", "clip_i", "clip_t", "drift", "copying", "identity")))
+    result = Result(scores=dict.fromkeys(SCORES))
     result.scores["faces_per_image"] = None
     if subject and real:
         _subject_scores(scorers, subject, real, photos, settings, result)

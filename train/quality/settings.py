@@ -1,8 +1,8 @@
 """What the evaluation renders: prompts, seeds, steps and image count, resolved per task (pure).
 
 The task's ``eval_*`` settings (TrainConfig) win; what they leave unset comes from the
-instance prompt and from how the family samples the task's previews (steps, guidance through
-``Family.guidance_for_sampling``, resolution), which each family's defaults set:
+instance prompt and from how the family samples the task's previews (steps, guidance,
+resolution), which each family's recipe sets:
 
 - the *subject* is the instance prompt without a leading "a photo of" ("sks dog"), its
   *rare token* the subject's first word when the subject has more ("sks"), and its *class*
@@ -65,7 +65,7 @@ def subject_of(instance_prompt: str) -> str:
 
 def resolve(cfg, family_name: str, guidance_scale: float) -> EvalSettings:
     """The evaluation settings of task ``cfg`` on a base of family ``family_name``;
-    ``guidance_scale`` is what the family samples previews with (Family.guidance_for_sampling)."""
+    ``guidance_scale`` is the task's preview guidance (passed through Family.sampling_kwargs)."""
     subject = cfg.eval_subject.strip() or subject_of(cfg.instance_prompt)
     words = subject.split()
     rare = cfg.eval_rare_token.strip() if cfg.eval_rare_token.strip() else (words[0] if len(words) > 1 else "")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-COLUMNS = ("dino", "clip_i", "clip_t", "drift", "copying", "identity")
+from train.quality.gate import SCORES as COLUMNS
 
 
 def quality_rows(checkpoints_root: Path, task_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
