@@ -34,7 +34,6 @@ from pathlib import Path
 import bench_worker  # scripts/ is sys.path[0] when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {**bench_worker.SETTINGS}
 
 
 def run_host(work: Path, name: str, model: Path, images: Path, n: int, hp: dict, threads: int) -> dict:
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         a.threads = host_threads()
     model, images = bench_worker._inputs(work, a.tasks)
     model = a.model.resolve() if a.model else model
-    hp = {**SETTINGS, "max_train_steps": a.steps, "resolution": a.resolution or (512 if a.gpu else 32),
+    hp = {**bench_worker.SETTINGS, "max_train_steps": a.steps, "resolution": a.resolution or (512 if a.gpu else 32),
           "mixed_precision": a.mixed_precision or ("bf16" if a.gpu else "no")}
     many = len(gpus) if a.gpu else a.threads
     where = f"{len(gpus)} GPU(s)" if a.gpu else f"{a.threads} CPU thread(s)"

@@ -47,14 +47,16 @@ class ServeProcess:
         self.log_path = Path(log_path) if log_path else None
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
+        self._log = None                  # the open log file while the process runs
 
     def __enter__(self) -> "ServeProcess":
         return self.start().wait_ready()
 
     def start(self) -> "ServeProcess":
         """Start the process and return at once (the base loads while the caller does other work)."""
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self._log = open(self.log_path, "wb") if self.log_path else None
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log or subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self) -> "ServeProcess":
@@ -83,6 +85,9 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:

@@ -27,8 +27,6 @@ except ImportError:  # pragma: no cover - imported as scripts.tiny_dit
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from tiny_flux import _save, _weights_dtype, flux_configs, write_qwen_tokenizer
 
-ARCHES = {"z-image": ("tiny", "z-image-6b"), "qwen-image": ("tiny", "qwen-image-20b")}
-VARIANTS = {"z-image": ("base", "turbo"), "qwen-image": ("",)}
 # A model card as Hugging Face snapshots carry it (README.md): front matter, title, usage example.
 MODEL_CARD = ("---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n---\n"
               "<h1 align=\"center\">{title}</h1>\n\nThe Z-Image family: Z-Image, Z-Image-Turbo, Z-Image-Edit.\n\n"
@@ -169,10 +167,7 @@ BUILDERS = {"z-image": build_z_image, "qwen-image": build_qwen_image}
 
 
 def build(out_dir: Path, *, family: str, arch: str = "tiny", seed: int = 0, variant: str | None = None) -> Path:
-    if arch not in ARCHES[family]:
-        raise SystemExit(f"--arch {arch}: not a {family} arch; valid: {', '.join(ARCHES[family])}")
-    variant = VARIANTS[family][0] if variant is None else variant
-    if variant not in VARIANTS[family]:
-        raise SystemExit(f"--variant {variant}: {family} has " + (", ".join(VARIANTS[family]) if any(VARIANTS[family])
-                                                                     else "no variants"))
-    return BUILDERS[family](out_dir, arch=arch, seed=seed, variant=variant)
+    """Called by make_tiny_model.build_pipeline, which has checked ``arch`` and ``variant``
+    (``None``: the family's first variant, its builder's default)."""
+    extra = {"variant": variant} if variant is not None else {}
+    return BUILDERS[family](out_dir, arch=arch, seed=seed, **extra)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import time
@@ -23,17 +22,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import reader_envs  # a sibling: scripts/ is on sys.path when this runs or is loaded
+import reader_envs  # siblings: scripts/ is on sys.path when this runs or is loaded
+from serve_process import free_port
 
 
 class TritonError(RuntimeError):
     """The server failed to start, or answered a request with an error (its message included)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TritonServer:

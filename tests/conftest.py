@@ -63,9 +63,9 @@ def tiny_qwen_image(tmp_path_factory, make_tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
-def chromium():
-    """Debian's chromium driven by Playwright, offline (no browser download); the report pages'
-    checks (page_checks.py) open pages in it. Skipped only when the binary is not installed."""
+def chromium_browser():
+    """Debian's chromium driven by Playwright, offline (no browser download), once per session.
+    Tests use ``chromium``. Skipped only when the binary is not installed."""
     from page_checks import CHROMIUM
 
     if not CHROMIUM.exists():
@@ -79,6 +79,15 @@ def chromium():
             browser.close()
 
 
+@pytest.fixture
+def chromium(chromium_browser):
+    """The session's browser for one test: the report pages' checks (page_checks.open_page) open
+    each page in a context of its own, left open for the test; they are closed after it."""
+    yield chromium_browser
+    for context in list(chromium_browser.contexts):
+        context.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_scorers(tmp_path_factory) -> Path:
     """Path of a tiny scorer folder (clip/, dino/, face/ with OpenCV's Haar cascade): the
@@ -89,16 +98,14 @@ def tiny_scorers(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_flow_models(tmp_path_factory) -> dict:
+def tiny_flow_models(tmp_path_factory, make_tiny_model) -> dict:
     """Tiny FLUX.1-dev and FLUX.2 klein (Base) pipeline folders, built once per session (read-only)."""
-    pytest.importorskip("diffusers")
-    builder = load_script("tiny_flux")
-    return {f: builder.build(tmp_path_factory.mktemp(f) / "pipe", family=f) for f in ("flux", "flux2-klein")}
+    return {f: make_tiny_model.build_pipeline(tmp_path_factory.mktemp(f) / "pipe", family=f)
+            for f in ("flux", "flux2-klein")}
 
 
 @pytest.fixture(scope="session")
-def tiny_klein_distilled(tmp_path_factory) -> Path:
+def tiny_klein_distilled(tmp_path_factory, make_tiny_model) -> Path:
     """A tiny FLUX.2 klein folder of the step-distilled checkpoint (is_distilled: true)."""
-    pytest.importorskip("diffusers")
-    return load_script("tiny_flux").build(tmp_path_factory.mktemp("klein-distilled") / "pipe", family="flux2-klein",
+    return make_tiny_model.build_pipeline(tmp_path_factory.mktemp("klein-distilled") / "pipe", family="flux2-klein",
                                           variant="distilled")

@@ -3,7 +3,8 @@
 ``open_page`` loads a file:// page in a fresh offline context that aborts (and records) every
 request that is not a file of the page itself, and returns the console errors, the images
 that did not decode, the links and the page's text; a screenshot of the page is saved under
-build/test-artifacts/report/ (ARTIFACTS) for a person to look at.
+build/test-artifacts/report/ (ARTIFACTS) for a person to look at. The ``chromium`` fixture
+(tests/conftest.py) closes the contexts a test opened once it ends.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class PageCheck:
     images: int = 0
     links: list[str] = field(default_factory=list)          # hrefs, as written
     scripts: int = 0
-    page: object = None                                       # the Playwright page, still open
+    page: object = None                                       # the Playwright page, open until the test ends
 
     def problems(self) -> list[str]:
         return ([f"console: {e}" for e in self.console_errors] + [f"fetched: {u}" for u in self.fetched]

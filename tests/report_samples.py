@@ -15,8 +15,6 @@ import json
 import random
 from pathlib import Path
 
-VERDICTS = ("passed", "needs_review", "failed_quality")
-
 
 def png(path: Path, size: int = 48, seed: int = 0) -> Path:
     from PIL import Image, ImageDraw

@@ -3,19 +3,10 @@ the GPU benchmarks build."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
+from scripts_loader import folder_digest
 
 torch = pytest.importorskip("torch")
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("family,cls", [("z-image", "ZImagePipeline"), ("qwen-image", "QwenImagePipeline")])
@@ -23,7 +14,7 @@ def test_the_builder_is_deterministic_and_its_pipeline_generates_offline(make_ti
     from diffusers import DiffusionPipeline
 
     a, b = (make_tiny_model.build_pipeline(tmp_path / n, family=family) for n in "ab")
-    assert _digest(a) == _digest(b), "same seed must give byte-identical weights"
+    assert folder_digest(a) == folder_digest(b), "same seed must give byte-identical weights"
     pipe = DiffusionPipeline.from_pretrained(a)
     assert type(pipe).__name__ == cls
     pipe.set_progress_bar_config(disable=True)

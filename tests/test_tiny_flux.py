@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
 import pytest
+from scripts_loader import folder_digest
 
 torch = pytest.importorskip("torch")
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.mark.slow
@@ -28,7 +20,7 @@ def test_make_tiny_model_builds_a_deterministic_pipeline_that_generates_offline(
         done = subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(tmp_path / name), "--family", family],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b"), "same seed must give byte-identical weights"
+    assert folder_digest(tmp_path / "a") == folder_digest(tmp_path / "b"), "same seed must give byte-identical weights"
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "a")
     assert type(pipe).__name__ == cls
     pipe.set_progress_bar_config(disable=True)

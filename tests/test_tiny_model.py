@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
 import pytest
+from scripts_loader import folder_digest
 
 torch = pytest.importorskip("torch")
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def test_cli_builds_a_loadable_deterministic_pipeline(tmp_path, tiny_model):
@@ -24,7 +16,7 @@ def test_cli_builds_a_loadable_deterministic_pipeline(tmp_path, tiny_model):
 
     out = tmp_path / "again"
     subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(out)], check=True, capture_output=True)
-    assert _digest(out) == _digest(tiny_model), "same seed must give byte-identical weights"
+    assert folder_digest(out) == folder_digest(tiny_model), "same seed must give byte-identical weights"
 
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
@@ -61,7 +53,7 @@ def test_cli_builds_a_tiny_sdxl_pipeline_and_refuses_a_mismatched_arch(tmp_path,
     out = tmp_path / "xl"
     subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(out), "--family", "sdxl"], check=True,
                    capture_output=True)
-    assert _digest(out) == _digest(tiny_sdxl_model), "same seed must give byte-identical weights"
+    assert folder_digest(out) == folder_digest(tiny_sdxl_model), "same seed must give byte-identical weights"
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
     assert pipe.unet.config.addition_embed_type == "text_time" and pipe.text_encoder_2.config.projection_dim == 32

@@ -15,7 +15,8 @@ import pytest
 from container import entry
 from container.records import read_json
 from container.signals import StopFlag
-from opt_ml import make_tree, sdk_encode, thread_host
+from opt_ml import make_tree, sdk_encode
+from test_worker import _run
 
 
 def _tasks(*ids, **extra):
@@ -92,17 +93,6 @@ class ScoringTrain:
         (checkpoint_dir / "status.json").write_text(json.dumps({**status_extra, "state": "completed", "step": 2,
                                                                 "quality": quality}))
         return TaskResult(state="completed", step=2, loss=0.1, seconds=0.01)
-
-
-def _run(monkeypatch, base, fake) -> int:
-    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
-
-    def make_host(env, settings, training_hp, job_cfg, stop_flag, rejected, devices):
-        return thread_host(env, settings, fake, stop_flag, job_hp=training_hp,
-                           mixed_precision=job_cfg.mixed_precision, rejected=rejected), fake
-
-    monkeypatch.setattr(entry, "_make_host", make_host)
-    return entry.run_job(base, StopFlag())
 
 
 def test_scorers_load_once_per_host_every_task_gets_them_and_summary_has_each_verdict(

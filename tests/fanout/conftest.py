@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fanout_fakes import AtomicMotoServer  # noqa: E402
 
+from fanout import handlers  # noqa: E402
 from fanout.bootstrap import bootstrap  # noqa: E402
+from fanout.service import Service  # noqa: E402
 from fanout.settings import Settings  # noqa: E402
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -51,3 +53,11 @@ def settings(aws_env) -> Settings:
     settings.client("s3").put_object(Bucket="fanout-test", Key="base/sd15/model_index.json",
                                      Body=b'{"_class_name": "StableDiffusionPipeline"}')
     return settings
+
+
+@pytest.fixture
+def svc(settings, monkeypatch) -> Service:
+    """The Service on those settings; the handlers use it (test_lifecycle_events.py overrides it)."""
+    service = Service.from_settings(settings)
+    monkeypatch.setattr(handlers, "_service", service)      # handlers use this Service
+    return service

@@ -98,9 +98,7 @@ def test_java_posix_classes_are_ascii_and_unknown_classes_are_refused():
 # -- the serverless launcher: the same rules on its settings, before anything is claimed ------
 
 def _svc(settings_: Settings, **env) -> Service:
-    fields = {**{f: getattr(settings_, f) for f in ("bucket", "image_uri", "role_arn", "model_uri", "max_instances",
-                                                    "max_tasks_per_job", "region", "endpoint_url")}, **env}
-    return Service.from_settings(replace(settings_, **fields))
+    return Service.from_settings(replace(settings_, **env))
 
 
 def _upload(svc: Service, user: str, body: dict) -> None:

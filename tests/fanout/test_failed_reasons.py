@@ -5,31 +5,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from fanout_fakes import load_event
+from test_serverless import upload_request
 
 from fanout import handlers
-from fanout.service import Service, launch_pending
+from fanout.service import launch_pending
 from fanout.store import FAILED
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-
-
-@pytest.fixture
-def svc(settings, monkeypatch):
-    service = Service.from_settings(settings)
-    monkeypatch.setattr(handlers, "_service", service)
-    return service
-
-
-def _upload(svc, user: str, request: str, **body):
-    s3 = svc.objects.s3
-    s3.put_object(Bucket=svc.settings.bucket, Key=f"requests/{user}/{request}/images/0.jpg", Body=b"jpg")
-    body = {"instance_prompt": "a photo of sks dog", **body}
-    s3.put_object(Bucket=svc.settings.bucket, Key=f"requests/{user}/{request}/request.json",
-                  Body=json.dumps(body).encode())
-    return load_event("s3_request_uploaded.json", bucket=svc.settings.bucket, user=user, request=request)
 
 
 def _stored(svc) -> str:
@@ -38,9 +21,9 @@ def _stored(svc) -> str:
 
 
 def test_a_refused_request_never_stores_the_credential_it_carried(svc):
-    handlers.on_upload(_upload(svc, "u1", "r1", hyperparameters={"learning_rate": AWS_KEY}))
-    handlers.on_upload(_upload(svc, "u1", "r2", hyperparameters={"mixed_precision": AWS_SECRET}))
-    handlers.on_upload(_upload(svc, "u1", "r3", metadata=AWS_SECRET))
+    handlers.on_upload(upload_request(svc, "u1", "r1", hyperparameters={"learning_rate": AWS_KEY}))
+    handlers.on_upload(upload_request(svc, "u1", "r2", hyperparameters={"mixed_precision": AWS_SECRET}))
+    handlers.on_upload(upload_request(svc, "u1", "r3", metadata=AWS_SECRET))
     for key, field in (("u1/r1", "learning_rate"), ("u1/r2", "mixed_precision"), ("u1/r3", "metadata")):
         item = svc.requests.get(key)
         assert item["status"] == FAILED and field in item["reason"], item["reason"]

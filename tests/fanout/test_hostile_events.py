@@ -11,17 +11,10 @@ from test_serverless import statuses, upload_artifacts, upload_request
 
 from fanout import handlers
 from fanout.errors import EventError
-from fanout.service import MAX_REQUEST_BYTES, Service, launch_pending, task_id_for
+from fanout.service import MAX_REQUEST_BYTES, launch_pending, task_id_for
 from fanout.store import COMPLETED, FAILED, LAUNCHED, PENDING
 
 BUCKET = "fanout-test"
-
-
-@pytest.fixture
-def svc(settings, monkeypatch):
-    service = Service.from_settings(settings)
-    monkeypatch.setattr(handlers, "_service", service)
-    return service
 
 
 def key(user, request):

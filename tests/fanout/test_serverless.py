@@ -11,15 +11,8 @@ from fanout_fakes import SageMakerFaults, load_event
 
 from fanout import handlers
 from fanout.launcher import RateLimiter
-from fanout.service import Service, launch_pending, task_id_for
+from fanout.service import launch_pending, task_id_for
 from fanout.store import COMPLETED, FAILED, LAUNCHED, PENDING
-
-
-@pytest.fixture
-def svc(settings, monkeypatch):
-    service = Service.from_settings(settings)
-    monkeypatch.setattr(handlers, "_service", service)      # handlers use this Service
-    return service
 
 
 def upload_request(svc, user, request, images=2, **body):

@@ -9,7 +9,6 @@ the session and are stopped at its end.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,11 +71,9 @@ def instance_images(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bases(tiny_model, tiny_sdxl_model, tmp_path_factory) -> dict[str, Path]:
-    flux = load_script("tiny_flux")
+def bases(tiny_model, tiny_sdxl_model, tiny_flow_models) -> dict[str, Path]:
     return {"sd": tiny_model, "sdxl": tiny_sdxl_model,
-            "flux": flux.build(tmp_path_factory.mktemp("serve-flux") / "pipe", family="flux"),
-            "flux2-klein": flux.build(tmp_path_factory.mktemp("serve-klein") / "pipe", family="flux2-klein")}
+            "flux": tiny_flow_models["flux"], "flux2-klein": tiny_flow_models["flux2-klein"]}
 
 
 @dataclass
@@ -148,6 +145,3 @@ def _upload(s3, folder: Path, prefix: str) -> str:
     for path in folder.iterdir():
         s3.upload_file(str(path), BUCKET, prefix + path.name)
     return f"s3://{BUCKET}/{prefix}"
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,6 @@ import base64
 import copy
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +116,3 @@ def decode(b64: str) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-
-
-def copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

@@ -35,3 +35,12 @@ def base(tiny_model):
     from train.pipeline import load_base
 
     return load_base(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def scorers(tiny_scorers):
+    """The evaluation's scorers on the tiny scorer folder. Per module: they keep a cache of base
+    renders (Scorers.base_renders) that tasks fill."""
+    from train.quality import load_scorers
+
+    return load_scorers(tiny_scorers)

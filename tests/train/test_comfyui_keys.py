@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from comfy_keys import bfl_key_map, bfl_shapes, clip_key_map, flux_to_diffusers, load_lora, patch_delta, unet_key_map
+from train_helpers import shared_base
 
 torch = pytest.importorskip("torch")
 
@@ -28,10 +29,9 @@ TEXT_ENCODERS = {"sd": {"clip_l": "text_encoder"}, "sdxl": {"clip_l": "text_enco
 
 @pytest.fixture(scope="module")
 def bases(base, tiny_sdxl_model, tiny_flow_models):
-    from train.pipeline import load_base
-
-    return {"sd": base, "sdxl": load_base(tiny_sdxl_model), "flux": load_base(tiny_flow_models["flux"]),
-            "flux2-klein": load_base(tiny_flow_models["flux2-klein"])}
+    """The session's loaded bases (the test detaches its LoRA from each again)."""
+    return {"sd": base, "sdxl": shared_base(tiny_sdxl_model), "flux": shared_base(tiny_flow_models["flux"]),
+            "flux2-klein": shared_base(tiny_flow_models["flux2-klein"])}
 
 
 def attach_random_lora(model, family: str):

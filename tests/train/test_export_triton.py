@@ -135,6 +135,7 @@ def test_archive_is_one_model_folder_with_config_model_and_artifact(users, trito
 
 @pytest.mark.slow
 def test_two_users_load_infer_unload_reload_on_a_real_tritonserver(users, triton_env, tmp_path):
+    load_script("serve_process")  # triton_server imports its siblings as scripts/ would be on sys.path
     server_mod = load_script("triton_server")
     repository = tmp_path / "repository"
     repository.mkdir()

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import FAST, eval_loss, load_script, lora_tensors
+from train_helpers import FAST, eval_loss, flow_pipeline, flow_render, load_script, lora_tensors, shared_base
 
 torch = pytest.importorskip("torch")
 
@@ -26,36 +26,11 @@ FLUX_DOUBLE_TARGETS = ",".join(f"transformer_blocks.0.{m}" for m in (
     "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"))
 
 
-_BASES: dict = {}
-
-
-def flow_base(tiny_flow_models, family: str, quantization: str = "none"):
-    """One loaded base per (family, quantization), as a warm worker keeps it."""
-    from train.pipeline import load_base
-
-    key = (family, quantization)
-    if key not in _BASES:
-        _BASES[key] = load_base(tiny_flow_models[family], base_quantization=quantization)
-    return _BASES[key]
-
-
 def config(demo_data, **overrides):
     from train.config import TrainConfig
 
     return TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT,
                        **{**FAST, "preview_every": 0, "checkpoint_every": 0, **overrides})
-
-
-def fresh(family_dir, family: str):
-    from train.families import family_named
-
-    return family_named(family).load_pipeline(family_dir, dtype=torch.float32)
-
-
-def render(pipe, seed: int = 3):
-    with torch.no_grad():
-        return pipe(prompt=PROMPT, num_inference_steps=2, height=32, width=32, output_type="np",
-                    generator=torch.Generator().manual_seed(seed)).images[0]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +43,8 @@ def trained(tiny_flow_models, demo_data, tmp_path_factory):
         extra = dict(train_text_encoder=True, lora_target_modules=FLUX_DOUBLE_TARGETS) if family == "flux" else {}
         cfg = config(demo_data, export="lora,kohya", export_check=True, lora_alpha=8, **extra)
         root = tmp_path_factory.mktemp(f"run-{family}")
-        result = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=root / "model", checkpoint_dir=root / "ck")
+        result = run_task(shared_base(tiny_flow_models[family]), cfg, model_dir=root / "model",
+                          checkpoint_dir=root / "ck")
         out[family] = (root / "model", result)
     return out
 
@@ -85,14 +61,14 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
         assert entry["status"] == "ok", entry
         assert entry["drift"]["mean_abs_diff"] <= 0.05, (name, entry["drift"])
         assert len(entry["verified"]) == 1 and "rendered 1 image(s)" in entry["verified"][0]["how"]
-    base_image = render(fresh(tiny_flow_models[family], family))
-    pipe = fresh(tiny_flow_models[family], family)
+    base_image = flow_render(flow_pipeline(tiny_flow_models[family], family))
+    pipe = flow_pipeline(tiny_flow_models[family], family)
     pipe.load_lora_weights(model_dir)
-    with_lora = render(pipe)
+    with_lora = flow_render(pipe)
     assert np.abs(with_lora - base_image).max() > 1e-3, "the trained LoRA must change the image"
-    kohya = fresh(tiny_flow_models[family], family)
+    kohya = flow_pipeline(tiny_flow_models[family], family)
     kohya.load_lora_weights(model_dir, weight_name="lora_kohya.safetensors")
-    np.testing.assert_allclose(render(kohya), with_lora, atol=2e-3)
+    np.testing.assert_allclose(flow_render(kohya), with_lora, atol=2e-3)
 
 
 def test_flux_clip_lora_is_saved_and_t5_stays_frozen(trained, tiny_flow_models):
@@ -102,7 +78,7 @@ def test_flux_clip_lora_is_saved_and_t5_stays_frozen(trained, tiny_flow_models):
     assert not any(k.startswith("text_encoder_2.") for k in keys)
     clip_up = [v for k, v in lora_tensors(model_dir).items() if k.startswith("text_encoder.") and "lora_B" in k]
     assert clip_up and any(float(v.abs().max()) > 0 for v in clip_up), "CLIP's LoRA must have trained (init B = 0)"
-    pipe = fresh(tiny_flow_models["flux"], "flux")
+    pipe = flow_pipeline(tiny_flow_models["flux"], "flux")
     pipe.load_lora_weights(model_dir)
     assert getattr(pipe.text_encoder, "peft_config", None), "CLIP's LoRA must load back"
     from safetensors.torch import load_file
@@ -129,7 +105,8 @@ def test_a_flux_kohya_copy_diffusers_cannot_read_back_says_why_and_the_task_comp
     from train.task import run_task
 
     cfg = config(demo_data, export="lora,kohya", export_check=True)
-    result = run_task(flow_base(tiny_flow_models, "flux"), cfg, model_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    result = run_task(shared_base(tiny_flow_models["flux"]), cfg, model_dir=tmp_path / "model",
+                      checkpoint_dir=tmp_path / "ck")
     assert result.state == "completed"
     entries = json.loads((tmp_path / "model" / "manifest.json").read_text())["formats"]
     assert entries["lora"]["status"] == "ok" and "drift" in entries["lora"]
@@ -153,8 +130,9 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
     from train.task import run_task
 
     cfg = config(demo_data, max_train_steps=20, learning_rate=1e-2, export="lora")
-    plain = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=tmp_path / "plain", checkpoint_dir=tmp_path / "c1")
-    base = flow_base(tiny_flow_models, family, "nf4")
+    plain = run_task(shared_base(tiny_flow_models[family]), cfg, model_dir=tmp_path / "plain",
+                     checkpoint_dir=tmp_path / "c1")
+    base = shared_base(tiny_flow_models[family], "nf4")
     assert isinstance(base.transformer.transformer_blocks[0].attn.to_q, bnb.nn.Linear4bit)
     qcfg = cfg.replace(base_quantization="nf4")
     before = eval_loss(base, qcfg)
@@ -176,7 +154,7 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
 def test_int8_quantizes_the_loaded_transformer_and_t5(tiny_flow_models):
     import bitsandbytes as bnb
 
-    base = flow_base(tiny_flow_models, "flux", "int8")
+    base = shared_base(tiny_flow_models["flux"], "int8")
     assert isinstance(base.transformer.transformer_blocks[0].ff.net[2], bnb.nn.Linear8bitLt)
     assert isinstance(base.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q, bnb.nn.Linear8bitLt)
     assert base.quantization == "int8"
@@ -238,7 +216,7 @@ def test_a_task_asking_for_another_quantization_than_the_loaded_base_fails_clear
 
     cfg = config(demo_data, base_quantization="nf4", export="lora")
     with pytest.raises(ConfigError, match=r"task 'q'.*base_quantization='nf4'.*loaded with 'none'.*for the job"):
-        run_task(flow_base(tiny_flow_models, "flux"), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+        run_task(shared_base(tiny_flow_models["flux"]), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                  task_id="q")
 
 
@@ -247,7 +225,7 @@ def test_prior_preservation_samples_class_images_with_the_family_pipeline(tiny_f
     from train.task import run_task
 
     cfg = config(demo_data, class_prompt="a photo of a toy", num_class_images=2, max_train_steps=2, export="lora")
-    result = run_task(flow_base(tiny_flow_models, family), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+    result = run_task(shared_base(tiny_flow_models[family]), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                       class_cache_dir=tmp_path / "classes")
     assert result.state == "completed"
     generated = sorted((tmp_path / "classes").rglob("class-*.png"))
@@ -267,7 +245,7 @@ def test_buckets_pack_non_square_latents_with_positions_of_the_real_shape(tiny_f
     from train.crops import bucket_sizes, nearest_bucket
     from train.task import run_task
 
-    base = flow_base(tiny_flow_models, family)
+    base = shared_base(tiny_flow_models[family])
     data = tmp_path / "instance"
     data.mkdir()
     rng = np.random.default_rng(1)

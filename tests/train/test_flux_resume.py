@@ -4,10 +4,8 @@ a function of (seed, step), and the optimizer, schedule and RNG states are resto
 
 from __future__ import annotations
 
-
 import pytest
-from train_helpers import run_cli
-from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
+from train_helpers import kill_then_resume, lora_tensors, max_abs_diff, run_cli
 
 STEPS = 6
 EXTRA = {"flux": ("--train-text-encoder", "--weighting-scheme", "logit_normal", "--guidance-scale", "3.5"),
@@ -31,10 +29,5 @@ def test_sigkill_then_resume_ends_with_the_same_lora(tiny_flow_models, demo_data
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    sigkill_at_state(cli_args(model, demo_data, killed, family), killed, step=2)
-    assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()
-
-    resumed = run_cli(*cli_args(model, demo_data, killed, family), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    kill_then_resume(cli_args(model, demo_data, killed, family), killed, step=2)
     assert max_abs_diff(lora_tensors(straight / "model"), lora_tensors(killed / "model")) <= 1e-5

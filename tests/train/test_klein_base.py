@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from train_helpers import flow_pipeline, flow_render
 
 torch = pytest.importorskip("torch")
 
@@ -51,16 +52,8 @@ def train_counting_preview_calls(folder, cfg, out, monkeypatch):
     return result, len(calls) / cfg.preview_inference_steps
 
 
-def render(pipe, seed: int = 3):
-    with torch.no_grad():
-        return pipe(prompt=PROMPT, num_inference_steps=2, height=32, width=32, output_type="np",
-                    generator=torch.Generator().manual_seed(seed)).images[0]
-
-
 def test_klein_base_trains_on_its_recipe_reloads_and_previews_with_cfg(tiny_flow_models, demo_data, tmp_path,
                                                                       capsys, monkeypatch):
-    from train.families import family_named
-
     folder = tiny_flow_models["flux2-klein"]
     cfg = resolved(folder, demo_data, export="lora,kohya", export_check=True)
     assert cfg.recipe.name == "flux2-klein/base" and cfg.recipe.warning is None
@@ -78,12 +71,11 @@ def test_klein_base_trains_on_its_recipe_reloads_and_previews_with_cfg(tiny_flow
     for name in ("lora", "kohya"):  # each file read back here and rendered what training did
         entry = manifest["formats"][name]
         assert entry["drift"]["mean_abs_diff"] <= 0.05 and entry["verified"], entry
-    klein = family_named("flux2-klein")
-    fresh = klein.load_pipeline(folder, dtype=torch.float32)
+    fresh = flow_pipeline(folder, "flux2-klein")
     assert not fresh.config.is_distilled  # a user's load samples Base with CFG, as training previewed it
-    base_image = render(fresh)
+    base_image = flow_render(fresh)
     fresh.load_lora_weights(tmp_path / "model")
-    assert np.abs(render(fresh) - base_image).max() > 1e-3, "the trained LoRA must change the image"
+    assert np.abs(flow_render(fresh) - base_image).max() > 1e-3, "the trained LoRA must change the image"
 
 
 def test_the_distilled_klein_trains_previews_without_cfg_and_says_to_use_base(tiny_klein_distilled, demo_data,

@@ -17,13 +17,6 @@ PROMPT = "a photo of sks toy"
 
 
 @pytest.fixture(scope="module")
-def scorers(tiny_scorers):
-    from train.quality import load_scorers
-
-    return load_scorers(tiny_scorers)
-
-
-@pytest.fixture(scope="module")
 def settings():
     from train.config import TrainConfig
     from train.quality.settings import resolve

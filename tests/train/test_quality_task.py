@@ -21,13 +21,6 @@ SCORES = {"dino", "clip_i", "clip_t", "drift", "copying", "identity", "faces_per
 
 
 @pytest.fixture(scope="module")
-def scorers(tiny_scorers):
-    from train.quality import load_scorers
-
-    return load_scorers(tiny_scorers)
-
-
-@pytest.fixture(scope="module")
 def evaluated(base, demo_data, scorers, tmp_path_factory):
     from train.config import TrainConfig
     from train.task import run_task
@@ -108,8 +101,9 @@ def test_a_scorer_folder_that_cannot_work_is_refused_before_the_model_loads(tiny
         config_from_args(args)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux", "flux2-klein"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "flux2-klein", "z-image", "qwen-image"])
 def test_every_family_renders_its_evaluation_set_with_its_own_pipeline(family, tiny_sdxl_model, tiny_flow_models,
+                                                                          tiny_z_image, tiny_qwen_image,
                                                                           scorers, demo_data, tmp_path):
     from PIL import Image
 
@@ -117,7 +111,8 @@ def test_every_family_renders_its_evaluation_set_with_its_own_pipeline(family, t
     from train.pipeline import attach_lora, detach_lora, load_base
     from train.quality.evaluate import evaluate_task
 
-    base = load_base(tiny_sdxl_model if family == "sdxl" else tiny_flow_models[family])
+    folders = {"sdxl": tiny_sdxl_model, "z-image": tiny_z_image, "qwen-image": tiny_qwen_image, **tiny_flow_models}
+    base = load_base(folders[family])
     cfg = TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT, resolution=32,
                       eval_inference_steps=2)
     attach_lora(base, cfg)

@@ -7,9 +7,8 @@ import json
 import shutil
 
 import pytest
-from train_helpers import run_cli
 from test_train_resume import STEPS, cli_args
-from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
+from train_helpers import kill_then_resume, lora_tensors, max_abs_diff, run_cli
 
 
 @pytest.mark.slow
@@ -21,12 +20,7 @@ def test_sdxl_sigkill_then_resume_ends_with_the_same_lora(tiny_sdxl_model, demo_
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    sigkill_at_state(cli_args(tiny_sdxl_model, demo_data, killed), killed, step=4)
-    assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()
-
-    resumed = run_cli(*cli_args(tiny_sdxl_model, demo_data, killed), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    kill_then_resume(cli_args(tiny_sdxl_model, demo_data, killed), killed, step=4)
     a, b = lora_tensors(straight / "model"), lora_tensors(killed / "model")
     assert {k.split(".")[0] for k in a} == {"unet", "text_encoder", "text_encoder_2"}
     assert max_abs_diff(a, b) <= 1e-5

@@ -16,8 +16,7 @@ import shutil
 
 import numpy as np
 import pytest
-from train_helpers import FAST
-from train_helpers import eval_loss
+from train_helpers import FAST, eval_loss, flow_pipeline, flow_render, shared_base
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +25,6 @@ PROMPT = "a photo of sks toy"
 # Stated, not left to the families' recipes (1024 px, rank 16, 8-bit AdamW, ...: GPU defaults).
 EXPLICIT = dict(rank=4, optimizer="adamw", mixed_precision="no", gradient_accumulation_steps=1, lr_warmup_steps=0,
                 gradient_checkpointing=False, preview_guidance_scale=7.5)
-_BASES: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -34,33 +32,11 @@ def models(tiny_z_image, tiny_qwen_image):
     return {"z-image": tiny_z_image, "qwen-image": tiny_qwen_image}
 
 
-def loaded(path, quantization: str = "none"):
-    """One loaded base per (folder, quantization), as a warm worker keeps it."""
-    from train.pipeline import load_base
-
-    key = (str(path), quantization)
-    if key not in _BASES:
-        _BASES[key] = load_base(path, base_quantization=quantization)
-    return _BASES[key]
-
-
 def config(demo_data, **overrides):
     from train.config import TrainConfig
 
     return TrainConfig(instance_data=str(demo_data / "instance"), instance_prompt=PROMPT,
                        **{**FAST, **EXPLICIT, "preview_every": 0, "checkpoint_every": 0, **overrides})
-
-
-def fresh(folder, family: str):
-    from train.families import family_named
-
-    return family_named(family).load_pipeline(folder, dtype=torch.float32)
-
-
-def render(pipe, seed: int = 3, **kwargs):
-    with torch.no_grad():
-        return pipe(prompt=PROMPT, num_inference_steps=2, height=32, width=32, output_type="np",
-                    generator=torch.Generator().manual_seed(seed), **kwargs).images[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +48,7 @@ def trained(models, demo_data, tmp_path_factory):
     for family in FAMILIES:
         root = tmp_path_factory.mktemp(f"run-{family}")
         cfg = config(demo_data, export="lora,kohya", export_check=True, lora_alpha=8)
-        out[family] = (root / "model", run_task(loaded(models[family]), cfg, model_dir=root / "model",
+        out[family] = (root / "model", run_task(shared_base(models[family]), cfg, model_dir=root / "model",
                                                 checkpoint_dir=root / "ck"))
     return out
 
@@ -90,14 +66,14 @@ def test_the_lora_reloads_in_the_family_pipeline_and_renders_what_training_rende
         assert len(entry["verified"]) == 1 and "rendered 1 image(s)" in entry["verified"][0]["how"], entry
     # ... and the suite maps every key of this family's kohya copy through ComfyUI's rules.
     assert any("ComfyUI" in r["reader"] for r in manifest["formats"]["kohya"]["suite_verified"])
-    base_image = render(fresh(models[family], family))
-    pipe = fresh(models[family], family)
+    base_image = flow_render(flow_pipeline(models[family], family))
+    pipe = flow_pipeline(models[family], family)
     pipe.load_lora_weights(model_dir)
-    with_lora = render(pipe)
+    with_lora = flow_render(pipe)
     assert np.abs(with_lora - base_image).max() > 1e-3, "the trained LoRA must change the image"
-    comfy = fresh(models[family], family)
+    comfy = flow_pipeline(models[family], family)
     comfy.load_lora_weights(model_dir, weight_name="lora_kohya.safetensors")
-    np.testing.assert_allclose(render(comfy), with_lora, atol=2e-3)
+    np.testing.assert_allclose(flow_render(comfy), with_lora, atol=2e-3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -112,7 +88,7 @@ def test_comfyui_uses_every_key_of_the_copy_and_patches_what_diffusers_applies(t
     model_dir, _ = trained[family]
     copy = load_file(model_dir / "lora_kohya.safetensors")
     assert copy and all(k.startswith("diffusion_model.") for k in copy)
-    pipe = fresh(models[family], family)
+    pipe = flow_pipeline(models[family], family)
     transformer = pipe.transformer
     base_weights = {k: v.clone() for k, v in transformer.state_dict().items()}
     patches, not_loaded = dit_patches(copy, dit_key_map(family, transformer))
@@ -140,7 +116,7 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
     from train.pipeline import detach_lora
     from train.task import run_task
 
-    base = loaded(models[family], "nf4")
+    base = shared_base(models[family], "nf4")
     attn = base.transformer.layers[0].attention if family == "z-image" else base.transformer.transformer_blocks[0].attn
     assert isinstance(attn.to_q, bnb.nn.Linear4bit) and base.quantization == "nf4"
     # Qwen-Image's 7B text encoder is quantized with it (it then fits a 24 GB GPU beside the
@@ -152,7 +128,7 @@ def test_nf4_base_trains_a_lora_with_the_unquantized_keys_and_its_loss_goes_down
     result = run_task(base, cfg, model_dir=tmp_path / "nf4", checkpoint_dir=tmp_path / "ck")
     assert result.state == "completed"
     saved = load_file(tmp_path / "nf4" / "pytorch_lora_weights.safetensors")
-    plain = {n for n, _ in fresh(models[family], family).transformer.named_modules()}
+    plain = {n for n, _ in flow_pipeline(models[family], family).transformer.named_modules()}
     assert saved and all(k.removeprefix("transformer.").rsplit(".lora_", 1)[0] in plain for k in saved)
     assert all(v.dtype == torch.float32 for v in saved.values()), "only the fp32 LoRA is saved"
     base.transformer.load_lora_adapter(saved, prefix="transformer", adapter_name="default")
@@ -171,7 +147,7 @@ def test_prior_preservation_samples_class_images_with_the_family_pipeline(models
 
     cfg = config(demo_data, class_prompt="a photo of a toy", num_class_images=2, max_train_steps=2, export="lora",
                  class_inference_steps=2)
-    result = run_task(loaded(models[family]), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
+    result = run_task(shared_base(models[family]), cfg, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c",
                       class_cache_dir=tmp_path / "classes")
     assert result.state == "completed"
     generated = sorted((tmp_path / "classes").rglob("class-*.png"))
@@ -218,7 +194,7 @@ def test_turbo_is_told_apart_trains_as_the_reference_with_a_warning_and_samples_
     from train.task import run_task
 
     capsys.readouterr()
-    turbo, base = load_base(tiny_z_image_turbo), loaded(tiny_z_image)
+    turbo, base = load_base(tiny_z_image_turbo), shared_base(tiny_z_image)
     assert (turbo.variant, base.variant) == ("turbo", "base")
     warning = capsys.readouterr().out
     assert "Z-Image-Turbo base" in warning and "prefer the Z-Image (Base) checkpoint" in warning

@@ -6,8 +6,7 @@ an NF4 base with random flips (a fresh posterior sample every step)."""
 from __future__ import annotations
 
 import pytest
-from train_helpers import run_cli
-from train_helpers import lora_tensors, max_abs_diff, sigkill_at_state
+from train_helpers import kill_then_resume, lora_tensors, max_abs_diff
 
 STEPS = 6
 SETTINGS = dict(resolution=32, max_train_steps=STEPS, checkpoint_every=2, preview_every=0, learning_rate=5e-3,
@@ -49,9 +48,5 @@ def test_sigkill_then_resume_ends_with_the_lora_of_an_uninterrupted_run(tiny_z_i
     assert run_task(base, cfg, model_dir=straight / "model", checkpoint_dir=straight / "checkpoints").state == "completed"
 
     killed = tmp_path / "killed"
-    sigkill_at_state(cli_args(model, demo_data, killed, family), killed, step=2)
-    assert not (killed / "model" / "pytorch_lora_weights.safetensors").exists()
-    resumed = run_cli(*cli_args(model, demo_data, killed, family), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    kill_then_resume(cli_args(model, demo_data, killed, family), killed, step=2)
     assert max_abs_diff(lora_tensors(straight / "model"), lora_tensors(killed / "model")) <= 1e-5

@@ -1,4 +1,5 @@
-"""Plain helpers shared by the train tests (rendering, comparing LoRA files, killing a run)."""
+"""Plain helpers shared by the train tests (rendering, comparing LoRA files, killing and resuming
+a run, the session's loaded bases)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,48 @@ def sigkill_at_state(cli_args: list[str], out: Path, step: int, timeout: float =
         proc.wait()
 
 
+def kill_then_resume(cli_args: list[str], out: Path, step: int) -> subprocess.CompletedProcess:
+    """A spot interruption and its restart: ``python -m train *cli_args`` SIGKILLed as soon as the
+    training state of ``step`` exists (no model written yet), then run again with ``--resume``,
+    which must finish (exit 0) saying it resumed. Returns the resumed run."""
+    sigkill_at_state(cli_args, out, step=step)
+    assert not (out / "model" / "pytorch_lora_weights.safetensors").exists()
+    resumed = run_cli(*cli_args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    return resumed
 
+
+_BASES: dict = {}
+
+
+def shared_base(path, quantization: str = "none"):
+    """One loaded base per (folder, quantization) for the session, as a warm worker keeps it
+    (a test that attaches a LoRA to it detaches it again)."""
+    from train.pipeline import load_base
+
+    key = (str(path), quantization)
+    if key not in _BASES:
+        _BASES[key] = load_base(path, base_quantization=quantization)
+    return _BASES[key]
+
+
+def flow_pipeline(folder, family: str):
+    """A fresh fp32 pipeline of a flow-matching family (FLUX, klein, Z-Image, Qwen-Image) from ``folder``."""
+    import torch
+
+    from train.families import family_named
+
+    return family_named(family).load_pipeline(folder, dtype=torch.float32)
+
+
+def flow_render(pipe, seed: int = 3, prompt: str = "a photo of sks toy", **kwargs):
+    """A float image (numpy HxWx3) from a flow-matching pipeline: 2 steps, 32 px, a fixed seed."""
+    import torch
+
+    with torch.no_grad():
+        return pipe(prompt=prompt, num_inference_steps=2, height=32, width=32, output_type="np",
+                    generator=torch.Generator().manual_seed(seed), **kwargs).images[0]
 
 
 def render(pipe, prompt: str = "a photo of sks toy", seed: int = 7, size: int = 32):
