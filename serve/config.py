@@ -49,8 +49,8 @@ class ServeConfig:
     endpoint_url: str = _f("", "AWS endpoint override (tests: a moto server)")
     device: str = _f("auto", "cpu, cuda, or auto (every CUDA GPU, one pipeline each; else the CPU)",
                      choices=DEVICES)
-    dtype: str = _f("auto", "weights' dtype: auto = fp32 on CPU, the family's on CUDA (fp16 for SD/SDXL, "
-                            "bf16 for FLUX)", choices=DTYPES)
+    dtype: str = _f("auto", "weights' dtype: auto = fp32 on CPU, the family recipe's on CUDA (bf16; fp16 on a "
+                            "GPU without bf16, e.g. T4)", choices=DTYPES)
     quantization: str = _f("none", "quantize the base's large components at load (bitsandbytes, CUDA only): "
                                    "none, nf4 or int8", choices=QUANTIZATIONS)
     compile: str = _f("auto", "torch.compile the denoiser (auto: on CUDA only)", choices=COMPILE)

@@ -64,8 +64,12 @@ class Engine:
         import torch
 
         name = self.cfg.dtype
-        if name == "auto":
-            name = "fp32" if self.device.type == "cpu" else self.defaults.dtype_cuda
+        if name == "auto" and self.device.type == "cpu":
+            name = "fp32"
+        elif name == "auto":  # the recipe's precision as this GPU has it (fp16 on a T4 or V100)
+            from train.recipes import Device
+
+            name = Device("cuda", bool(torch.cuda.is_bf16_supported())).precision(self.defaults.dtype_cuda)
         if name == "fp16" and self.device.type == "cpu":
             raise ConfigError("dtype=fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
         return getattr(torch, DTYPE_NAMES[name])
