@@ -156,14 +156,18 @@ def start_fanout_local(work: Path, tasks: Path, model: Path, images: Path, hp: d
 
 
 def s3_state(work: Path) -> tuple[set[str], set[str]]:
-    """(tasks delivered, tasks with a resume state but not done) as the shared prefix shows them."""
+    """(tasks delivered, tasks with a resume state but not done) as the shared prefix shows them.
+    Delivered is what a restart restores: ``final/`` complete as ``final.json`` lists it (the sync
+    copies a folder's files before its subfolders, so final.json can be there before final/ is)."""
+    from container.final import final_is_complete
+
     done, started = set(), set()
     for folder in (work / "s3" / "checkpoints").glob("t*"):
         try:
             status = json.loads((folder / "status.json").read_text())
         except (OSError, ValueError):
             continue
-        if status.get("state") == "completed" and (folder / "final.json").exists():
+        if status.get("state") == "completed" and final_is_complete(folder):
             done.add(folder.name)
         elif list(folder.glob("state/step-*/meta.json")):
             started.add(folder.name)
